@@ -1,0 +1,3 @@
+from aupmilter.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""One structured line per verdict: who sent what, and what the milter decided."""
+
+from __future__ import annotations
+
+import logging
+
+from aupmilter.facts import Transaction
+from aupmilter.policy.verdict import Verdict
+
+log = logging.getLogger("aupmilter.verdict")
+
+
+def verdict_event(conn_id: str, txn: Transaction, verdict: Verdict, stage: str) -> dict[str, object]:
+    return {
+        "conn": conn_id,
+        "queue_id": txn.queue_id,
+        "stage": stage,
+        "tenant": verdict.tenant,
+        "sender": txn.sender,
+        "auth": txn.auth_login,
+        "recipients": len(txn.recipients),
+        "verdict": verdict.action.value,
+        "reply": f"{verdict.reply.code} {verdict.reply.status}" if verdict.reply else None,
+        "reason": verdict.reason,
+    }
+
+
+def record(conn_id: str, txn: Transaction, verdict: Verdict, stage: str) -> None:
+    event = verdict_event(conn_id, txn, verdict, stage)
+    if log.isEnabledFor(logging.INFO):
+        # JSON output flattens `event` fields into the line; text output appends it as JSON.
+        log.info("verdict %s", verdict.action.value, extra={"conn": conn_id, "event": event})

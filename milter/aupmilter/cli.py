@@ -1,0 +1,204 @@
+"""The `aup-milter` command line: run, check, tenant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from aupmilter import __version__
+from aupmilter.config import DEFAULT_CONFIG_PATH, Config, ConfigError, RedisSettings, load_config
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_USAGE = 2
+EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aup-milter",
+        description="Milter enforcing a bulk-email Acceptable Use Policy on a shared relay.",
+    )
+    parser.add_argument("--version", action="version", version=f"aup-milter {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-c",
+            "--config",
+            type=Path,
+            default=DEFAULT_CONFIG_PATH,
+            help=f"configuration file (default {DEFAULT_CONFIG_PATH})",
+        )
+
+    run = commands.add_parser("run", help="run the milter in the foreground")
+    config_option(run)
+    check = commands.add_parser("check", help="validate the configuration and plan files")
+    config_option(check)
+
+    tenant = commands.add_parser("tenant", help="manage tenants in Redis")
+    config_option(tenant)
+    tenant.add_argument("--redis", metavar="URL", help="Redis URL (default: from the config)")
+    actions = tenant.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    add = actions.add_parser("add", help="create a tenant with its logins and domains")
+    add.add_argument("tenant_id", metavar="ID")
+    add.add_argument("--plan", required=True)
+    add.add_argument(
+        "--login",
+        action="append",
+        default=[],
+        help="exact {auth_authen} value (login, or login@realm); repeatable",
+    )
+    add.add_argument("--domain", action="append", default=[], help="sender domain; repeatable")
+    add.add_argument("--status", default="active", help="active | suspended | terminated")
+    add.add_argument("--reason", default="")
+    add.add_argument("--json", action="store_true")
+
+    show = actions.add_parser("show", help="show one tenant")
+    show.add_argument("tenant_id", metavar="ID")
+    show.add_argument("--json", action="store_true")
+
+    listing = actions.add_parser("list", help="list all tenants")
+    listing.add_argument("--json", action="store_true")
+
+    status = actions.add_parser("set-status", help="activate, suspend or terminate a tenant")
+    status.add_argument("tenant_id", metavar="ID")
+    status.add_argument("status", metavar="STATUS", help="active | suspended | terminated")
+    status.add_argument("--reason", default="", help="why (shown in logs and quarantine reason)")
+    status.add_argument("--json", action="store_true")
+
+    remove = actions.add_parser("remove", help="delete a tenant and its mappings")
+    remove.add_argument("tenant_id", metavar="ID")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        return cmd_check(args.config)
+    if args.command == "run":
+        return cmd_run(args.config)
+    return cmd_tenant(args)
+
+
+def cmd_check(path: Path) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EX_FAILURE
+    plans = ", ".join(sorted(config.plans)) or "none"
+    print(f"{config.path}: OK (listen {config.milter.listen}; plans: {plans})")
+    return EX_OK
+
+
+def cmd_run(path: Path) -> int:
+    from aupmilter import daemon
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EX_CONFIG
+    daemon.configure_logging(config)
+    try:
+        return daemon.serve(config)
+    except daemon.StartupError as exc:
+        print(f"aup-milter: {exc}", file=sys.stderr)
+        return EX_CONFIG
+
+
+def _tenant_redis(args: argparse.Namespace) -> tuple[str, Config | None]:
+    """Redis URL: --redis, else the config file's, else AUP_REDIS_URL, else the default."""
+    config = None
+    if args.config.exists():
+        try:
+            config = load_config(args.config)
+        except ConfigError:
+            config = None  # `check` reports config problems; tenants can still be managed
+    if args.redis:
+        return args.redis, config
+    if config is not None:
+        return config.redis.url, config
+    return os.environ.get("AUP_REDIS_URL", DEFAULT_REDIS_URL), config
+
+
+def cmd_tenant(args: argparse.Namespace) -> int:
+    import redis
+
+    from aupmilter.store.client import connect
+    from aupmilter.store.tenants import TenantAdmin, TenantError
+
+    url, config = _tenant_redis(args)
+    client = connect(RedisSettings(url=url, connect_timeout=2.0, timeout=5.0))
+    admin = TenantAdmin(client)
+    try:
+        if args.action == "add":
+            if config is not None and args.plan not in config.plans:
+                known = ", ".join(sorted(config.plans))
+                raise TenantError(f"unknown plan {args.plan!r} (plans in {config.path}: {known})")
+            info = admin.add(
+                args.tenant_id, args.plan, args.login, args.domain, args.status, args.reason
+            )
+            _print_tenants([info], args.json, single=True)
+        elif args.action == "show":
+            _print_tenants([admin.show(args.tenant_id)], args.json, single=True)
+        elif args.action == "list":
+            _print_tenants(admin.list(), args.json, single=False)
+        elif args.action == "set-status":
+            info = admin.set_status(args.tenant_id, args.status, args.reason)
+            _print_tenants([info], args.json, single=True)
+        elif args.action == "remove":
+            admin.remove(args.tenant_id)
+            print(f"removed tenant {args.tenant_id}")
+    except TenantError as exc:
+        print(f"aup-milter tenant: {exc}", file=sys.stderr)
+        return EX_FAILURE
+    except (redis.RedisError, OSError) as exc:
+        print(f"aup-milter tenant: cannot use Redis at {url}: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    finally:
+        client.close()
+    return EX_OK
+
+
+def _print_tenants(infos: list[object], as_json: bool, single: bool) -> None:
+    from aupmilter.store.tenants import TenantInfo
+
+    tenants = [i for i in infos if isinstance(i, TenantInfo)]
+    if as_json:
+        payload: object = tenants[0].as_json() if single else [t.as_json() for t in tenants]
+        print(json.dumps(payload, indent=2, sort_keys=True))
+        return
+    header = ("ID", "STATUS", "PLAN", "LOGINS", "DOMAINS", "UPDATED", "REASON")
+    rows = [
+        (
+            t.tenant_id,
+            t.fields.get("status", "?"),
+            t.fields.get("plan", "?"),
+            ",".join(t.logins) or "-",
+            ",".join(t.domains) or "-",
+            _timestamp(t.fields.get("updated_at", "")),
+            t.fields.get("reason", "") or "-",
+        )
+        for t in tenants
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _timestamp(value: str) -> str:
+    if not value.isdigit():
+        return value or "-"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(int(value)))

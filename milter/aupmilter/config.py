@@ -1,0 +1,369 @@
+"""Load and validate the daemon configuration (TOML) and the plan files.
+
+Every error names the file, the key and the expected form. Unknown keys are
+errors: a typo must not silently fall back to a default. The result is a tree
+of frozen objects; a reload builds a new tree and swaps it in whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+DEFAULT_CONFIG_PATH = Path("/etc/aup-milter/aup-milter.toml")
+PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """One or more problems, each naming file, key and the expected form."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    kind: Literal["unix", "inet", "inet6", "systemd"]
+    path: Path | None = None
+    host: str | None = None
+    port: int | None = None
+
+    @property
+    def libmilter_spec(self) -> str:
+        """The form libmilter's smfi_setconn understands."""
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        if self.kind in ("inet", "inet6"):
+            host = f"@{self.host}" if self.host else ""
+            return f"{self.kind}:{self.port}{host}"
+        raise ValueError("a systemd socket has no libmilter address")
+
+    def __str__(self) -> str:
+        return "systemd" if self.kind == "systemd" else self.libmilter_spec
+
+
+@dataclass(frozen=True, slots=True)
+class MilterSettings:
+    listen: ListenAddress
+    socket_mode: int
+    socket_group: str | None
+    timeout: int
+    shutdown_grace: float
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str
+    connect_timeout: float
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    on_store_error: Literal["tempfail", "accept"]
+    unknown_sender: Literal["reject", "accept"]
+    plans_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    format: Literal["json", "text"]
+    level: str
+
+    @property
+    def level_number(self) -> int:
+        return cast(int, logging.getLevelName(self.level.upper()))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    description: str
+    source: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    milter: MilterSettings
+    redis: RedisSettings
+    policy: PolicySettings
+    log: LogSettings
+    plans: Mapping[str, Plan]
+
+    @property
+    def plan_names(self) -> frozenset[str]:
+        return frozenset(self.plans)
+
+
+class _Section:
+    """Reads one TOML table, collecting problems instead of stopping at the first."""
+
+    def __init__(self, file: Path, name: str, table: Any, problems: list[str]) -> None:
+        self.file = file
+        self.name = name
+        self.problems = problems
+        self.seen: set[str] = set()
+        if not isinstance(table, dict):
+            self.fail(None, "a table", table)
+            table = {}
+        self.table: dict[str, Any] = table
+
+    def key_path(self, key: str | None) -> str:
+        if key is None:
+            return self.name
+        return f"{self.name}.{key}" if self.name else key
+
+    def fail(self, key: str | None, expected: str, got: Any) -> None:
+        self.problems.append(
+            f"{self.file}: key '{self.key_path(key)}': expected {expected}, got {got!r}"
+        )
+
+    def get(
+        self,
+        key: str,
+        default: T,
+        expected: str,
+        convert: Callable[[Any], T | None],
+    ) -> T:
+        self.seen.add(key)
+        if key not in self.table:
+            return default
+        raw = self.table[key]
+        try:
+            value = convert(raw)
+        except (TypeError, ValueError):
+            value = None
+        if value is None:
+            self.fail(key, expected, raw)
+            return default
+        return value
+
+    def reject_unknown(self) -> None:
+        for key in sorted(set(self.table) - self.seen):
+            self.problems.append(
+                f"{self.file}: key '{self.key_path(key)}': unknown key"
+                f" (known: {', '.join(sorted(self.seen))})"
+            )
+
+
+def _choice(*options: str) -> Callable[[Any], str | None]:
+    return lambda raw: raw if isinstance(raw, str) and raw in options else None
+
+
+def _number(low: float, high: float) -> Callable[[Any], float | None]:
+    def convert(raw: Any) -> float | None:
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            return None
+        return float(raw) if low <= raw <= high else None
+
+    return convert
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int | None]:
+    def convert(raw: Any) -> int | None:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            return None
+        return raw if low <= raw <= high else None
+
+    return convert
+
+
+def _string(raw: Any) -> str | None:
+    return raw if isinstance(raw, str) and raw.strip() else None
+
+
+def parse_listen(raw: Any) -> ListenAddress | None:
+    """`unix:/abs/path`, `inet:PORT@HOST`, `inet:PORT`, `inet6:PORT@HOST` or `systemd`."""
+    if not isinstance(raw, str):
+        return None
+    if raw == "systemd":
+        return ListenAddress("systemd")
+    kind, sep, rest = raw.partition(":")
+    if not sep:
+        return None
+    if kind in ("unix", "local"):
+        path = Path(rest)
+        return ListenAddress("unix", path=path) if path.is_absolute() else None
+    if kind in ("inet", "inet6"):
+        port_text, _, host = rest.partition("@")
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            return None
+        if "@" in rest and not host:
+            return None
+        return ListenAddress(kind, host=host or None, port=int(port_text))  # type: ignore[arg-type]
+    return None
+
+
+def parse_socket_mode(raw: Any) -> int | None:
+    if not isinstance(raw, str) or not re.fullmatch(r"0?[0-7]{3}", raw):
+        return None
+    return int(raw, 8)
+
+
+def parse_redis_url(raw: Any) -> str | None:
+    if not isinstance(raw, str):
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme in ("redis", "rediss"):
+        return raw if parts.hostname else None
+    if parts.scheme == "unix":
+        return raw if parts.path.startswith("/") else None
+    return None
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate `path` and the plan files it points at; raise ConfigError."""
+    path = path.resolve() if path.exists() else path
+    data = _read_toml(path)
+    problems: list[str] = []
+    root = _Section(path, "", data, problems)
+
+    milter = _Section(path, "milter", root.get("milter", {}, "a table", _table), problems)
+    listen = milter.get(
+        "listen",
+        ListenAddress("unix", path=Path("/run/aup-milter/aup-milter.sock")),
+        "'unix:/absolute/path', 'inet:PORT@HOST', 'inet6:PORT@HOST' or 'systemd'",
+        parse_listen,
+    )
+    milter_settings = MilterSettings(
+        listen=listen,
+        socket_mode=milter.get(
+            "socket_mode", 0o660, "an octal mode string such as '0660'", parse_socket_mode
+        ),
+        socket_group=milter.get("socket_group", cast(str | None, None), "a group name", _string),
+        timeout=milter.get("timeout", 600, "whole seconds from 1 to 3600", _integer(1, 3600)),
+        shutdown_grace=milter.get(
+            "shutdown_grace", 20.0, "seconds from 0 to 600", _number(0, 600)
+        ),
+    )
+    milter.reject_unknown()
+
+    redis = _Section(path, "redis", root.get("redis", {}, "a table", _table), problems)
+    redis_settings = RedisSettings(
+        url=redis.get(
+            "url",
+            "redis://127.0.0.1:6379/0",
+            "a URL redis://[user:password@]host[:port][/db], rediss://... or unix:///path",
+            parse_redis_url,
+        ),
+        connect_timeout=redis.get(
+            "connect_timeout", 0.5, "seconds from 0.01 to 30", _number(0.01, 30)
+        ),
+        timeout=redis.get("timeout", 0.5, "seconds from 0.01 to 30", _number(0.01, 30)),
+    )
+    redis.reject_unknown()
+
+    policy = _Section(path, "policy", root.get("policy", {}, "a table", _table), problems)
+    on_store_error = policy.get(
+        "on_store_error", "tempfail", "'tempfail' or 'accept'", _choice("tempfail", "accept")
+    )
+    unknown_sender = policy.get(
+        "unknown_sender", "reject", "'reject' or 'accept'", _choice("reject", "accept")
+    )
+    plans_dir_text = policy.get(
+        "plans_dir", "policies", "a directory path (relative to this file)", _string
+    )
+    policy.reject_unknown()
+    plans_dir = (path.parent / plans_dir_text).resolve()
+
+    log = _Section(path, "log", root.get("log", {}, "a table", _table), problems)
+    log_settings = LogSettings(
+        format=cast(
+            Literal["json", "text"],
+            log.get("format", "json", "'json' or 'text'", _choice("json", "text")),
+        ),
+        level=log.get("level", "info", " or ".join(map(repr, LOG_LEVELS)), _choice(*LOG_LEVELS)),
+    )
+    log.reject_unknown()
+    root.reject_unknown()
+
+    plans: dict[str, Plan] = {}
+    if plans_dir.is_dir():
+        plans = load_plans(plans_dir, problems)
+    else:
+        problems.append(
+            f"{path}: key 'policy.plans_dir': expected an existing directory, got {str(plans_dir)!r}"
+        )
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        path=path,
+        milter=milter_settings,
+        redis=redis_settings,
+        policy=PolicySettings(
+            on_store_error=cast(Literal["tempfail", "accept"], on_store_error),
+            unknown_sender=cast(Literal["reject", "accept"], unknown_sender),
+            plans_dir=plans_dir,
+        ),
+        log=log_settings,
+        plans=plans,
+    )
+
+
+def plan_files(plans_dir: Path) -> list[Path]:
+    return sorted(p for p in plans_dir.glob("*.toml") if p.is_file())
+
+
+def load_plans(plans_dir: Path, problems: list[str]) -> dict[str, Plan]:
+    """Every `*.toml` in the directory may define `[plan.NAME]` tables."""
+    plans: dict[str, Plan] = {}
+    files = plan_files(plans_dir)
+    if not files:
+        problems.append(f"{plans_dir}: expected at least one plan file '*.toml', found none")
+    for file in files:
+        try:
+            data = _read_toml(file)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        root = _Section(file, "", data, problems)
+        table = root.get("plan", {}, "a table of plans, [plan.NAME]", _table)
+        root.reject_unknown()
+        for name, body in table.items():
+            if not PLAN_NAME.match(name):
+                problems.append(
+                    f"{file}: key 'plan.{name}': expected a plan name of lower-case letters,"
+                    " digits, '-' or '_' (at most 64)"
+                )
+                continue
+            if name in plans:
+                problems.append(
+                    f"{file}: key 'plan.{name}': plan already defined in {plans[name].source}"
+                )
+                continue
+            section = _Section(file, f"plan.{name}", body, problems)
+            description = section.get("description", "", "a text", _string)
+            section.reject_unknown()
+            plans[name] = Plan(name=name, description=description, source=file)
+    return plans
+
+
+def _table(raw: Any) -> dict[str, Any] | None:
+    return raw if isinstance(raw, dict) else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except PermissionError:
+        raise ConfigError([f"{path}: permission denied while reading"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not valid UTF-8"]) from None

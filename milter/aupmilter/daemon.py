@@ -1,0 +1,225 @@
+"""Process lifecycle: the listening socket, libmilter's main loop, stop and drain.
+
+libmilter owns the listening socket. Two things it cannot do are done around
+`opensocket`: setting TCP_NODELAY on an inet listener (without it, Postfix's
+small milter packets wait ~40 ms on delayed ACKs), and taking a socket handed
+over by systemd (socket activation), which replaces libmilter's own socket
+with dup2.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import socket
+import stat
+import tempfile
+from pathlib import Path
+
+import Milter
+import milter as libmilter
+
+from aupmilter import __version__, logs
+from aupmilter.config import Config, ListenAddress, MilterSettings
+from aupmilter.glue import AupMilter, Lifecycle
+from aupmilter.runtime import ConfigWatcher, LiveRuntime
+
+log = logging.getLogger("aupmilter.daemon")
+
+MILTER_NAME = "aup-milter"
+SD_LISTEN_FDS_START = 3
+MILTER_FLAGS = libmilter.QUARANTINE
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the text says what to fix."""
+
+
+def socket_fds() -> set[int]:
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                fds.add(int(name))
+        except OSError:
+            continue  # the fd listdir itself used, already closed
+    return fds
+
+
+def set_nodelay(fd: int) -> None:
+    """Accepted sockets inherit TCP_NODELAY from the listener on Linux."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def systemd_listen_fd() -> int:
+    """The first socket passed by systemd socket activation (LISTEN_FDS protocol)."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        raise StartupError(
+            "milter.listen = 'systemd' but no socket was passed for this process "
+            "(LISTEN_PID does not match): start it from aup-milter.socket"
+        )
+    count = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    if count < 1:
+        raise StartupError("milter.listen = 'systemd' but LISTEN_FDS passes no socket")
+    if count > 1:
+        log.warning("systemd passed %d sockets; using the first and ignoring the rest", count)
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    fd = SD_LISTEN_FDS_START
+    if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+        raise StartupError(f"systemd passed fd {fd}, which is not a socket")
+    return fd
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd about readiness and stopping (Type=notify); no-op elsewhere."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd (%s): %s", message, exc)
+
+
+def _register(live: LiveRuntime, lifecycle: Lifecycle, settings: MilterSettings) -> None:
+    Milter.factory = lambda: AupMilter(live, lifecycle)
+    libmilter.set_flags(MILTER_FLAGS)
+    libmilter.set_connect_callback(Milter.connect_callback)
+    libmilter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    libmilter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    libmilter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    libmilter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    libmilter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    libmilter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    libmilter.set_close_callback(Milter.close_callback)
+    libmilter.settimeout(settings.timeout)
+    libmilter.register(
+        MILTER_NAME,
+        data=lambda ctx: ctx.getpriv().data(),
+        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+        negotiate=Milter.negotiate_callback,
+    )
+
+
+def open_listener(settings: MilterSettings) -> str:
+    """Open the socket libmilter will accept on; return a description for the log."""
+    listen = settings.listen
+    if listen.kind == "systemd":
+        return _adopt_systemd_socket()
+    if listen.kind == "unix":
+        return _open_unix(listen, settings)
+    libmilter.setconn(listen.libmilter_spec)
+    before = socket_fds()
+    _opensocket(listen)
+    for fd in socket_fds() - before:
+        set_nodelay(fd)
+    return str(listen)
+
+
+def _opensocket(listen: ListenAddress | str) -> None:
+    try:
+        libmilter.opensocket(True)
+    except libmilter.error as exc:
+        raise StartupError(f"cannot listen on {listen}: {exc} (in use, or no permission?)") from exc
+
+
+def _open_unix(listen: ListenAddress, settings: MilterSettings) -> str:
+    path = listen.path
+    assert path is not None
+    if not path.parent.is_dir():
+        raise StartupError(f"milter.listen: directory {path.parent} does not exist")
+    gid = -1
+    if settings.socket_group:
+        try:
+            gid = grp.getgrnam(settings.socket_group).gr_gid
+        except KeyError:
+            raise StartupError(
+                f"milter.socket_group: no group named {settings.socket_group!r}"
+            ) from None
+    libmilter.setconn(listen.libmilter_spec)
+    # Create the socket with no more access than asked for, then set it exactly.
+    old_umask = os.umask(0o777 & ~settings.socket_mode)
+    try:
+        _opensocket(listen)
+    finally:
+        os.umask(old_umask)
+    os.chown(path, -1, gid)
+    os.chmod(path, settings.socket_mode)
+    return str(listen)
+
+
+def _adopt_systemd_socket() -> str:
+    passed = systemd_listen_fd()
+    # libmilter opens its own socket; open a throwaway one, then put systemd's in its place.
+    with tempfile.TemporaryDirectory(prefix="aup-milter-") as scratch:
+        placeholder = Path(scratch) / "placeholder.sock"
+        libmilter.setconn(f"unix:{placeholder}")
+        before = socket_fds()
+        _opensocket("a placeholder socket for systemd activation")
+        opened = sorted(socket_fds() - before - {passed})
+        if len(opened) != 1:
+            raise StartupError(f"cannot find libmilter's listening socket (found {opened})")
+        os.dup2(passed, opened[0])
+        os.close(passed)
+    set_nodelay(opened[0])
+    return "systemd socket activation"
+
+
+def serve(config: Config) -> int:
+    """Run until SIGTERM/SIGINT; return the process exit status."""
+    live = LiveRuntime(config)
+    lifecycle = Lifecycle()
+    _register(live, lifecycle, config.milter)
+    where = open_listener(config.milter)
+    watcher = ConfigWatcher(live)
+    watcher.start()
+    log.info(
+        "aup-milter %s listening on %s (redis %s, on_store_error=%s, %d plans)",
+        __version__,
+        where,
+        _redacted(config.redis.url),
+        config.policy.on_store_error,
+        len(config.plans),
+    )
+    sd_notify("READY=1")
+    try:
+        libmilter.main()
+    except libmilter.error as exc:
+        log.error("libmilter stopped with an error: %s", exc)
+        return 1
+    finally:
+        watcher.stop()
+    sd_notify("STOPPING=1")
+    grace = live.current.config.milter.shutdown_grace
+    log.info("stopping: waiting up to %.0f s for open transactions to finish", grace)
+    left = lifecycle.stop_and_drain(grace)
+    if left:
+        log.warning("stopping with %d transactions still open; the MTA will tempfail them", left)
+    else:
+        log.info("stopped cleanly")
+    live.current.store.close()
+    return 0
+
+
+def _redacted(url: str) -> str:
+    """The Redis URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user + ':' if user else ''}***@{host}"
+
+
+def configure_logging(config: Config) -> None:
+    logs.configure(config.log)

@@ -1,0 +1,187 @@
+"""The libmilter connection object: callbacks in, verdicts out.
+
+No policy lives here. Each callback gathers facts, asks a pure function in
+`policy/` for a verdict, and turns the verdict into libmilter actions. Every
+callback is guarded: an unexpected exception becomes a deliberate 451 with one
+logged traceback, instead of pymilter's generic "untrapped exception".
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import Milter
+
+from aupmilter import audit, replies
+from aupmilter.facts import Connection, Transaction
+from aupmilter.logs import ConnectionLog
+from aupmilter.policy.tenancy import (
+    decide_sender,
+    decide_store_error,
+    tenant_lookup,
+    unbracket,
+)
+from aupmilter.policy.verdict import Action, Verdict
+from aupmilter.replies import Reply
+from aupmilter.runtime import LiveRuntime
+from aupmilter.store.client import StoreUnavailable
+
+log = logging.getLogger("aupmilter.milter")
+_connection_numbers = itertools.count(1)
+
+F = TypeVar("F", bound=Callable[..., int])
+
+
+class Lifecycle:
+    """Counts open transactions so a stop can let them finish."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._open = 0
+        self.stopping = False
+
+    def begin(self) -> bool:
+        with self._cond:
+            if self.stopping:
+                return False
+            self._open += 1
+            return True
+
+    def end(self) -> None:
+        with self._cond:
+            self._open -= 1
+            self._cond.notify_all()
+
+    @property
+    def open_transactions(self) -> int:
+        return self._open
+
+    def stop_and_drain(self, grace: float) -> int:
+        """Refuse new transactions, wait up to `grace` seconds; return how many remain."""
+        with self._cond:
+            self.stopping = True
+            self._cond.wait_for(lambda: self._open == 0, timeout=grace)
+            return self._open
+
+
+def guarded(stage: str) -> Callable[[F], F]:
+    def wrap(callback: F) -> F:
+        @functools.wraps(callback)
+        def run(self: AupMilter, *args: Any) -> int:
+            try:
+                return callback(self, *args)
+            except Exception:
+                self.log.exception("unexpected error in %s callback; answering 451", stage)
+                self._end_transaction()
+                return self._refuse(replies.INTERNAL_ERROR)
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
+class AupMilter(Milter.Base):  # type: ignore[misc]
+    """One instance per MTA connection; many transactions per instance."""
+
+    def __init__(self, live: LiveRuntime, lifecycle: Lifecycle) -> None:
+        self.live = live
+        self.lifecycle = lifecycle
+        self.conn = Connection(conn_id=f"c{next(_connection_numbers):x}", client_name="")
+        self.log = ConnectionLog(log, self.conn.conn_id)
+        self.txn: Transaction | None = None
+        self.pending: Verdict | None = None
+
+    # --- callbacks -----------------------------------------------------------
+
+    @Milter.noreply
+    @guarded("connect")
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        address = hostaddr[0] if isinstance(hostaddr, tuple) else None
+        self.conn = Connection(
+            conn_id=self.conn.conn_id,
+            client_name=hostname,
+            client_addr=address,
+            daemon_name=self.getsymval("{daemon_name}"),
+        )
+        self.log.debug("connect from %s [%s]", hostname, address)
+        return Milter.CONTINUE
+
+    @guarded("envfrom")
+    def envfrom(self, mail_from: str, *esmtp_params: str) -> int:
+        self._end_transaction()
+        txn = Transaction(
+            sender=unbracket(mail_from),
+            auth_login=self.getsymval("{auth_authen}") or None,
+            queue_id=self.getsymval("i") or None,
+        )
+        if not self.lifecycle.begin():
+            verdict = Verdict.refuse(replies.SHUTTING_DOWN, "milter is stopping")
+            audit.record(self.conn.conn_id, txn, verdict, "mail")
+            return self._refuse(replies.SHUTTING_DOWN)
+        self.txn = txn
+        runtime = self.live.current
+        policy = runtime.sender_policy
+        lookup = tenant_lookup(txn.auth_login, txn.sender)
+        try:
+            record = runtime.store.sender_state(lookup)
+        except StoreUnavailable as exc:
+            verdict = decide_store_error(str(exc), policy)
+        else:
+            verdict = decide_sender(record, lookup, policy)
+        if verdict.refuses:
+            audit.record(self.conn.conn_id, txn, verdict, "mail")
+            self._end_transaction()
+            return self._refuse(verdict.reply)
+        self.pending = verdict
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded("envrcpt")
+    def envrcpt(self, rcpt_to: str, *esmtp_params: str) -> int:
+        if self.txn is not None:
+            self.txn = self.txn.with_recipient(unbracket(rcpt_to))
+        return Milter.CONTINUE
+
+    @guarded("eom")
+    def eom(self) -> int:
+        txn, verdict = self.txn, self.pending
+        if txn is None or verdict is None:
+            # MAIL FROM was never seen by this instance: refuse rather than guess.
+            self.log.error("end of message without an open transaction; answering 451")
+            return self._refuse(replies.INTERNAL_ERROR)
+        txn = txn.with_queue_id(self.getsymval("i"))
+        if verdict.action is Action.QUARANTINE:
+            self.quarantine(f"aup-milter: {verdict.reason}")
+        audit.record(self.conn.conn_id, txn, verdict, "eom")
+        self._end_transaction()
+        return Milter.CONTINUE
+
+    @guarded("abort")
+    def abort(self) -> int:
+        if self.txn is not None:
+            self.log.debug("transaction aborted after %d recipients", len(self.txn.recipients))
+        self._end_transaction()
+        return Milter.CONTINUE
+
+    @guarded("close")
+    def close(self) -> int:
+        self._end_transaction()
+        return Milter.CONTINUE
+
+    # --- helpers -------------------------------------------------------------
+
+    def _end_transaction(self) -> None:
+        if self.txn is not None:
+            self.txn = None
+            self.pending = None
+            self.lifecycle.end()
+
+    def _refuse(self, reply: Reply | None) -> int:
+        reply = reply or replies.INTERNAL_ERROR
+        self.setreply(reply.code, reply.status, reply.text)
+        return Milter.TEMPFAIL if reply.is_temporary else Milter.REJECT

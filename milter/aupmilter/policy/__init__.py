@@ -1,0 +1,1 @@
+"""Pure decision functions: no I/O, no clock (time is passed in)."""

@@ -1,0 +1,158 @@
+"""Who is sending, and may that tenant send now?
+
+Tenant resolution: the SASL login (`{auth_authen}`) when the client
+authenticated, otherwise the MAIL FROM domain, exact first and then each parent
+domain. An authenticated login that is not mapped never falls back to the
+sender domain: otherwise any account could claim any mapped domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from aupmilter import replies
+from aupmilter.policy.verdict import Verdict
+
+MAX_DOMAIN_LABELS = 16
+"""Parent-domain lookups are bounded: no legitimate domain needs more."""
+
+
+class TenantStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    TERMINATED = "terminated"
+
+
+class LookupKind(StrEnum):
+    LOGIN = "login"
+    DOMAIN = "domain"
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Mapping names to try in order; the first one that exists decides."""
+
+    kind: LookupKind | None
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    tenant_id: str
+    fields: Mapping[str, str]
+    """The tenant hash as stored; empty when the mapping points at a missing hash."""
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.fields)
+
+
+@dataclass(frozen=True, slots=True)
+class SenderPolicy:
+    unknown_sender: Literal["reject", "accept"]
+    on_store_error: Literal["tempfail", "accept"]
+    known_plans: frozenset[str]
+
+
+def sender_domain(address: str) -> str | None:
+    """Domain of an envelope address, normalized for lookup; None for `<>` or no domain."""
+    if "@" not in address:
+        return None
+    domain = address.rsplit("@", 1)[1]
+    return normalize_domain(domain)
+
+
+def normalize_domain(domain: str) -> str | None:
+    """Lower-case A-label form without a trailing dot; None when it is not a domain."""
+    domain = domain.strip().rstrip(".")
+    if not domain or domain.startswith("[") or any(c.isspace() for c in domain):
+        return None  # empty, or an address literal: no domain to map
+    try:
+        ascii_form = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    labels = ascii_form.lower().split(".")
+    if any(not label for label in labels):
+        return None
+    return ".".join(labels)
+
+
+def parent_domains(domain: str) -> tuple[str, ...]:
+    """`a.b.example` -> (`a.b.example`, `b.example`, `example`), bounded in length."""
+    labels = domain.split(".")[-MAX_DOMAIN_LABELS:]
+    return tuple(".".join(labels[i:]) for i in range(len(labels)))
+
+
+def unbracket(mail_from: str) -> str:
+    """`<a@b>` (as the MTA passes MAIL FROM / RCPT TO) -> `a@b`; `<>` -> ``."""
+    address = mail_from.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1]
+    return address.strip()
+
+
+def tenant_lookup(auth_login: str | None, sender: str) -> Lookup:
+    if auth_login:
+        return Lookup(LookupKind.LOGIN, (auth_login,))
+    domain = sender_domain(sender)
+    if domain is None:
+        return Lookup(None, ())
+    return Lookup(LookupKind.DOMAIN, parent_domains(domain))
+
+
+def decide_sender(
+    record: TenantRecord | None,
+    lookup: Lookup,
+    policy: SenderPolicy,
+) -> Verdict:
+    """Verdict at MAIL FROM from the tenant the lookup found (None: not mapped)."""
+    if record is None:
+        who = _describe(lookup)
+        if policy.unknown_sender == "accept":
+            return Verdict.accept(f"unknown sender {who} accepted by unknown_sender=accept")
+        return Verdict.refuse(replies.UNKNOWN_SENDER, f"no tenant mapped for {who}")
+
+    tid = record.tenant_id
+    if not record.exists:
+        return Verdict.refuse(
+            replies.ACCOUNT_MISCONFIGURED, f"mapping points to tenant {tid!r} with no hash", tid
+        )
+    status = record.fields.get("status", "")
+    reason = record.fields.get("reason", "")
+    if status == TenantStatus.TERMINATED:
+        return Verdict.refuse(
+            replies.ACCOUNT_TERMINATED, _with_reason(f"tenant {tid} is terminated", reason), tid
+        )
+    if status == TenantStatus.SUSPENDED:
+        return Verdict.quarantine(_with_reason(f"tenant {tid} is suspended", reason), tid)
+    if status != TenantStatus.ACTIVE:
+        return Verdict.refuse(
+            replies.ACCOUNT_MISCONFIGURED, f"tenant {tid} has unknown status {status!r}", tid
+        )
+    plan = record.fields.get("plan", "")
+    if plan not in policy.known_plans:
+        return Verdict.refuse(
+            replies.ACCOUNT_MISCONFIGURED, f"tenant {tid} has unknown plan {plan!r}", tid
+        )
+    return Verdict.accept(f"tenant {tid} is active", tid)
+
+
+def decide_store_error(error: str, policy: SenderPolicy) -> Verdict:
+    if policy.on_store_error == "accept":
+        return Verdict.accept(f"policy store unavailable ({error}); accepted by on_store_error")
+    return Verdict.refuse(replies.STORE_UNAVAILABLE, f"policy store unavailable ({error})")
+
+
+def _describe(lookup: Lookup) -> str:
+    if lookup.kind is LookupKind.LOGIN:
+        return f"login {lookup.names[0]!r}"
+    if lookup.kind is LookupKind.DOMAIN:
+        return f"sender domain {lookup.names[0]!r}"
+    return "sender without a domain"
+
+
+def _with_reason(text: str, reason: str) -> str:
+    return f"{text}: {reason}" if reason else text

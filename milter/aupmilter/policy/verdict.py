@@ -1,0 +1,47 @@
+"""Typed verdicts returned by the policy functions and applied by the glue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from aupmilter.replies import Reply
+
+
+class Action(StrEnum):
+    ACCEPT = "accept"
+    QUARANTINE = "quarantine"
+    REJECT = "reject"
+    TEMPFAIL = "tempfail"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: Action
+    reason: str
+    tenant: str | None = None
+    reply: Reply | None = None
+
+    def __post_init__(self) -> None:
+        refuses = self.action in (Action.REJECT, Action.TEMPFAIL)
+        if refuses != (self.reply is not None):
+            raise ValueError(f"{self.action} verdicts carry a reply exactly when they refuse")
+        if self.reply is not None and self.reply.is_temporary != (self.action == Action.TEMPFAIL):
+            raise ValueError(f"reply {self.reply.code} does not match action {self.action}")
+
+    @classmethod
+    def accept(cls, reason: str, tenant: str | None = None) -> Verdict:
+        return cls(Action.ACCEPT, reason, tenant)
+
+    @classmethod
+    def quarantine(cls, reason: str, tenant: str | None = None) -> Verdict:
+        return cls(Action.QUARANTINE, reason, tenant)
+
+    @classmethod
+    def refuse(cls, reply: Reply, reason: str, tenant: str | None = None) -> Verdict:
+        action = Action.TEMPFAIL if reply.is_temporary else Action.REJECT
+        return cls(action, reason, tenant, reply)
+
+    @property
+    def refuses(self) -> bool:
+        return self.reply is not None

@@ -1,0 +1,116 @@
+"""The live configuration and the Redis store built from it, swapped whole on reload.
+
+The config file and the plan files are watched by polling their stat
+signatures (libmilter treats SIGHUP as stop, so a signal cannot ask for a
+reload). A new file that does not validate leaves the running one in place and
+says why in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aupmilter import logs
+from aupmilter.config import Config, ConfigError, load_config, plan_files
+from aupmilter.policy.tenancy import SenderPolicy
+from aupmilter.store.client import Store
+
+log = logging.getLogger("aupmilter.runtime")
+
+Signature = tuple[tuple[str, int, int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    config: Config
+    store: Store
+
+    @property
+    def sender_policy(self) -> SenderPolicy:
+        return SenderPolicy(
+            unknown_sender=self.config.policy.unknown_sender,
+            on_store_error=self.config.policy.on_store_error,
+            known_plans=self.config.plan_names,
+        )
+
+
+class LiveRuntime:
+    """Holds the current Runtime; readers take one snapshot per transaction."""
+
+    def __init__(self, config: Config, store_factory: Callable[[Config], Store] | None = None) -> None:
+        self._store_factory = store_factory or (lambda cfg: Store(cfg.redis))
+        self._current = Runtime(config, self._store_factory(config))
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> Runtime:
+        return self._current  # a single reference read: atomic under the GIL
+
+    def reload(self) -> bool:
+        """Load the config file again; True when a new one is in force."""
+        old = self._current
+        try:
+            config = load_config(old.config.path)
+        except ConfigError as exc:
+            log.error(
+                "config reload refused, keeping the running configuration:\n%s", exc,
+                extra={"problems": exc.problems},
+            )
+            return False
+        if config.milter.listen != old.config.milter.listen:
+            log.warning(
+                "milter.listen changed to %s; it takes effect at the next restart",
+                config.milter.listen,
+            )
+        store = old.store if config.redis == old.config.redis else self._store_factory(config)
+        with self._lock:
+            self._current = Runtime(config, store)
+        logs.configure(config.log)
+        log.info("configuration reloaded from %s (%d plans)", config.path, len(config.plans))
+        return True
+
+
+def file_signature(config: Config) -> Signature:
+    """What changes when the config or a plan file is edited, replaced or removed."""
+    paths = [config.path, config.policy.plans_dir]
+    if config.policy.plans_dir.is_dir():
+        paths += plan_files(config.policy.plans_dir)
+    signature = []
+    for path in paths:
+        try:
+            st = path.stat()
+            signature.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            signature.append((str(path), 0, -1, 0))
+    return tuple(signature)
+
+
+class ConfigWatcher(threading.Thread):
+    def __init__(self, live: LiveRuntime, interval: float = 1.0) -> None:
+        super().__init__(name="config-watcher", daemon=True)
+        self.live = live
+        self.interval = interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        seen = file_signature(self.live.current.config)
+        while not self._stop_event.wait(self.interval):
+            now = file_signature(self.live.current.config)
+            if now == seen:
+                continue
+            # Let an editor finish writing before reading the file.
+            if self._stop_event.wait(min(0.2, self.interval)):
+                return
+            self.live.reload()
+            seen = file_signature(self.live.current.config)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+def watched_paths(config: Config) -> list[Path]:
+    return [Path(entry[0]) for entry in file_signature(config)]

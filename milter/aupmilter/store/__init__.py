@@ -1,0 +1,1 @@
+"""Everything that talks to Redis: key names, the client, the Lua scripts."""

@@ -1,0 +1,175 @@
+"""Tenant administration (the `aup-milter tenant` commands).
+
+Writes go through MULTI/EXEC with WATCH on the mapping keys, so two admins
+adding the same login at once cannot both win.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import redis
+
+from aupmilter.policy.tenancy import TenantStatus, normalize_domain
+from aupmilter.store import keys
+
+
+class TenantError(Exception):
+    """A refused administrative change; the text says what to do instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class TenantInfo:
+    tenant_id: str
+    fields: dict[str, str]
+    logins: list[str] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        return {"id": self.tenant_id, **self.fields, "logins": self.logins, "domains": self.domains}
+
+
+def validate_tenant_id(tenant_id: str) -> str:
+    if not keys.TENANT_ID.match(tenant_id):
+        raise TenantError(
+            f"invalid tenant id {tenant_id!r}: use 1-64 lower-case letters, digits, '.', '-', '_'"
+        )
+    return tenant_id
+
+
+def validate_login(login: str) -> str:
+    if not login or len(login) > 256 or any(c.isspace() or ord(c) < 32 for c in login):
+        raise TenantError(f"invalid login {login!r}: 1-256 characters, no spaces or controls")
+    return login
+
+
+def validate_domain(domain: str) -> str:
+    normalized = normalize_domain(domain)
+    if normalized is None:
+        raise TenantError(f"invalid domain {domain!r}: expected a domain name like example.com")
+    return normalized
+
+
+def validate_status(status: str) -> TenantStatus:
+    try:
+        return TenantStatus(status)
+    except ValueError:
+        allowed = ", ".join(s.value for s in TenantStatus)
+        raise TenantError(f"invalid status {status!r}: expected one of {allowed}") from None
+
+
+class TenantAdmin:
+    def __init__(self, client: redis.Redis, clock: object = time.time) -> None:
+        self.client = client
+        self._clock = clock
+
+    def _now(self) -> str:
+        return str(int(self._clock()))  # type: ignore[operator]
+
+    def add(
+        self,
+        tenant_id: str,
+        plan: str,
+        logins: Iterable[str],
+        domains: Iterable[str],
+        status: str = TenantStatus.ACTIVE,
+        reason: str = "",
+    ) -> TenantInfo:
+        tenant_id = validate_tenant_id(tenant_id)
+        login_list = sorted({validate_login(x) for x in logins})
+        domain_list = sorted({validate_domain(x) for x in domains})
+        state = validate_status(status)
+        if not plan:
+            raise TenantError("a tenant needs a plan (--plan NAME)")
+        mapping_keys = [keys.login(x) for x in login_list] + [keys.domain(x) for x in domain_list]
+        now = self._now()
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(keys.tenant(tenant_id), *mapping_keys)
+            if pipe.exists(keys.tenant(tenant_id)):
+                raise TenantError(f"tenant {tenant_id!r} already exists (remove it first)")
+            for key in mapping_keys:
+                owner = pipe.get(key)
+                if owner is not None:
+                    raise TenantError(f"{key} is already mapped to tenant {owner!r}")
+            pipe.multi()
+            pipe.hset(
+                keys.tenant(tenant_id),
+                mapping={
+                    "status": state.value,
+                    "plan": plan,
+                    "reason": reason,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            for key in mapping_keys:
+                pipe.set(key, tenant_id)
+            if login_list:
+                pipe.sadd(keys.tenant_logins(tenant_id), *login_list)
+            if domain_list:
+                pipe.sadd(keys.tenant_domains(tenant_id), *domain_list)
+            pipe.sadd(keys.TENANTS, tenant_id)
+            pipe.execute()
+        return self.show(tenant_id)
+
+    def set_status(self, tenant_id: str, status: str, reason: str = "") -> TenantInfo:
+        state = validate_status(status)
+        tenant_key = keys.tenant(validate_tenant_id(tenant_id))
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(tenant_key)
+            if not pipe.exists(tenant_key):
+                raise TenantError(f"no tenant {tenant_id!r}")
+            pipe.multi()
+            pipe.hset(
+                tenant_key,
+                mapping={"status": state.value, "reason": reason, "updated_at": self._now()},
+            )
+            pipe.execute()
+        return self.show(tenant_id)
+
+    def show(self, tenant_id: str) -> TenantInfo:
+        tenant_id = validate_tenant_id(tenant_id)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.tenant(tenant_id))
+            pipe.smembers(keys.tenant_logins(tenant_id))
+            pipe.smembers(keys.tenant_domains(tenant_id))
+            fields, logins, domains = pipe.execute()
+        if not fields:
+            raise TenantError(f"no tenant {tenant_id!r}")
+        return TenantInfo(tenant_id, dict(fields), sorted(logins), sorted(domains))
+
+    def list(self) -> list[TenantInfo]:
+        ids = set(self.client.smembers(keys.TENANTS))
+        # Tenants made by hand with redis-cli have no entry in the index set.
+        for key in self.client.scan_iter(match=f"{keys.TENANT_PREFIX}*", count=500):
+            rest = str(key)[len(keys.TENANT_PREFIX) :]
+            if ":" not in rest:
+                ids.add(rest)
+        infos = []
+        for tenant_id in sorted(ids):
+            try:
+                infos.append(self.show(tenant_id))
+            except TenantError:
+                continue  # listed in the index but removed meanwhile
+        return infos
+
+    def remove(self, tenant_id: str) -> None:
+        tenant_id = validate_tenant_id(tenant_id)
+        info = self.show(tenant_id)
+        mapping_keys = [keys.login(x) for x in info.logins] + [keys.domain(x) for x in info.domains]
+        with self.client.pipeline(transaction=True) as pipe:
+            if mapping_keys:
+                pipe.watch(*mapping_keys)
+            owned = [key for key in mapping_keys if pipe.get(key) == tenant_id]
+            pipe.multi()
+            if owned:
+                pipe.delete(*owned)
+            pipe.delete(
+                keys.tenant(tenant_id),
+                keys.tenant_logins(tenant_id),
+                keys.tenant_domains(tenant_id),
+            )
+            pipe.srem(keys.TENANTS, tenant_id)
+            pipe.execute()

@@ -1,0 +1,664 @@
+"""The whole mail path on one machine: Redis, aup-milter, Postfix, and a sink.
+
+One implementation serves ``make demo`` (``python -m testbed demo-up``) and
+the end-to-end tests (``tests/e2e/conftest.py``), so what the demo shows is
+what the tests check.
+
+Everything lives under ``run_dir``: configs, pidfiles, logs, the Postfix
+queue, the delivered mail. ``stop()`` signals only pids read from those
+pidfiles, and only while the process still runs with its working directory
+inside ``run_dir`` (so a recycled pid or another checkout's stack is never
+touched).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from testbed import postfix as pf
+from testbed.proc import (
+    TestbedError,
+    cmdline,
+    is_alive,
+    milter_answers,
+    read_pidfile,
+    run,
+    session_members,
+    smtp_banner,
+    tail,
+    tcp_port_free,
+    terminate,
+    wait_until,
+    write_pidfile,
+)
+from testbed.sink import TMP_SUBDIR
+from testbed.tenants import (
+    DEMO_ACCOUNTS,
+    DEMO_SASL_USERS,
+    Tenant,
+    status_commands,
+    tenant_commands,
+)
+
+REPO_ROOT = pf.REPO_ROOT
+MILTER_SOURCE_ROOT = REPO_ROOT / "milter"
+POLICIES_DIR = REPO_ROOT / "policies"
+HOST = "127.0.0.1"
+# Marks a folder as a testbed run folder: only such a folder is ever wiped.
+RUN_DIR_MARKER = ".testbed-run-dir"
+COMPONENTS = ("redis", "sink", "milter", "postfix")
+
+
+@dataclass(frozen=True)
+class SinkMessage:
+    """One message delivered to the sink, with the envelope the sink recorded."""
+
+    path: Path
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    message: EmailMessage
+
+    @property
+    def raw(self) -> bytes:
+        return self.path.read_bytes()
+
+
+class Stack:
+    """A private Redis + aup-milter + Postfix + SMTP sink under ``run_dir``.
+
+    ``milter_config_extra`` is TOML appended to the generated
+    ``aup-milter.toml``; ``sasl_realm`` sets ``smtpd_sasl_local_domain``
+    (then the milter sees ``{auth_authen}`` as ``login@realm``);
+    ``postfix_overrides`` are main.cf settings applied last;
+    ``milter_command`` replaces the real daemon (argv; ``{config}`` and
+    ``{socket}`` are substituted), and ``with_milter=False`` runs Postfix
+    without any milter.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        redis_port: int,
+        smtp_port: int,
+        sink_port: int,
+        milter_config_extra: str = "",
+        sasl_realm: str | None = None,
+        sasl_users: Mapping[str, str] = DEMO_SASL_USERS,
+        postfix_overrides: Mapping[str, str] | None = None,
+        milter_command: Sequence[str] | None = None,
+        with_milter: bool = True,
+        python: str = sys.executable,
+        timeout: float = 30.0,
+    ) -> None:
+        self.run_dir = Path(run_dir).resolve()
+        self.redis_port = redis_port
+        self.smtp_port = smtp_port
+        self.sink_port = sink_port
+        self.milter_config_extra = milter_config_extra
+        self.sasl_realm = sasl_realm
+        self.sasl_users = dict(sasl_users)
+        self.postfix_overrides = dict(postfix_overrides or {})
+        self.milter_command = list(milter_command) if milter_command is not None else None
+        self.with_milter = with_milter
+        self.python = python
+        self.timeout = timeout
+        self.postfix = pf.PostfixLayout(self.run_dir)
+        # Our own children, kept so that we can reap them (no zombies in long test runs).
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    # ---- paths ---------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return HOST
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{HOST}:{self.redis_port}/0"
+
+    @property
+    def redis_pidfile(self) -> Path:
+        return self.run_dir / "redis.pid"
+
+    @property
+    def redis_log(self) -> Path:
+        return self.run_dir / "redis.log"
+
+    @property
+    def milter_config(self) -> Path:
+        return self.run_dir / "aup-milter.toml"
+
+    @property
+    def milter_socket(self) -> Path:
+        return self.run_dir / "milter.sock"
+
+    @property
+    def milter_pidfile(self) -> Path:
+        return self.run_dir / "milter.pid"
+
+    @property
+    def milter_log(self) -> Path:
+        return self.run_dir / "milter.log"
+
+    @property
+    def sink_pidfile(self) -> Path:
+        return self.run_dir / "sink.pid"
+
+    @property
+    def sink_log(self) -> Path:
+        return self.run_dir / "sink.log"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.run_dir / "mail"
+
+    def auth_authen(self, login: str) -> str:
+        """What the milter sees in ``{auth_authen}`` after ``login`` authenticated."""
+        return f"{login}@{self.sasl_realm}" if self.sasl_realm else login
+
+    # ---- whole stack ---------------------------------------------------------
+
+    def start(self, *, clean: bool = False) -> None:
+        """Bring every component up; return once each one answers.
+
+        Components already running (from this run folder) are kept and get
+        their configuration rewritten (Postfix is reloaded, the milter
+        reloads its config file by itself). ``clean`` first stops everything
+        and wipes the run folder (queue, mail, logs). If anything fails,
+        whatever was started is stopped again before the error propagates.
+        """
+        if clean:
+            self.stop()
+            self.wipe()
+        self._prepare_run_dir()
+        try:
+            self.start_redis()
+            self.start_sink()
+            if self.with_milter:
+                self.start_milter()
+            self.start_postfix()
+        except BaseException:
+            self._stop_quietly()
+            raise
+
+    def stop(self) -> None:
+        """Stop every component this run folder started. Idempotent."""
+        errors: list[str] = []
+        for stop in (self.stop_postfix, self.stop_milter, self.stop_sink, self.stop_redis):
+            try:
+                stop()
+            except TestbedError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise TestbedError("stopping the testbed left problems:\n" + "\n".join(errors))
+
+    def _stop_quietly(self) -> None:
+        # The original error matters more than a follow-up one while cleaning up.
+        try:
+            self.stop()
+        except TestbedError as exc:
+            print(f"testbed: while cleaning up: {exc}", file=sys.stderr)
+
+    def wipe(self) -> None:
+        """Delete the run folder (only if it is one: it carries our marker file)."""
+        if not self.run_dir.exists():
+            return
+        if not (self.run_dir / RUN_DIR_MARKER).exists():
+            raise TestbedError(
+                f"refusing to wipe {self.run_dir}: it has no {RUN_DIR_MARKER} marker, "
+                "so it was not created by the testbed"
+            )
+        running = {name: pid for name, pid in self.status().items() if pid is not None}
+        if running:
+            raise TestbedError(f"refusing to wipe {self.run_dir}: still running: {running}")
+        shutil.rmtree(self.run_dir)
+
+    def status(self) -> dict[str, int | None]:
+        """Pid of each component that is running from this run folder, else None."""
+        return {
+            "redis": self._redis_pid(),
+            "sink": self._sink_pid(),
+            "milter": self._milter_pid(),
+            "postfix": self._postfix_pid(),
+        }
+
+    def _prepare_run_dir(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / RUN_DIR_MARKER).touch()
+        # smtpd and the other Postfix daemons run as `postfix`: they must
+        # traverse into the run folder to reach the milter socket and sasldb.
+        for folder in (self.run_dir, *self.run_dir.parents):
+            if folder.stat().st_mode & 0o001 == 0:
+                raise TestbedError(
+                    f"{folder} is not traversable by other users (mode "
+                    f"{folder.stat().st_mode & 0o777:o}); the postfix user cannot reach "
+                    f"{self.run_dir}. Use a run folder outside such a directory."
+                )
+
+    def _owned(self, pidfile: Path, marker: str) -> int | None:
+        """Pid from ``pidfile`` if that process is alive, is ``marker``, and runs in our run folder."""
+        pid = read_pidfile(pidfile)
+        if pid is None or not is_alive(pid) or marker not in cmdline(pid):
+            return None
+        try:
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except OSError:
+            return None
+        return pid if cwd == self.run_dir or self.run_dir in cwd.parents else None
+
+    def _require_free_port(self, port: int, what: str) -> None:
+        if not tcp_port_free(HOST, port):
+            raise TestbedError(
+                f"cannot start {what}: {HOST}:{port} is already in use by a process "
+                f"that is not this testbed's (run folder {self.run_dir}); "
+                "stop it or choose another port"
+            )
+
+    def _spawn(self, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> int:
+        with open(log, "ab") as log_fh:
+            child = subprocess.Popen(
+                list(argv),
+                cwd=self.run_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                # Own session: a Ctrl-C in the demo's terminal does not reach
+                # it, and stop() can clean up its whole session.
+                start_new_session=True,
+            )
+        self._children[child.pid] = child
+        return child.pid
+
+    def _terminate(self, pid: int, what: str) -> None:
+        terminate(pid, timeout=10.0, what=what)
+        child = self._children.pop(pid, None)
+        if child is not None:
+            child.wait(timeout=5.0)
+
+    def _wait_ready(
+        self, what: str, pid: int, probe: Callable[[], bool], log: Path
+    ) -> None:
+        """Wait for ``probe``; fail early (with the log) if the process dies first."""
+
+        def ready() -> bool:
+            if probe():
+                return True
+            if not is_alive(pid):
+                raise TestbedError(f"{what} (pid {pid}) exited during startup{tail(log)}")
+            return False
+
+        wait_until(ready, timeout=self.timeout, what=f"{what} to get ready", on_timeout=lambda: tail(log))
+
+    # ---- redis ---------------------------------------------------------------
+
+    def _redis_pid(self) -> int | None:
+        return self._owned(self.redis_pidfile, "redis-server")
+
+    def start_redis(self) -> None:
+        self._prepare_run_dir()
+        if self._redis_pid() is not None:
+            return
+        self._require_free_port(self.redis_port, "redis-server")
+        self.redis_pidfile.unlink(missing_ok=True)
+        # Foreground under our own session rather than --daemonize: the pid is
+        # known at once, and the same stop path works for every component.
+        pid = self._spawn(
+            [
+                "redis-server",
+                "--bind", HOST,
+                "--port", str(self.redis_port),
+                "--save", "",
+                "--appendonly", "no",
+                "--daemonize", "no",
+                "--pidfile", str(self.redis_pidfile),
+                "--dir", str(self.run_dir),
+                "--logfile", "",
+            ],
+            self.redis_log,
+        )
+        write_pidfile(self.redis_pidfile, pid)
+        self._wait_ready(
+            "redis-server", pid, lambda: self._redis_ping() == "PONG", self.redis_log
+        )
+
+    def stop_redis(self) -> None:
+        pid = self._redis_pid()
+        if pid is not None:
+            self._terminate(pid, "redis-server")
+        self.redis_pidfile.unlink(missing_ok=True)
+
+    def _redis_ping(self) -> str:
+        done = run(self._redis_cli_argv("PING"), what="redis ping", timeout=5.0, check=False)
+        return done.stdout.strip()
+
+    def _redis_cli_argv(self, *args: str) -> list[str]:
+        return ["redis-cli", "-h", HOST, "-p", str(self.redis_port), *args]
+
+    def redis_cli(self, *args: str) -> str:
+        """Run one redis-cli command against the stack's Redis; its reply as text."""
+        done = run(self._redis_cli_argv(*args), what=f"redis-cli {' '.join(args)}", timeout=10.0)
+        reply = done.stdout.strip()
+        if reply.startswith(("ERR", "WRONGTYPE", "(error)")) or "Could not connect" in done.stderr:
+            raise TestbedError(f"redis-cli {' '.join(args)}: {reply or done.stderr.strip()}")
+        return reply
+
+    def redis_pipeline(self, commands: Sequence[Sequence[str]]) -> list[str]:
+        """Run several commands in one MULTI/EXEC transaction; their replies."""
+        script = "MULTI\n" + "".join(_redis_line(c) for c in commands) + "EXEC\n"
+        done = run(
+            self._redis_cli_argv(),
+            what="redis-cli (pipeline)",
+            timeout=10.0,
+            input_text=script,
+        )
+        replies = done.stdout.splitlines()
+        failed = [r for r in replies if r.startswith(("ERR", "WRONGTYPE", "EXECABORT"))]
+        if failed or not replies or replies[0] != "OK":
+            raise TestbedError(f"redis pipeline failed: {replies} {done.stderr.strip()}")
+        return replies
+
+    # ---- sink ----------------------------------------------------------------
+
+    def _sink_pid(self) -> int | None:
+        return self._owned(self.sink_pidfile, "testbed.sink")
+
+    def start_sink(self) -> None:
+        self._prepare_run_dir()
+        if self._sink_pid() is not None:
+            return
+        self._require_free_port(self.sink_port, "the SMTP sink")
+        self.sink_pidfile.unlink(missing_ok=True)
+        self.mail_dir.mkdir(exist_ok=True)
+        pid = self._spawn(
+            [
+                self.python, "-m", "testbed.sink",
+                "--host", HOST,
+                "--port", str(self.sink_port),
+                "--maildir", str(self.mail_dir),
+                "--pidfile", str(self.sink_pidfile),
+            ],
+            self.sink_log,
+            env=self._python_env(),
+        )
+        # The sink writes its pidfile itself once bound; accepting SMTP is the real test.
+        self._wait_ready(
+            "SMTP sink",
+            pid,
+            lambda: self.sink_pidfile.exists() and smtp_banner(HOST, self.sink_port) is not None,
+            self.sink_log,
+        )
+
+    def stop_sink(self) -> None:
+        pid = self._sink_pid()
+        if pid is not None:
+            self._terminate(pid, "SMTP sink")
+        self.sink_pidfile.unlink(missing_ok=True)
+
+    def sink_messages(self) -> list[SinkMessage]:
+        """Messages delivered so far, oldest first."""
+        return [_read_sink_message(path) for path in sorted(self.mail_dir.glob("*.eml"))]
+
+    def clear_sink(self) -> None:
+        for path in self.mail_dir.glob("*.eml"):
+            path.unlink(missing_ok=True)
+
+    # ---- milter --------------------------------------------------------------
+
+    def _milter_pid(self) -> int | None:
+        marker = "aupmilter" if self.milter_command is None else self.milter_command[0]
+        return self._owned(self.milter_pidfile, marker)
+
+    def milter_config_text(self) -> str:
+        return (
+            "# Generated by testbed.stack; rewritten on start.\n"
+            "[milter]\n"
+            f'listen = "unix:{self.milter_socket}"\n'
+            'socket_mode = "0660"\n'
+            'socket_group = "postfix"\n'
+            "\n[redis]\n"
+            f'url = "{self.redis_url}"\n'
+            "\n[policy]\n"
+            'on_store_error = "tempfail"\n'
+            'unknown_sender = "reject"\n'
+            f'plans_dir = "{POLICIES_DIR}"\n'
+            "\n[log]\n"
+            'format = "json"\n'
+            'level = "info"\n'
+            + (f"\n{self.milter_config_extra.strip()}\n" if self.milter_config_extra.strip() else "")
+        )
+
+    def write_milter_config(self, text: str | None = None) -> None:
+        """(Re)write aup-milter.toml atomically; the running daemon reloads it by itself.
+
+        ``text`` replaces the whole file; by default it is the generated one.
+        """
+        content = self.milter_config_text() if text is None else text
+        tmp = self.milter_config.with_name(self.milter_config.name + ".tmp")
+        tmp.write_text(content)
+        tmp.replace(self.milter_config)
+
+    def _milter_argv(self) -> list[str]:
+        if self.milter_command is None:
+            return [self.python, "-m", "aupmilter", "run", "-c", str(self.milter_config)]
+        return [
+            arg.replace("{config}", str(self.milter_config)).replace(
+                "{socket}", str(self.milter_socket)
+            )
+            for arg in self.milter_command
+        ]
+
+    def _python_env(self) -> dict[str, str]:
+        # Works from a checkout without `pip install -e .`: the daemon's source
+        # root and this repo (for testbed itself) go first on the path.
+        env = dict(os.environ)
+        paths = [str(MILTER_SOURCE_ROOT), str(REPO_ROOT)]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        return env
+
+    def start_milter(self) -> None:
+        self._prepare_run_dir()
+        self.write_milter_config()
+        if self._milter_pid() is not None:
+            return
+        self.milter_socket.unlink(missing_ok=True)
+        pid = self._spawn(self._milter_argv(), self.milter_log, env=self._python_env())
+        write_pidfile(self.milter_pidfile, pid)
+        self._wait_ready("aup-milter", pid, self.milter_ready, self.milter_log)
+
+    def milter_ready(self) -> bool:
+        return self.milter_socket.is_socket() and milter_answers(self.milter_socket)
+
+    def stop_milter(self) -> None:
+        pid = self._milter_pid()
+        if pid is not None:
+            self._terminate(pid, "aup-milter")
+        self.milter_pidfile.unlink(missing_ok=True)
+
+    def restart_milter(self) -> None:
+        self.stop_milter()
+        self.start_milter()
+
+    # ---- postfix -------------------------------------------------------------
+
+    def _postfix_pid(self) -> int | None:
+        return self._owned(self.postfix.master_pidfile, "master")
+
+    def _postfix_argv(self, *args: str) -> list[str]:
+        return ["postfix", "-c", str(self.postfix.config_dir), *args]
+
+    def write_postfix_config(self) -> None:
+        layout = self.postfix
+        layout.config_dir.mkdir(parents=True, exist_ok=True)
+        layout.sasl_conf.parent.mkdir(exist_ok=True)
+        layout.queue_dir.mkdir(exist_ok=True)
+        layout.data_dir.mkdir(exist_ok=True)
+        shutil.chown(layout.data_dir, "postfix", "postfix")
+        (layout.config_dir / "main.cf").write_text(
+            pf.main_cf(
+                layout,
+                smtp_port=self.smtp_port,
+                sink_port=self.sink_port,
+                milter_socket=self.milter_socket if self.with_milter else None,
+                sasl_realm=self.sasl_realm,
+                overrides=self.postfix_overrides,
+            )
+        )
+        (layout.config_dir / "master.cf").write_text(pf.master_cf(self.smtp_port))
+        layout.sasl_conf.write_text(pf.sasl_smtpd_conf(layout))
+        for login, password in self.sasl_users.items():
+            self.add_sasl_user(login, password)
+
+    def add_sasl_user(self, login: str, password: str) -> None:
+        """Create (or update) a SASL user that can AUTH to the stack's smtpd."""
+        argv = ["saslpasswd2", "-p", "-c", "-f", str(self.postfix.sasldb)]
+        argv += ["-u", self._sasl_user_realm(), login]
+        run(argv, what=f"creating SASL user {login}", input_text=password)
+        # smtpd runs as `postfix` and opens the sasldb itself.
+        shutil.chown(self.postfix.sasldb, "root", "postfix")
+        self.postfix.sasldb.chmod(0o640)
+
+    def _sasl_user_realm(self) -> str:
+        # Without smtpd_sasl_local_domain, Postfix hands Cyrus no user realm and
+        # Cyrus falls back to the server name Postfix passes: $myhostname (seen
+        # in experiments; a user in any other realm fails password verification).
+        return self.sasl_realm or pf.MYHOSTNAME
+
+    def start_postfix(self) -> None:
+        self._prepare_run_dir()
+        self.write_postfix_config()
+        if self._postfix_pid() is not None:
+            run(self._postfix_argv("reload"), what="postfix reload")
+            return
+        self._require_free_port(self.smtp_port, "postfix smtpd")
+        done = run(self._postfix_argv("start"), what="postfix start", check=False, timeout=60.0)
+        if done.returncode != 0:
+            raise TestbedError(
+                f"`postfix -c {self.postfix.config_dir} start` exited {done.returncode}:\n"
+                f"{done.stdout.strip()}\n{done.stderr.strip()}{tail(self.postfix.log_file)}"
+            )
+        pid = wait_until(
+            self._postfix_pid,
+            timeout=self.timeout,
+            what="the Postfix master process",
+            on_timeout=lambda: tail(self.postfix.log_file),
+        )
+        self._wait_ready(
+            "postfix smtpd",
+            pid,
+            lambda: smtp_banner(HOST, self.smtp_port) is not None,
+            self.postfix.log_file,
+        )
+
+    def stop_postfix(self) -> None:
+        pid = self._postfix_pid()
+        if pid is None:
+            return
+        # `postfix stop` lets master end its children. Master runs in its own
+        # session (it calls setsid), so whatever outlives it is found by session id.
+        run(self._postfix_argv("stop"), what="postfix stop", check=False, timeout=30.0)
+        try:
+            wait_until(
+                lambda: not session_members(pid), timeout=10.0, what="postfix to exit"
+            )
+        except TestbedError:
+            for member in session_members(pid):
+                terminate(member, timeout=2.0, what="postfix process", session=False)
+
+    def reload_postfix(self) -> None:
+        self.write_postfix_config()
+        run(self._postfix_argv("reload"), what="postfix reload")
+
+    def postfix_log(self) -> str:
+        try:
+            return self.postfix.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def milter_log_text(self) -> str:
+        try:
+            return self.milter_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # ---- the queue -----------------------------------------------------------
+
+    def queue(self) -> list[dict[str, Any]]:
+        """Every queued message, as ``postqueue -j`` describes it."""
+        done = run(
+            ["postqueue", "-c", str(self.postfix.config_dir), "-j"], what="postqueue -j"
+        )
+        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+    def hold_queue(self) -> list[dict[str, Any]]:
+        """Messages on hold (quarantined by the milter, or held by an admin)."""
+        return [entry for entry in self.queue() if entry.get("queue_name") == "hold"]
+
+    def postsuper(self, *args: str) -> None:
+        run(["postsuper", "-c", str(self.postfix.config_dir), *args], what="postsuper")
+
+    def delete_queued(self, queue: str = "hold") -> None:
+        """Delete every message of one queue (``hold``, ``deferred``, ...) or ``ALL``."""
+        self.postsuper("-d", "ALL", *([] if queue == "ALL" else [queue]))
+
+    def release_hold(self) -> None:
+        self.postsuper("-H", "ALL")
+
+    def flush_queue(self) -> None:
+        """Ask Postfix to retry deferred mail now."""
+        run(["postqueue", "-c", str(self.postfix.config_dir), "-f"], what="postqueue -f")
+
+    # ---- tenants -------------------------------------------------------------
+
+    def add_tenant(self, tenant: Tenant) -> None:
+        """Register ``tenant`` in Redis (logins in the form {auth_authen} takes)."""
+        logins = [self.auth_authen(login) for login in tenant.logins]
+        self.redis_pipeline(tenant_commands(tenant, logins))
+
+    def set_tenant_status(self, tenant_id: str, status: str, reason: str = "") -> None:
+        self.redis_pipeline(status_commands(tenant_id, status, reason))
+
+    def add_demo_tenants(self) -> None:
+        """The demo's tenants acme and globex (active) with their SASL users."""
+        for account in DEMO_ACCOUNTS:
+            for login in account.tenant.logins:
+                if self.sasl_users.get(login) != account.password:
+                    self.sasl_users[login] = account.password
+                    self.add_sasl_user(login, account.password)
+            self.add_tenant(account.tenant)
+
+
+def _redis_line(args: Sequence[str]) -> str:
+    # redis-cli reads stdin with sdssplitargs: double quotes with backslash escapes.
+    quoted = []
+    for arg in args:
+        escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        quoted.append(f'"{escaped}"')
+    return " ".join(quoted) + "\n"
+
+
+def _read_sink_message(path: Path) -> SinkMessage:
+    raw = path.read_bytes()
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    mail_from = str(message.get("Return-Path", "")).strip().strip("<>")
+    rcpts = str(message.get("X-Sink-Rcpt-To", ""))
+    rcpt_to = tuple(r.strip().strip("<>") for r in rcpts.split(",") if r.strip())
+    return SinkMessage(path=path, mail_from=mail_from, rcpt_to=rcpt_to, message=message)
+
+
+__all__ = ["COMPONENTS", "HOST", "SinkMessage", "Stack", "TMP_SUBDIR"]
