@@ -10,7 +10,9 @@ from aupmilter.policy.verdict import Verdict
 log = logging.getLogger("aupmilter.verdict")
 
 
-def verdict_event(conn_id: str, txn: Transaction, verdict: Verdict, stage: str) -> dict[str, object]:
+def verdict_event(
+    conn_id: str, txn: Transaction, verdict: Verdict, stage: str
+) -> dict[str, object]:
     return {
         "conn": conn_id,
         "queue_id": txn.queue_id,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aupmilter import __version__
 from aupmilter.config import DEFAULT_CONFIG_PATH, Config, ConfigError, RedisSettings, load_config
+from aupmilter.store.tenants import TenantInfo
 
 EX_OK = 0
 EX_FAILURE = 1
@@ -172,10 +173,7 @@ def cmd_tenant(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _print_tenants(infos: list[object], as_json: bool, single: bool) -> None:
-    from aupmilter.store.tenants import TenantInfo
-
-    tenants = [i for i in infos if isinstance(i, TenantInfo)]
+def _print_tenants(tenants: Sequence[TenantInfo], as_json: bool, single: bool) -> None:
     if as_json:
         payload: object = tenants[0].as_json() if single else [t.as_json() for t in tenants]
         print(json.dumps(payload, indent=2, sort_keys=True))
@@ -195,7 +193,11 @@ def _print_tenants(infos: list[object], as_json: bool, single: bool) -> None:
     ]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        print(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip()
+        )
 
 
 def _timestamp(value: str) -> str:

@@ -149,6 +149,9 @@ class _Section:
             return default
         return value
 
+    def subtable(self, key: str, expected: str = "a table") -> dict[str, Any]:
+        return self.get(key, cast(dict[str, Any], {}), expected, _table)
+
     def reject_unknown(self) -> None:
         for key in sorted(set(self.table) - self.seen):
             self.problems.append(
@@ -229,7 +232,7 @@ def load_config(path: Path) -> Config:
     problems: list[str] = []
     root = _Section(path, "", data, problems)
 
-    milter = _Section(path, "milter", root.get("milter", {}, "a table", _table), problems)
+    milter = _Section(path, "milter", root.subtable("milter"), problems)
     listen = milter.get(
         "listen",
         ListenAddress("unix", path=Path("/run/aup-milter/aup-milter.sock")),
@@ -243,13 +246,11 @@ def load_config(path: Path) -> Config:
         ),
         socket_group=milter.get("socket_group", cast(str | None, None), "a group name", _string),
         timeout=milter.get("timeout", 600, "whole seconds from 1 to 3600", _integer(1, 3600)),
-        shutdown_grace=milter.get(
-            "shutdown_grace", 20.0, "seconds from 0 to 600", _number(0, 600)
-        ),
+        shutdown_grace=milter.get("shutdown_grace", 20.0, "seconds from 0 to 600", _number(0, 600)),
     )
     milter.reject_unknown()
 
-    redis = _Section(path, "redis", root.get("redis", {}, "a table", _table), problems)
+    redis = _Section(path, "redis", root.subtable("redis"), problems)
     redis_settings = RedisSettings(
         url=redis.get(
             "url",
@@ -264,7 +265,7 @@ def load_config(path: Path) -> Config:
     )
     redis.reject_unknown()
 
-    policy = _Section(path, "policy", root.get("policy", {}, "a table", _table), problems)
+    policy = _Section(path, "policy", root.subtable("policy"), problems)
     on_store_error = policy.get(
         "on_store_error", "tempfail", "'tempfail' or 'accept'", _choice("tempfail", "accept")
     )
@@ -277,7 +278,7 @@ def load_config(path: Path) -> Config:
     policy.reject_unknown()
     plans_dir = (path.parent / plans_dir_text).resolve()
 
-    log = _Section(path, "log", root.get("log", {}, "a table", _table), problems)
+    log = _Section(path, "log", root.subtable("log"), problems)
     log_settings = LogSettings(
         format=cast(
             Literal["json", "text"],
@@ -293,7 +294,8 @@ def load_config(path: Path) -> Config:
         plans = load_plans(plans_dir, problems)
     else:
         problems.append(
-            f"{path}: key 'policy.plans_dir': expected an existing directory, got {str(plans_dir)!r}"
+            f"{path}: key 'policy.plans_dir': expected an existing directory,"
+            f" got {str(plans_dir)!r}"
         )
     if problems:
         raise ConfigError(problems)
@@ -328,7 +330,7 @@ def load_plans(plans_dir: Path, problems: list[str]) -> dict[str, Plan]:
             problems.extend(exc.problems)
             continue
         root = _Section(file, "", data, problems)
-        table = root.get("plan", {}, "a table of plans, [plan.NAME]", _table)
+        table = root.subtable("plan", "a table of plans, [plan.NAME]")
         root.reject_unknown()
         for name, body in table.items():
             if not PLAN_NAME.match(name):

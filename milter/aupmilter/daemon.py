@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 
 import Milter
-import milter as libmilter
 
+import milter as libmilter
 from aupmilter import __version__, logs
 from aupmilter.config import Config, ListenAddress, MilterSettings
 from aupmilter.glue import AupMilter, Lifecycle

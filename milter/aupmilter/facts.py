@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 class Connection:
     conn_id: str
     client_name: str
-    client_addr: str | None
+    client_addr: str | None = None
     daemon_name: str | None = None
 
 

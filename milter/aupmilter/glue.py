@@ -36,6 +36,12 @@ _connection_numbers = itertools.count(1)
 
 F = TypeVar("F", bound=Callable[..., int])
 
+# pymilter is untyped: name what the glue uses, with types.
+CONTINUE: int = Milter.CONTINUE
+REJECT: int = Milter.REJECT
+TEMPFAIL: int = Milter.TEMPFAIL
+noreply: Callable[[F], F] = Milter.noreply
+
 
 class Lifecycle:
     """Counts open transactions so a stop can let them finish."""
@@ -98,7 +104,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
 
     # --- callbacks -----------------------------------------------------------
 
-    @Milter.noreply
+    @noreply
     @guarded("connect")
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         address = hostaddr[0] if isinstance(hostaddr, tuple) else None
@@ -109,7 +115,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             daemon_name=self.getsymval("{daemon_name}"),
         )
         self.log.debug("connect from %s [%s]", hostname, address)
-        return Milter.CONTINUE
+        return CONTINUE
 
     @guarded("envfrom")
     def envfrom(self, mail_from: str, *esmtp_params: str) -> int:
@@ -138,14 +144,14 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             self._end_transaction()
             return self._refuse(verdict.reply)
         self.pending = verdict
-        return Milter.CONTINUE
+        return CONTINUE
 
-    @Milter.noreply
+    @noreply
     @guarded("envrcpt")
     def envrcpt(self, rcpt_to: str, *esmtp_params: str) -> int:
         if self.txn is not None:
             self.txn = self.txn.with_recipient(unbracket(rcpt_to))
-        return Milter.CONTINUE
+        return CONTINUE
 
     @guarded("eom")
     def eom(self) -> int:
@@ -159,19 +165,19 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             self.quarantine(f"aup-milter: {verdict.reason}")
         audit.record(self.conn.conn_id, txn, verdict, "eom")
         self._end_transaction()
-        return Milter.CONTINUE
+        return CONTINUE
 
     @guarded("abort")
     def abort(self) -> int:
         if self.txn is not None:
             self.log.debug("transaction aborted after %d recipients", len(self.txn.recipients))
         self._end_transaction()
-        return Milter.CONTINUE
+        return CONTINUE
 
     @guarded("close")
     def close(self) -> int:
         self._end_transaction()
-        return Milter.CONTINUE
+        return CONTINUE
 
     # --- helpers -------------------------------------------------------------
 
@@ -184,4 +190,4 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
     def _refuse(self, reply: Reply | None) -> int:
         reply = reply or replies.INTERNAL_ERROR
         self.setreply(reply.code, reply.status, reply.text)
-        return Milter.TEMPFAIL if reply.is_temporary else Milter.REJECT
+        return TEMPFAIL if reply.is_temporary else REJECT

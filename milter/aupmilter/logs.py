@@ -56,9 +56,7 @@ class TextFormatter(logging.Formatter):
 def configure(settings: LogSettings) -> None:
     """Install (or re-install on reload) the single stderr handler."""
     root = logging.getLogger()
-    formatter: logging.Formatter = (
-        JsonFormatter() if settings.format == "json" else TextFormatter()
-    )
+    formatter: logging.Formatter = JsonFormatter() if settings.format == "json" else TextFormatter()
     handler = next((h for h in root.handlers if getattr(h, "_aup", False)), None)
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
@@ -74,7 +72,9 @@ class ConnectionLog(logging.LoggerAdapter[logging.Logger]):
     def __init__(self, logger: logging.Logger, conn_id: str) -> None:
         super().__init__(logger, {"conn": conn_id})
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         extra = dict(self.extra or {})
         extra.update(kwargs.get("extra") or {})
         kwargs["extra"] = extra

@@ -41,7 +41,9 @@ class Runtime:
 class LiveRuntime:
     """Holds the current Runtime; readers take one snapshot per transaction."""
 
-    def __init__(self, config: Config, store_factory: Callable[[Config], Store] | None = None) -> None:
+    def __init__(
+        self, config: Config, store_factory: Callable[[Config], Store] | None = None
+    ) -> None:
         self._store_factory = store_factory or (lambda cfg: Store(cfg.redis))
         self._current = Runtime(config, self._store_factory(config))
         self._lock = threading.Lock()
@@ -57,7 +59,8 @@ class LiveRuntime:
             config = load_config(old.config.path)
         except ConfigError as exc:
             log.error(
-                "config reload refused, keeping the running configuration:\n%s", exc,
+                "config reload refused, keeping the running configuration:\n%s",
+                exc,
                 extra={"problems": exc.problems},
             )
             return False

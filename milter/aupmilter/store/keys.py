@@ -1,11 +1,11 @@
 """The Redis key names, in one place (documented in README, "Redis keys").
 
-    aup:tenant:<id>           hash: status, plan, reason, updated_at, created_at
-    aup:tenant:<id>:logins    set: SASL logins mapped to the tenant (reverse index)
-    aup:tenant:<id>:domains   set: sender domains mapped to the tenant (reverse index)
-    aup:login:<login>         string: tenant id for an exact {auth_authen} value
-    aup:domain:<domain>       string: tenant id for a sender domain (and its subdomains)
-    aup:tenants               set: all tenant ids
+aup:tenant:<id>           hash: status, plan, reason, updated_at, created_at
+aup:tenant:<id>:logins    set: SASL logins mapped to the tenant (reverse index)
+aup:tenant:<id>:domains   set: sender domains mapped to the tenant (reverse index)
+aup:login:<login>         string: tenant id for an exact {auth_authen} value
+aup:domain:<domain>       string: tenant id for a sender domain (and its subdomains)
+aup:tenants               set: all tenant ids
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis
 
@@ -86,11 +87,11 @@ class TenantAdmin:
         mapping_keys = [keys.login(x) for x in login_list] + [keys.domain(x) for x in domain_list]
         now = self._now()
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(keys.tenant(tenant_id), *mapping_keys)
+            pipe.watch(keys.tenant(tenant_id), *mapping_keys)  # type: ignore[no-untyped-call]
             if pipe.exists(keys.tenant(tenant_id)):
                 raise TenantError(f"tenant {tenant_id!r} already exists (remove it first)")
             for key in mapping_keys:
-                owner = pipe.get(key)
+                owner = cast(str | None, pipe.get(key))
                 if owner is not None:
                     raise TenantError(f"{key} is already mapped to tenant {owner!r}")
             pipe.multi()
@@ -118,7 +119,7 @@ class TenantAdmin:
         state = validate_status(status)
         tenant_key = keys.tenant(validate_tenant_id(tenant_id))
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(tenant_key)
+            pipe.watch(tenant_key)  # type: ignore[no-untyped-call]
             if not pipe.exists(tenant_key):
                 raise TenantError(f"no tenant {tenant_id!r}")
             pipe.multi()
@@ -141,7 +142,7 @@ class TenantAdmin:
         return TenantInfo(tenant_id, dict(fields), sorted(logins), sorted(domains))
 
     def list(self) -> list[TenantInfo]:
-        ids = set(self.client.smembers(keys.TENANTS))
+        ids = {str(x) for x in self.client.smembers(keys.TENANTS)}
         # Tenants made by hand with redis-cli have no entry in the index set.
         for key in self.client.scan_iter(match=f"{keys.TENANT_PREFIX}*", count=500):
             rest = str(key)[len(keys.TENANT_PREFIX) :]
@@ -161,8 +162,9 @@ class TenantAdmin:
         mapping_keys = [keys.login(x) for x in info.logins] + [keys.domain(x) for x in info.domains]
         with self.client.pipeline(transaction=True) as pipe:
             if mapping_keys:
-                pipe.watch(*mapping_keys)
-            owned = [key for key in mapping_keys if pipe.get(key) == tenant_id]
+                pipe.watch(*mapping_keys)  # type: ignore[no-untyped-call]
+            # In WATCH mode the pipeline executes reads at once.
+            owned = [key for key in mapping_keys if cast(str | None, pipe.get(key)) == tenant_id]
             pipe.multi()
             if owned:
                 pipe.delete(*owned)

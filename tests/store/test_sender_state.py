@@ -1,0 +1,91 @@
+"""sender_state.lua against a real Redis: the one read at MAIL FROM."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from tests.conftest import RedisServer, client_commands, free_port
+
+from aupmilter.config import RedisSettings
+from aupmilter.policy.tenancy import Lookup, LookupKind, tenant_lookup
+from aupmilter.store.client import Store, StoreUnavailable
+from aupmilter.store.tenants import TenantAdmin
+
+
+@pytest.fixture
+def store(redis_server: RedisServer, redis_client: redis.Redis) -> Store:
+    admin = TenantAdmin(redis_client, clock=lambda: 1_700_000_000)
+    admin.add("acme", "standard", ["acme", "ops@acme"], ["acme.example"])
+    admin.add("sub", "business", [], ["eu.acme.example"])
+    return Store(RedisSettings(redis_server.url, 0.5, 0.5))
+
+
+def test_login_lookup_returns_the_tenant_hash(store: Store) -> None:
+    record = store.sender_state(tenant_lookup("acme", "x@elsewhere.example"))
+    assert record is not None
+    assert record.tenant_id == "acme"
+    assert record.fields == {
+        "status": "active",
+        "plan": "standard",
+        "reason": "",
+        "created_at": "1700000000",
+        "updated_at": "1700000000",
+    }
+
+
+def test_realm_form_login_is_its_own_mapping(store: Store) -> None:
+    record = store.sender_state(tenant_lookup("ops@acme", ""))
+    assert record is not None and record.tenant_id == "acme"
+    assert store.sender_state(tenant_lookup("ops", "")) is None
+
+
+def test_most_specific_domain_wins(store: Store) -> None:
+    for sender, tenant in [
+        ("a@acme.example", "acme"),
+        ("a@mail.acme.example", "acme"),
+        ("a@eu.acme.example", "sub"),
+        ("a@x.eu.acme.example", "sub"),
+    ]:
+        record = store.sender_state(tenant_lookup(None, sender))
+        assert record is not None and record.tenant_id == tenant, sender
+
+
+def test_unmapped_names_give_none(store: Store) -> None:
+    assert store.sender_state(tenant_lookup("stranger", "a@acme.example")) is None
+    assert store.sender_state(tenant_lookup(None, "a@other.example")) is None
+    assert store.sender_state(Lookup(None, ())) is None
+
+
+def test_mapping_to_missing_hash_gives_empty_record(
+    store: Store, redis_client: redis.Redis
+) -> None:
+    redis_client.set("aup:login:ghost", "nobody")
+    record = store.sender_state(Lookup(LookupKind.LOGIN, ("ghost",)))
+    assert record is not None and record.tenant_id == "nobody" and not record.exists
+
+
+def test_one_round_trip_per_lookup(store: Store, redis_server: RedisServer) -> None:
+    store.sender_state(tenant_lookup(None, "a@deep.mail.acme.example"))  # script loaded
+    sent = client_commands(
+        redis_server, lambda: store.sender_state(tenant_lookup(None, "a@deep.mail.acme.example"))
+    )
+    assert len(sent) == 1 and sent[0].startswith("EVALSHA"), sent
+
+
+def test_script_is_reloaded_after_script_flush(store: Store, redis_client: redis.Redis) -> None:
+    assert store.sender_state(tenant_lookup("acme", "")) is not None
+    redis_client.script_flush()
+    record = store.sender_state(tenant_lookup("acme", ""))
+    assert record is not None and record.tenant_id == "acme"
+
+
+def test_unreachable_redis_raises_store_unavailable_and_logs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = Store(RedisSettings(f"redis://127.0.0.1:{free_port()}/0", 0.2, 0.2))
+    for _ in range(3):
+        with pytest.raises(StoreUnavailable):
+            store.sender_state(tenant_lookup("acme", ""))
+    errors = [r for r in caplog.records if r.name == "aupmilter.store"]
+    assert len(errors) == 1 and "redis unavailable" in errors[0].getMessage()
+    assert store.outage.down
