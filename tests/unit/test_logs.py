@@ -1,0 +1,56 @@
+"""Log lines: JSON objects with the verdict fields flat; text with the connection id."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aupmilter import audit, replies
+from aupmilter.facts import Transaction
+from aupmilter.logs import ConnectionLog, JsonFormatter, TextFormatter
+from aupmilter.policy.verdict import Verdict
+
+
+def make_record(logger: logging.Logger, emit: object) -> logging.LogRecord:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        emit()  # type: ignore[operator]
+    finally:
+        logger.removeHandler(handler)
+    assert len(records) == 1
+    return records[0]
+
+
+def test_verdict_line_has_every_field() -> None:
+    txn = Transaction(sender="a@acme.example", auth_login="acme", queue_id="4AbC")
+    txn = txn.with_recipient("x@example.net").with_recipient("y@example.net")
+    verdict = Verdict.refuse(replies.ACCOUNT_TERMINATED, "tenant acme is terminated", "acme")
+    logger = logging.getLogger("aupmilter.verdict")
+    record = make_record(logger, lambda: audit.record("c7", txn, verdict, "mail"))
+    line = json.loads(JsonFormatter().format(record))
+    assert line["conn"] == "c7"
+    assert line["queue_id"] == "4AbC"
+    assert line["tenant"] == "acme"
+    assert line["sender"] == "a@acme.example"
+    assert line["auth"] == "acme"
+    assert line["recipients"] == 2
+    assert line["verdict"] == "reject"
+    assert line["reply"] == "550 5.7.1"
+    assert line["reason"] == "tenant acme is terminated"
+    assert line["stage"] == "mail"
+    assert line["level"] == "info" and line["ts"].endswith("Z")
+
+
+def test_connection_log_prefixes_text_lines() -> None:
+    logger = logging.getLogger("aupmilter.test")
+    record = make_record(logger, lambda: ConnectionLog(logger, "c2a").warning("hello %s", "x"))
+    assert "aupmilter.test [c2a] hello x" in TextFormatter().format(record)
+    assert json.loads(JsonFormatter().format(record))["conn"] == "c2a"

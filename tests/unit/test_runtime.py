@@ -1,0 +1,78 @@
+"""Config reload: a valid new file is swapped in whole, an invalid one is refused."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from aupmilter.config import load_config
+from aupmilter.runtime import ConfigWatcher, LiveRuntime, file_signature
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    shutil.copytree(ROOT / "policies", tmp_path / "policies")
+    path = tmp_path / "aup-milter.toml"
+    path.write_text('[policy]\nunknown_sender = "reject"\n')
+    return path
+
+
+def test_reload_swaps_in_a_valid_file(config_path: Path) -> None:
+    live = LiveRuntime(load_config(config_path))
+    store_before = live.current.store
+    config_path.write_text('[policy]\nunknown_sender = "accept"\n')
+    assert live.reload()
+    assert live.current.sender_policy.unknown_sender == "accept"
+    assert live.current.store is store_before, "same Redis settings keep the same client"
+
+
+def test_reload_builds_a_new_store_when_redis_changes(config_path: Path) -> None:
+    live = LiveRuntime(load_config(config_path))
+    store_before = live.current.store
+    config_path.write_text('[redis]\nurl = "redis://127.0.0.1:6400/1"\n')
+    assert live.reload()
+    assert live.current.store is not store_before
+    assert live.current.store.settings.url == "redis://127.0.0.1:6400/1"
+
+
+def test_invalid_file_keeps_the_running_config(
+    config_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    live = LiveRuntime(load_config(config_path))
+    before = live.current
+    config_path.write_text('[policy]\nunknown_sender = "maybe"\n')
+    with caplog.at_level(logging.ERROR):
+        assert not live.reload()
+    assert live.current is before
+    message = caplog.records[-1].getMessage()
+    assert "config reload refused" in message
+    assert "key 'policy.unknown_sender'" in message
+
+
+def test_plan_file_edits_change_the_signature(config_path: Path) -> None:
+    config = load_config(config_path)
+    before = file_signature(config)
+    (config_path.parent / "policies" / "extra.toml").write_text("[plan.gold]\n")
+    assert file_signature(config) != before
+
+
+def test_watcher_applies_an_edit_without_being_asked(config_path: Path) -> None:
+    live = LiveRuntime(load_config(config_path))
+    watcher = ConfigWatcher(live, interval=0.05)
+    watcher.start()
+    try:
+        (config_path.parent / "policies" / "gold.toml").write_text("[plan.gold]\n")
+        deadline = time.monotonic() + 5
+        while "gold" not in live.current.config.plans and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "gold" in live.current.config.plans
+    finally:
+        watcher.stop()
+        watcher.join(timeout=5)
+    assert not watcher.is_alive()
