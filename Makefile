@@ -6,7 +6,7 @@
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: test bootstrap lint typecheck pytest demo demo-stop demo-status clean
+.PHONY: test bootstrap lint typecheck pytest demo demo-stop demo-down demo-status clean
 
 test: bootstrap lint typecheck pytest
 
@@ -27,6 +27,8 @@ demo: bootstrap
 
 demo-stop:
 	@if [ -x $(PYTHON) ]; then $(PYTHON) -m testbed demo-down; else echo "no .venv: nothing was started"; fi
+
+demo-down: demo-stop
 
 demo-status:
 	$(PYTHON) -m testbed demo-status

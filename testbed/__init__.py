@@ -8,4 +8,4 @@ from testbed.proc import TestbedError
 from testbed.stack import SinkMessage, Stack
 from testbed.tenants import DEMO_ACCOUNTS, DEMO_SASL_USERS, Tenant
 
-__all__ = ["DEMO_ACCOUNTS", "DEMO_SASL_USERS", "SinkMessage", "Stack", "TestbedError", "Tenant"]
+__all__ = ["DEMO_ACCOUNTS", "DEMO_SASL_USERS", "SinkMessage", "Stack", "Tenant", "TestbedError"]

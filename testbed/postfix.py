@@ -67,6 +67,16 @@ def milter_snippet(milter_socket: Path | None) -> str:
     return text.replace(SAMPLE_MILTER_SOCKET, target)
 
 
+def snippet_settings(milter_socket: Path) -> dict[str, str]:
+    """The ``name = value`` settings of the sample snippet (comments skipped)."""
+    settings: dict[str, str] = {}
+    for line in milter_snippet(milter_socket).splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            name, value = line.split("=", 1)
+            settings[name.strip()] = value.strip()
+    return settings
+
+
 def main_cf(
     layout: PostfixLayout,
     *,
@@ -79,7 +89,6 @@ def main_cf(
     run = layout.run_dir
     base: dict[str, str] = {
         "compatibility_level": "3.6",
-        "config_directory": str(layout.config_dir),
         "queue_directory": str(layout.queue_dir),
         "data_directory": str(layout.data_dir),
         "command_directory": "/usr/sbin",

@@ -8,8 +8,10 @@ signal a stranger).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shlex
 import signal
 import socket
 import struct
@@ -59,7 +61,7 @@ def tail(path: Path, lines: int = 30) -> str:
         text = path.read_text(errors="replace")
     except FileNotFoundError:
         return f"\n--- {path}: (missing) ---"
-    body = "\n".join(text.splitlines()[-lines:])
+    body = "\n".join(text.splitlines()[-lines:]) or "(empty)"
     return f"\n--- last {lines} lines of {path} ---\n{body}\n--- end of {path.name} ---"
 
 
@@ -130,10 +132,8 @@ def session_members(sid: int) -> list[int]:
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def terminate(pid: int, *, timeout: float, what: str, session: bool = True) -> None:
@@ -161,10 +161,8 @@ def terminate(pid: int, *, timeout: float, what: str, session: bool = True) -> N
 
 def _reap(pid: int) -> None:
     # Only our own children can be reaped; for anything else this is a no-op.
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def tcp_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -262,14 +260,16 @@ def run(
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise TestbedError(f"{what}: `{' '.join(argv)}` did not finish within {timeout:g}s") from None
+        raise TestbedError(
+            f"{what}: `{shlex.join(argv)}` did not finish within {timeout:g}s"
+        ) from None
     except FileNotFoundError:
         raise TestbedError(
             f"{what}: `{argv[0]}` is not installed (run scripts/bootstrap.sh)"
         ) from None
     if check and done.returncode != 0:
         raise TestbedError(
-            f"{what}: `{' '.join(argv)}` exited {done.returncode}\n"
+            f"{what}: `{shlex.join(argv)}` exited {done.returncode}\n"
             f"stdout: {done.stdout.strip()}\nstderr: {done.stderr.strip()}"
         )
     return done

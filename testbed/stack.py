@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from testbed import postfix as pf
+from testbed import toml
+from testbed.client import TOKEN_HEADER
 from testbed.proc import (
     TestbedError,
     cmdline,
@@ -42,14 +44,7 @@ from testbed.proc import (
     wait_until,
     write_pidfile,
 )
-from testbed.sink import TMP_SUBDIR
-from testbed.tenants import (
-    DEMO_ACCOUNTS,
-    DEMO_SASL_USERS,
-    Tenant,
-    status_commands,
-    tenant_commands,
-)
+from testbed.tenants import DEMO_ACCOUNTS, DEMO_SASL_USERS, Tenant
 
 REPO_ROOT = pf.REPO_ROOT
 MILTER_SOURCE_ROOT = REPO_ROOT / "milter"
@@ -57,7 +52,6 @@ POLICIES_DIR = REPO_ROOT / "policies"
 HOST = "127.0.0.1"
 # Marks a folder as a testbed run folder: only such a folder is ever wiped.
 RUN_DIR_MARKER = ".testbed-run-dir"
-COMPONENTS = ("redis", "sink", "milter", "postfix")
 
 
 @dataclass(frozen=True)
@@ -77,8 +71,8 @@ class SinkMessage:
 class Stack:
     """A private Redis + aup-milter + Postfix + SMTP sink under ``run_dir``.
 
-    ``milter_config_extra`` is TOML appended to the generated
-    ``aup-milter.toml``; ``sasl_realm`` sets ``smtpd_sasl_local_domain``
+    ``milter_config_extra`` is TOML merged into the generated
+    ``aup-milter.toml`` (its keys win); ``sasl_realm`` sets ``smtpd_sasl_local_domain``
     (then the milter sees ``{auth_authen}`` as ``login@realm``);
     ``postfix_overrides`` are main.cf settings applied last;
     ``milter_command`` replaces the real daemon (argv; ``{config}`` and
@@ -248,7 +242,7 @@ class Stack:
                 )
 
     def _owned(self, pidfile: Path, marker: str) -> int | None:
-        """Pid from ``pidfile`` if that process is alive, is ``marker``, and runs in our run folder."""
+        """Pid in ``pidfile`` if alive, its cmdline has ``marker`` and it runs in our run folder."""
         pid = read_pidfile(pidfile)
         if pid is None or not is_alive(pid) or marker not in cmdline(pid):
             return None
@@ -288,9 +282,7 @@ class Stack:
         if child is not None:
             child.wait(timeout=5.0)
 
-    def _wait_ready(
-        self, what: str, pid: int, probe: Callable[[], bool], log: Path
-    ) -> None:
+    def _wait_ready(self, what: str, pid: int, probe: Callable[[], bool], log: Path) -> None:
         """Wait for ``probe``; fail early (with the log) if the process dies first."""
 
         def ready() -> bool:
@@ -300,7 +292,9 @@ class Stack:
                 raise TestbedError(f"{what} (pid {pid}) exited during startup{tail(log)}")
             return False
 
-        wait_until(ready, timeout=self.timeout, what=f"{what} to get ready", on_timeout=lambda: tail(log))
+        wait_until(
+            ready, timeout=self.timeout, what=f"{what} to get ready", on_timeout=lambda: tail(log)
+        )
 
     # ---- redis ---------------------------------------------------------------
 
@@ -316,23 +310,21 @@ class Stack:
         # Foreground under our own session rather than --daemonize: the pid is
         # known at once, and the same stop path works for every component.
         pid = self._spawn(
-            [
+            _argv(
                 "redis-server",
-                "--bind", HOST,
-                "--port", str(self.redis_port),
-                "--save", "",
-                "--appendonly", "no",
-                "--daemonize", "no",
-                "--pidfile", str(self.redis_pidfile),
-                "--dir", str(self.run_dir),
-                "--logfile", "",
-            ],
+                bind=HOST,
+                port=self.redis_port,
+                save="",
+                appendonly="no",
+                daemonize="no",
+                pidfile=self.redis_pidfile,
+                dir=self.run_dir,
+                logfile="",
+            ),
             self.redis_log,
         )
         write_pidfile(self.redis_pidfile, pid)
-        self._wait_ready(
-            "redis-server", pid, lambda: self._redis_ping() == "PONG", self.redis_log
-        )
+        self._wait_ready("redis-server", pid, lambda: self._redis_ping() == "PONG", self.redis_log)
 
     def stop_redis(self) -> None:
         pid = self._redis_pid()
@@ -355,21 +347,6 @@ class Stack:
             raise TestbedError(f"redis-cli {' '.join(args)}: {reply or done.stderr.strip()}")
         return reply
 
-    def redis_pipeline(self, commands: Sequence[Sequence[str]]) -> list[str]:
-        """Run several commands in one MULTI/EXEC transaction; their replies."""
-        script = "MULTI\n" + "".join(_redis_line(c) for c in commands) + "EXEC\n"
-        done = run(
-            self._redis_cli_argv(),
-            what="redis-cli (pipeline)",
-            timeout=10.0,
-            input_text=script,
-        )
-        replies = done.stdout.splitlines()
-        failed = [r for r in replies if r.startswith(("ERR", "WRONGTYPE", "EXECABORT"))]
-        if failed or not replies or replies[0] != "OK":
-            raise TestbedError(f"redis pipeline failed: {replies} {done.stderr.strip()}")
-        return replies
-
     # ---- sink ----------------------------------------------------------------
 
     def _sink_pid(self) -> int | None:
@@ -383,13 +360,15 @@ class Stack:
         self.sink_pidfile.unlink(missing_ok=True)
         self.mail_dir.mkdir(exist_ok=True)
         pid = self._spawn(
-            [
-                self.python, "-m", "testbed.sink",
-                "--host", HOST,
-                "--port", str(self.sink_port),
-                "--maildir", str(self.mail_dir),
-                "--pidfile", str(self.sink_pidfile),
-            ],
+            _argv(
+                self.python,
+                "-m",
+                "testbed.sink",
+                host=HOST,
+                port=self.sink_port,
+                maildir=self.mail_dir,
+                pidfile=self.sink_pidfile,
+            ),
             self.sink_log,
             env=self._python_env(),
         )
@@ -411,6 +390,22 @@ class Stack:
         """Messages delivered so far, oldest first."""
         return [_read_sink_message(path) for path in sorted(self.mail_dir.glob("*.eml"))]
 
+    def find_sink_message(self, token: str) -> SinkMessage | None:
+        """The delivered message carrying ``token`` (see testbed.client.make_message)."""
+        for message in self.sink_messages():
+            if message.message.get(TOKEN_HEADER) == token:
+                return message
+        return None
+
+    def wait_for_sink(self, token: str, timeout: float = 20.0) -> SinkMessage:
+        """Wait until the message carrying ``token`` reached the sink."""
+        return wait_until(
+            lambda: self.find_sink_message(token),
+            timeout=timeout,
+            what=f"the message with {TOKEN_HEADER} {token} in {self.mail_dir}",
+            on_timeout=self._mail_diagnostics,
+        )
+
     def clear_sink(self) -> None:
         for path in self.mail_dir.glob("*.eml"):
             path.unlink(missing_ok=True)
@@ -421,23 +416,28 @@ class Stack:
         marker = "aupmilter" if self.milter_command is None else self.milter_command[0]
         return self._owned(self.milter_pidfile, marker)
 
+    def milter_settings(self) -> dict[str, Any]:
+        """The daemon's settings for this stack, with ``milter_config_extra`` merged in."""
+        base: dict[str, Any] = {
+            "milter": {
+                "listen": f"unix:{self.milter_socket}",
+                "socket_mode": "0660",
+                # smtpd runs as `postfix` and must be able to connect.
+                "socket_group": "postfix",
+            },
+            "redis": {"url": self.redis_url},
+            "policy": {
+                "on_store_error": "tempfail",
+                "unknown_sender": "reject",
+                "plans_dir": str(POLICIES_DIR),
+            },
+            "log": {"format": "json", "level": "info"},
+        }
+        return toml.merged(base, self.milter_config_extra)
+
     def milter_config_text(self) -> str:
-        return (
-            "# Generated by testbed.stack; rewritten on start.\n"
-            "[milter]\n"
-            f'listen = "unix:{self.milter_socket}"\n'
-            'socket_mode = "0660"\n'
-            'socket_group = "postfix"\n'
-            "\n[redis]\n"
-            f'url = "{self.redis_url}"\n'
-            "\n[policy]\n"
-            'on_store_error = "tempfail"\n'
-            'unknown_sender = "reject"\n'
-            f'plans_dir = "{POLICIES_DIR}"\n'
-            "\n[log]\n"
-            'format = "json"\n'
-            'level = "info"\n'
-            + (f"\n{self.milter_config_extra.strip()}\n" if self.milter_config_extra.strip() else "")
+        return "# Generated by testbed.stack; rewritten on start.\n" + toml.dumps(
+            self.milter_settings()
         )
 
     def write_milter_config(self, text: str | None = None) -> None:
@@ -488,6 +488,9 @@ class Stack:
         if pid is not None:
             self._terminate(pid, "aup-milter")
         self.milter_pidfile.unlink(missing_ok=True)
+        # A leftover socket would make the next start's readiness probe racy.
+        if self.milter_socket.is_socket():
+            self.milter_socket.unlink()
 
     def restart_milter(self) -> None:
         self.stop_milter()
@@ -572,12 +575,22 @@ class Stack:
         # session (it calls setsid), so whatever outlives it is found by session id.
         run(self._postfix_argv("stop"), what="postfix stop", check=False, timeout=30.0)
         try:
-            wait_until(
-                lambda: not session_members(pid), timeout=10.0, what="postfix to exit"
-            )
+            wait_until(lambda: not session_members(pid), timeout=10.0, what="postfix to exit")
         except TestbedError:
             for member in session_members(pid):
                 terminate(member, timeout=2.0, what="postfix process", session=False)
+
+    def postconf(self, *names: str) -> dict[str, str]:
+        """Effective main.cf values of ``names`` in the stack's Postfix."""
+        done = run(["postconf", "-c", str(self.postfix.config_dir), *names], what="postconf")
+        # An empty value prints as "name =", without the trailing space.
+        pairs = (line.partition(" =") for line in done.stdout.splitlines())
+        return {name: value.strip() for name, sep, value in pairs if sep}
+
+    def postconf_warnings(self) -> list[str]:
+        """What postconf complains about in the generated config (e.g. unknown parameters)."""
+        done = run(["postconf", "-c", str(self.postfix.config_dir), "-n"], what="postconf -n")
+        return [line for line in done.stderr.splitlines() if line.strip()]
 
     def reload_postfix(self) -> None:
         self.write_postfix_config()
@@ -599,14 +612,39 @@ class Stack:
 
     def queue(self) -> list[dict[str, Any]]:
         """Every queued message, as ``postqueue -j`` describes it."""
-        done = run(
-            ["postqueue", "-c", str(self.postfix.config_dir), "-j"], what="postqueue -j"
-        )
+        done = run(["postqueue", "-c", str(self.postfix.config_dir), "-j"], what="postqueue -j")
         return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
     def hold_queue(self) -> list[dict[str, Any]]:
         """Messages on hold (quarantined by the milter, or held by an admin)."""
         return [entry for entry in self.queue() if entry.get("queue_name") == "hold"]
+
+    def queue_entry(self, queue_id: str) -> dict[str, Any] | None:
+        return next((e for e in self.queue() if e.get("queue_id") == queue_id), None)
+
+    def wait_for_queue(
+        self, queue_id: str, queue_name: str, timeout: float = 20.0
+    ) -> dict[str, Any]:
+        """Wait until message ``queue_id`` sits in ``queue_name`` (``hold``, ``deferred``...)."""
+
+        def probe() -> dict[str, Any] | None:
+            entry = self.queue_entry(queue_id)
+            return entry if entry and entry.get("queue_name") == queue_name else None
+
+        return wait_until(
+            probe,
+            timeout=timeout,
+            what=f"message {queue_id} in the {queue_name} queue",
+            on_timeout=self._mail_diagnostics,
+        )
+
+    def _mail_diagnostics(self) -> str:
+        try:
+            queue = "\n".join(json.dumps(entry) for entry in self.queue()) or "(empty)"
+        except TestbedError as exc:
+            queue = str(exc)
+        logs = tail(self.postfix.log_file) + tail(self.milter_log)
+        return f"\n--- postqueue -j ---\n{queue}{logs}"
 
     def postsuper(self, *args: str) -> None:
         run(["postsuper", "-c", str(self.postfix.config_dir), *args], what="postsuper")
@@ -616,7 +654,13 @@ class Stack:
         self.postsuper("-d", "ALL", *([] if queue == "ALL" else [queue]))
 
     def release_hold(self) -> None:
+        """Release every held message and deliver it now.
+
+        Released mail moves to the deferred queue, which qmgr only scans
+        every queue_run_delay; the flush makes delivery immediate.
+        """
         self.postsuper("-H", "ALL")
+        self.flush_queue()
 
     def flush_queue(self) -> None:
         """Ask Postfix to retry deferred mail now."""
@@ -624,16 +668,36 @@ class Stack:
 
     # ---- tenants -------------------------------------------------------------
 
+    def tenant_cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``aup-milter tenant ARGS`` against the stack's Redis."""
+        argv = [self.python, "-m", "aupmilter", "tenant", "--redis", self.redis_url, *args]
+        return run(argv, what=f"aup-milter tenant {args[0]}", env=self._python_env(), check=check)
+
     def add_tenant(self, tenant: Tenant) -> None:
-        """Register ``tenant`` in Redis (logins in the form {auth_authen} takes)."""
+        """Register ``tenant`` afresh (replacing any tenant of that id).
+
+        Logins are registered in the form {auth_authen} takes in this stack's
+        SASL setup (``login@realm`` when ``sasl_realm`` is set).
+        """
+        self.remove_tenant(tenant.id)
         logins = [self.auth_authen(login) for login in tenant.logins]
-        self.redis_pipeline(tenant_commands(tenant, logins))
+        self.tenant_cli(*tenant.add_args(logins))
+
+    def remove_tenant(self, tenant_id: str) -> None:
+        """Remove a tenant and its mappings; a missing tenant is fine."""
+        done = self.tenant_cli("remove", tenant_id, check=False)
+        if done.returncode != 0 and "no tenant" not in done.stderr:
+            raise TestbedError(f"aup-milter tenant remove {tenant_id}: {done.stderr.strip()}")
 
     def set_tenant_status(self, tenant_id: str, status: str, reason: str = "") -> None:
-        self.redis_pipeline(status_commands(tenant_id, status, reason))
+        self.tenant_cli("set-status", tenant_id, status, "--reason", reason)
+
+    def tenant_info(self, tenant_id: str) -> dict[str, Any]:
+        info: dict[str, Any] = json.loads(self.tenant_cli("show", tenant_id, "--json").stdout)
+        return info
 
     def add_demo_tenants(self) -> None:
-        """The demo's tenants acme and globex (active) with their SASL users."""
+        """The demo's tenants acme and globex, active, with their SASL users."""
         for account in DEMO_ACCOUNTS:
             for login in account.tenant.logins:
                 if self.sasl_users.get(login) != account.password:
@@ -642,13 +706,12 @@ class Stack:
             self.add_tenant(account.tenant)
 
 
-def _redis_line(args: Sequence[str]) -> str:
-    # redis-cli reads stdin with sdssplitargs: double quotes with backslash escapes.
-    quoted = []
-    for arg in args:
-        escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        quoted.append(f'"{escaped}"')
-    return " ".join(quoted) + "\n"
+def _argv(*words: str, **options: object) -> list[str]:
+    """A command line: ``words`` then ``--name value`` for each option (in order)."""
+    argv = list(words)
+    for name, value in options.items():
+        argv += [f"--{name}", str(value)]
+    return argv
 
 
 def _read_sink_message(path: Path) -> SinkMessage:
@@ -661,4 +724,4 @@ def _read_sink_message(path: Path) -> SinkMessage:
     return SinkMessage(path=path, mail_from=mail_from, rcpt_to=rcpt_to, message=message)
 
 
-__all__ = ["COMPONENTS", "HOST", "SinkMessage", "Stack", "TMP_SUBDIR"]
+__all__ = ["HOST", "SinkMessage", "Stack"]

@@ -12,7 +12,6 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from aupmilter import logs
 from aupmilter.config import Config, ConfigError, load_config, plan_files
@@ -98,22 +97,24 @@ class ConfigWatcher(threading.Thread):
         self.live = live
         self.interval = interval
         self._stop_event = threading.Event()
+        # Taken now, not when the thread runs: an edit right after start() must count.
+        self._seen = file_signature(live.current.config)
 
     def run(self) -> None:
-        seen = file_signature(self.live.current.config)
         while not self._stop_event.wait(self.interval):
-            now = file_signature(self.live.current.config)
-            if now == seen:
+            if file_signature(self.live.current.config) == self._seen:
                 continue
             # Let an editor finish writing before reading the file.
             if self._stop_event.wait(min(0.2, self.interval)):
                 return
+            # Taken before loading: an edit made during the reload is seen next round.
+            before_load = file_signature(self.live.current.config)
             self.live.reload()
-            seen = file_signature(self.live.current.config)
+            after_load = file_signature(self.live.current.config)
+            same_files = [e[0] for e in before_load] == [e[0] for e in after_load]
+            # A new plans_dir changes which files are watched: start over from those.
+            self._seen = before_load if same_files else after_load
 
     def stop(self) -> None:
         self._stop_event.set()
 
-
-def watched_paths(config: Config) -> list[Path]:
-    return [Path(entry[0]) for entry in file_signature(config)]

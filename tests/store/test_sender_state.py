@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import redis
-from tests.conftest import RedisServer, client_commands, free_port
 
 from aupmilter.config import RedisSettings
 from aupmilter.policy.tenancy import Lookup, LookupKind, tenant_lookup
 from aupmilter.store.client import Store, StoreUnavailable
 from aupmilter.store.tenants import TenantAdmin
+from tests.conftest import RedisServer, client_commands, free_port
 
 
 @pytest.fixture

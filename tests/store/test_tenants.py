@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from tests.conftest import ROOT, RedisServer, free_port
 
 from aupmilter.store.tenants import TenantAdmin, TenantError
+from tests.conftest import ROOT, RedisServer, free_port
 
 
 @pytest.fixture

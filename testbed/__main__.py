@@ -1,0 +1,132 @@
+"""``python -m testbed demo-up|demo-down|demo-status``: the demo behind ``make demo``.
+
+The demo is the same :class:`testbed.stack.Stack` the end-to-end tests use,
+left running under ``run/demo/`` so a person can send mail through it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from testbed.proc import TestbedError
+from testbed.stack import REPO_ROOT, Stack
+from testbed.tenants import DEMO_ACCOUNTS
+
+DEFAULT_RUN_DIR = REPO_ROOT / "run" / "demo"
+DEFAULT_PORTS = {"redis": 6390, "smtp": 2525, "sink": 2526}
+
+
+def build_stack(args: argparse.Namespace) -> Stack:
+    return Stack(
+        args.run_dir,
+        redis_port=args.redis_port,
+        smtp_port=args.smtp_port,
+        sink_port=args.sink_port,
+        with_milter=not args.without_milter,
+    )
+
+
+def _rel(path: Path) -> str:
+    # Commands printed for copy-and-paste read better relative to the repo.
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def try_it(stack: Stack) -> str:
+    smtp = f"{stack.host}:{stack.smtp_port}"
+    acme, globex = DEMO_ACCOUNTS
+    # postsuper insists on an absolute -c path.
+    config = stack.postfix.config_dir
+    lines = [
+        f"Demo relay ready: SMTP on {smtp} (AUTH PLAIN/LOGIN), Redis on port {stack.redis_port},",
+        f"delivered mail lands in {_rel(stack.mail_dir)}/ (the sink on port {stack.sink_port}).",
+        "",
+        "Send as tenant acme (delivered):",
+        f"  swaks --server {smtp} --auth-user {acme.tenant.logins[0]} "
+        f"--auth-password {acme.password} --from a@{acme.tenant.domains[0]} --to x@example.net",
+        "Send as tenant globex:",
+        f"  swaks --server {smtp} --auth-user {globex.tenant.logins[0]} "
+        f"--auth-password {globex.password} --from b@{globex.tenant.domains[0]} --to y@example.net",
+        "Unknown sender (rejected with 550 5.7.1):",
+        f"  swaks --server {smtp} --from someone@unknown.example --to x@example.net",
+        "Suspend acme (its next mail goes to the hold queue), then lift it again:",
+        f"  redis-cli -p {stack.redis_port} HSET aup:tenant:acme status suspended",
+        f"  redis-cli -p {stack.redis_port} HSET aup:tenant:acme status active",
+        "See the queue (held mail is marked !), release the hold and deliver now, or delete it:",
+        f"  postqueue -c {config} -p",
+        f"  postsuper -c {config} -H ALL && postqueue -c {config} -f",
+        f"  postsuper -c {config} -d ALL hold",
+        "Logs:",
+        f"  {_rel(stack.milter_log)}  {_rel(stack.postfix.log_file)}  {_rel(stack.sink_log)}",
+        f"Stop it all:  {_rel(Path(sys.executable))} -m testbed demo-down",
+    ]
+    return "\n".join(lines)
+
+
+def demo_up(stack: Stack) -> int:
+    stack.start()
+    try:
+        stack.add_demo_tenants()
+    except BaseException:
+        stack.stop()
+        raise
+    print(try_it(stack))
+    return 0
+
+
+def demo_down(stack: Stack) -> int:
+    stack.stop()
+    print(f"demo stopped (run folder {_rel(stack.run_dir)} kept for its logs and mail)")
+    return 0
+
+
+def demo_status(stack: Stack) -> int:
+    status = stack.status()
+    for name, pid in status.items():
+        print(f"{name:<8} {'running, pid ' + str(pid) if pid else 'stopped'}")
+    if status["postfix"]:
+        queues = Counter(entry.get("queue_name", "?") for entry in stack.queue())
+        summary = ", ".join(f"{n} {q}" for q, n in sorted(queues.items())) or "empty"
+        print(f"queue    {summary}")
+    if stack.mail_dir.exists():
+        print(f"sink     {len(stack.sink_messages())} message(s) in {_rel(stack.mail_dir)}/")
+    # Exit status for scripts: 0 only when everything runs.
+    return 0 if all(status.values()) else 3
+
+
+COMMANDS = {"demo-up": demo_up, "demo-down": demo_down, "demo-status": demo_status}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m testbed", description=__doc__)
+    parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
+    parser.add_argument("--redis-port", type=int, default=DEFAULT_PORTS["redis"])
+    parser.add_argument("--smtp-port", type=int, default=DEFAULT_PORTS["smtp"])
+    parser.add_argument("--sink-port", type=int, default=DEFAULT_PORTS["sink"])
+    parser.add_argument(
+        "--without-milter",
+        action="store_true",
+        help="run Postfix with no milter (to check the relay itself)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    stack = build_stack(args)
+    try:
+        return COMMANDS[args.command](stack)
+    except TestbedError as exc:
+        print(f"testbed {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

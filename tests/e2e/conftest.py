@@ -1,0 +1,87 @@
+"""Fixtures for the end-to-end tests: real Postfix, Redis, aup-milter and an SMTP sink.
+
+The stack is the same :class:`testbed.Stack` that ``make demo`` runs, under
+``run/e2e/`` (not /tmp: the ``postfix`` user must be able to traverse to the
+milter socket and the sasldb) on ports of its own, so the demo can keep running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from testbed import DEMO_ACCOUNTS, DEMO_SASL_USERS, Stack
+from testbed.client import ClientFactory, SmtpClient
+from testbed.stack import REPO_ROOT
+
+E2E_RUN_DIR = REPO_ROOT / "run" / "e2e"
+REDIS_PORT, SMTP_PORT, SINK_PORT = 6395, 2535, 2536
+
+# A SASL account that authenticates fine but belongs to no tenant.
+STRANGER = ("stranger", "stranger-pw")
+PASSWORDS = {account.tenant.id: account.password for account in DEMO_ACCOUNTS}
+
+
+@pytest.fixture(scope="session")
+def session_stack() -> Iterator[Stack]:
+    stack = Stack(
+        E2E_RUN_DIR,
+        redis_port=REDIS_PORT,
+        smtp_port=SMTP_PORT,
+        sink_port=SINK_PORT,
+        sasl_users={**DEMO_SASL_USERS, STRANGER[0]: STRANGER[1]},
+    )
+    # A previous run that was killed may have left its stack running: start clean.
+    stack.start(clean=True)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def reset(stack: Stack) -> None:
+    """The state every test starts from: Redis up, demo tenants active, empty hold queue."""
+    stack.start_redis()
+    stack.add_demo_tenants()
+    stack.delete_queued("hold")
+
+
+@pytest.fixture
+def stack(session_stack: Stack) -> Iterator[Stack]:
+    """The session's stack, reset before and after the test (tests change tenant state)."""
+    reset(session_stack)
+    yield session_stack
+    reset(session_stack)
+
+
+@pytest.fixture
+def stranger() -> tuple[str, str]:
+    """Login and password of a SASL account that belongs to no tenant."""
+    return STRANGER
+
+
+@pytest.fixture
+def connect(stack: Stack) -> Iterator[ClientFactory]:
+    """Open SMTP connections to the relay, optionally authenticated; all closed afterwards.
+
+    ``connect()`` is unauthenticated; ``connect("acme")`` logs in as a demo
+    tenant; ``connect(user, password, mechanism="LOGIN")`` as anyone.
+    """
+    opened: list[SmtpClient] = []
+
+    def open_client(
+        user: str | None = None, password: str | None = None, mechanism: str = "PLAIN"
+    ) -> SmtpClient:
+        client = SmtpClient(stack.host, stack.smtp_port)
+        opened.append(client)
+        if user is not None:
+            secret = password if password is not None else PASSWORDS[user]
+            assert mechanism in ("PLAIN", "LOGIN")
+            reply = client.login(user, secret, "PLAIN" if mechanism == "PLAIN" else "LOGIN")
+            assert reply.code == 235, f"AUTH as {user} failed: {reply}"
+        return client
+
+    yield open_client
+    for client in opened:
+        client.close()
