@@ -90,12 +90,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cmd_tenant(args)
 
 
-def cmd_check(path: Path) -> int:
+def _load_or_report(path: Path) -> Config | None:
+    """The config, or None after printing one line per problem to stderr."""
     try:
-        config = load_config(path)
+        return load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return None
+
+
+def cmd_check(path: Path) -> int:
+    config = _load_or_report(path)
+    if config is None:
         return EX_FAILURE
     plans = ", ".join(sorted(config.plans)) or "none"
     print(f"{config.path}: OK (listen {config.milter.listen}; plans: {plans})")
@@ -105,11 +112,8 @@ def cmd_check(path: Path) -> int:
 def cmd_run(path: Path) -> int:
     from aupmilter import daemon
 
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    config = _load_or_report(path)
+    if config is None:
         return EX_CONFIG
     daemon.configure_logging(config)
     try:
