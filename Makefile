@@ -15,6 +15,7 @@ bootstrap:
 
 lint: bootstrap
 	$(VENV)/bin/ruff check milter testbed tests
+	$(VENV)/bin/ruff format --check milter testbed tests
 
 typecheck: bootstrap
 	$(VENV)/bin/mypy

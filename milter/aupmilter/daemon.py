@@ -12,14 +12,16 @@ from __future__ import annotations
 import grp
 import logging
 import os
+import signal
 import socket
 import stat
 import tempfile
+import threading
 from pathlib import Path
 
 import Milter
-
 import milter as libmilter
+
 from aupmilter import __version__, logs
 from aupmilter.config import Config, ListenAddress, MilterSettings
 from aupmilter.glue import AupMilter, Lifecycle
@@ -30,6 +32,8 @@ log = logging.getLogger("aupmilter.daemon")
 MILTER_NAME = "aup-milter"
 SD_LISTEN_FDS_START = 3
 MILTER_FLAGS = libmilter.QUARANTINE
+STOP_TIMEOUT = 15.0
+"""libmilter's listener notices a stop within its 5 s poll; allow for a slow machine."""
 
 
 class StartupError(Exception):
@@ -175,14 +179,52 @@ def _adopt_systemd_socket() -> str:
     return "systemd socket activation"
 
 
+class MilterThread(threading.Thread):
+    """Runs libmilter's main loop off the main thread.
+
+    libmilter blocks SIGTERM, SIGINT and SIGHUP in the thread that calls
+    smfi_main and hands them to a sigwait thread of its own, which stops the
+    worker pool at once: open transactions would never get their answer. Run
+    from here, libmilter blocks them only in its own threads; the Python main
+    thread keeps them, so a process-directed signal reaches Python's handlers
+    first and the daemon drains before it asks libmilter to stop.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="libmilter", daemon=True)
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            libmilter.main()
+        except libmilter.error as exc:
+            self.error = str(exc)
+
+
 def serve(config: Config) -> int:
     """Run until SIGTERM/SIGINT; return the process exit status."""
     live = LiveRuntime(config)
     lifecycle = Lifecycle()
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("%s received", signal.Signals(signum).name)
+        stop_requested.set()
+
+    def reload_now(_signum: int, _frame: object) -> None:
+        log.info("SIGHUP received: reloading the configuration")
+        live.reload()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, reload_now)
+
     _register(live, lifecycle, config.milter)
     where = open_listener(config.milter)
     watcher = ConfigWatcher(live)
     watcher.start()
+    milter_thread = MilterThread()
+    milter_thread.start()
     log.info(
         "aup-milter %s listening on %s (redis %s, on_store_error=%s, %d plans)",
         __version__,
@@ -192,19 +234,23 @@ def serve(config: Config) -> int:
         len(config.plans),
     )
     sd_notify("READY=1")
-    try:
-        libmilter.main()
-    except libmilter.error as exc:
-        log.error("libmilter stopped with an error: %s", exc)
-        return 1
-    finally:
-        watcher.stop()
+    while not stop_requested.wait(0.5):
+        if not milter_thread.is_alive():
+            watcher.stop()
+            log.error("libmilter stopped by itself: %s", milter_thread.error or "no reason given")
+            return 1
+
     sd_notify("STOPPING=1")
+    watcher.stop()
     grace = live.current.config.milter.shutdown_grace
-    log.info("stopping: waiting up to %.0f s for open transactions to finish", grace)
+    log.info("stopping: new transactions get 421; up to %.0f s for open ones to finish", grace)
     left = lifecycle.stop_and_drain(grace)
     if left:
         log.warning("stopping with %d transactions still open; the MTA will tempfail them", left)
+    libmilter.stop()
+    milter_thread.join(timeout=STOP_TIMEOUT)
+    if milter_thread.is_alive():
+        log.warning("libmilter did not stop within %.0f s; exiting anyway", STOP_TIMEOUT)
     else:
         log.info("stopped cleanly")
     live.current.store.close()

@@ -117,4 +117,3 @@ class ConfigWatcher(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
-

@@ -9,7 +9,7 @@ from aupmilter.config import RedisSettings
 from aupmilter.policy.tenancy import Lookup, LookupKind, tenant_lookup
 from aupmilter.store.client import Store, StoreUnavailable
 from aupmilter.store.tenants import TenantAdmin
-from tests.conftest import RedisServer, client_commands, free_port
+from tests.support import RedisServer, client_commands, free_port
 
 
 @pytest.fixture

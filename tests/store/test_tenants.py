@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from aupmilter.store.tenants import TenantAdmin, TenantError
-from tests.conftest import ROOT, RedisServer, free_port
+from tests.support import ROOT, RedisServer, free_port
 
 
 @pytest.fixture

@@ -1,0 +1,386 @@
+"""The processes behind the milter-protocol tests: a private Redis and the real daemon.
+
+Nothing here is mocked: the tests talk the milter protocol (``mta.py``) to
+``python -m aupmilter run`` in a subprocess, backed by a real redis-server on
+a free loopback port. Tenants are made with the real CLI or written with
+redis-py per the key schema in ``aupmilter.store.keys``. The daemon's stderr
+(JSON log lines) goes to a file the tests read.
+
+Every wait is bounded; a timeout fails with the tail of the relevant log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.milter.mta import MilterClient, MilterError
+from tests.support import (
+    STARTUP_TIMEOUT,
+    HarnessError,
+    RedisServer,
+    tail,
+    wait_until,
+)
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PLANS_DIR = REPO_ROOT / "policies"
+MILTER_SOURCE_ROOT = REPO_ROOT / "milter"
+LOG_TIMEOUT = 5.0
+
+
+def short_tempdir() -> Path:
+    """A directory whose socket paths fit in sun_path (108 bytes), unlike pytest's tmp_path."""
+    return Path(tempfile.mkdtemp(prefix="aupm-", dir="/tmp"))
+
+
+# --- the daemon ----------------------------------------------------------------------
+
+
+def child_env() -> dict[str, str]:
+    """Our environment, with the source root as a fallback for finding ``aupmilter``.
+
+    It goes after any PYTHONPATH already set (the venv's editable install also finds it).
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (env.get("PYTHONPATH", ""), str(MILTER_SOURCE_ROOT)) if p
+    )
+    return env
+
+
+def render_toml(settings: Mapping[str, Mapping[str, object]]) -> str:
+    """The flat two-level TOML the daemon's config uses (strings, numbers, booleans)."""
+    lines: list[str] = []
+    for table, values in settings.items():
+        lines.append(f"[{table}]")
+        for key, value in values.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, int | float):
+                text = repr(value)
+            else:
+                text = json.dumps(str(value))  # a JSON string is a valid TOML basic string
+            lines.append(f"{key} = {text}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def daemon_settings(
+    listen: str,
+    redis_url: str,
+    **overrides: Mapping[str, object],
+) -> dict[str, dict[str, object]]:
+    settings: dict[str, dict[str, object]] = {
+        "milter": {"listen": listen, "socket_mode": "0600", "shutdown_grace": 5},
+        "redis": {"url": redis_url},
+        "policy": {
+            "on_store_error": "tempfail",
+            "unknown_sender": "reject",
+            "plans_dir": str(PLANS_DIR),
+        },
+        "log": {"format": "json", "level": "debug"},
+    }
+    for table, values in overrides.items():
+        settings.setdefault(table, {}).update(values)
+    return settings
+
+
+class DaemonLog:
+    """The daemon's stderr: JSON lines (anything else is kept as {'raw': line})."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def text(self) -> str:
+        try:
+            return self.path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def mark(self) -> int:
+        """Position to pass as ``since`` to look only at lines written from now on."""
+        return len(self.entries())
+
+    def entries(self, since: int = 0) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for line in self.text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                entry = {"raw": line}
+            out.append(entry if isinstance(entry, dict) else {"raw": line})
+        return out[since:]
+
+    def matching(
+        self,
+        msg_contains: str | None = None,
+        *,
+        since: int = 0,
+        level: str | None = None,
+        logger: str | None = None,
+        **fields: object,
+    ) -> list[dict[str, Any]]:
+        found = []
+        for entry in self.entries(since):
+            if msg_contains is not None and msg_contains not in str(entry.get("msg", "")):
+                continue
+            if level is not None and entry.get("level") != level:
+                continue
+            if logger is not None and entry.get("logger") != logger:
+                continue
+            if any(entry.get(k) != v for k, v in fields.items()):
+                continue
+            found.append(entry)
+        return found
+
+    def wait_for(
+        self,
+        msg_contains: str | None = None,
+        *,
+        since: int = 0,
+        timeout: float = LOG_TIMEOUT,
+        level: str | None = None,
+        logger: str | None = None,
+        **fields: object,
+    ) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            found = self.matching(msg_contains, since=since, level=level, logger=logger, **fields)
+            return found[0] if found else None
+
+        what = f"a log line {msg_contains!r} {fields or ''} in {self.path.name}"
+        return wait_until(probe, timeout=timeout, what=what, detail=lambda: tail(self.path))
+
+    def verdict(self, queue_id: str, timeout: float = LOG_TIMEOUT) -> dict[str, Any]:
+        """The verdict line of the transaction with this queue id (exactly one expected)."""
+        first = self.wait_for(logger="aupmilter.verdict", queue_id=queue_id, timeout=timeout)
+        found = self.matching(logger="aupmilter.verdict", queue_id=queue_id)
+        assert len(found) == 1, f"expected one verdict line for {queue_id}, got {found}"
+        return first
+
+    def verdicts(self, since: int = 0) -> list[dict[str, Any]]:
+        return self.matching(logger="aupmilter.verdict", since=since)
+
+
+class Daemon:
+    """``python -m aupmilter run -c CONFIG`` as a subprocess."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        settings: dict[str, dict[str, object]],
+        address: str,
+        wrapper: Sequence[str] = (),
+        pass_fds: Sequence[int] = (),
+        env: Mapping[str, str] | None = None,
+        umask: int = -1,
+    ) -> None:
+        self.workdir = workdir
+        self.settings = settings
+        self.address = address
+        self.config_path = workdir / "aup-milter.toml"
+        self.log = DaemonLog(workdir / "milter.log")
+        self.wrapper = list(wrapper)
+        self.pass_fds = tuple(pass_fds)
+        self.env = dict(env or {})
+        self.umask = umask
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.write_config(settings)
+
+    # --- configuration ---
+
+    def write_config(
+        self, settings: Mapping[str, Mapping[str, object]] | None = None, extra: str = ""
+    ) -> None:
+        """Rewrite the config file in place (as `cat > file` or an editor would)."""
+        text = render_toml(settings if settings is not None else self.settings) + extra
+        with self.config_path.open("w") as handle:
+            handle.write(text)
+
+    def reconfigure(self, extra: str = "", **overrides: Mapping[str, object]) -> None:
+        settings = {table: dict(values) for table, values in self.settings.items()}
+        for table, values in overrides.items():
+            settings.setdefault(table, {}).update(values)
+        self.write_config(settings, extra)
+
+    # --- process ---
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            *self.wrapper,
+            sys.executable,
+            "-m",
+            "aupmilter",
+            "run",
+            "-c",
+            str(self.config_path),
+        ]
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        env = child_env()
+        env.update(self.env)
+        with self.log.path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.command,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                env=env,
+                pass_fds=self.pass_fds,
+                umask=self.umask,
+                start_new_session=True,  # its own process group, so teardown leaves nothing behind
+            )
+        return self.proc
+
+    def start(self) -> Daemon:
+        mark = self.log.mark()
+        proc = self.spawn()
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                raise HarnessError(f"aup-milter exited with {proc.returncode}{tail(self.log.path)}")
+            if not self.log.matching("listening on", since=mark, logger="aupmilter.daemon"):
+                return False
+            return self.accepts()
+
+        wait_until(listening, timeout=STARTUP_TIMEOUT, what=f"aup-milter on {self.address}",
+                   detail=lambda: tail(self.log.path))  # fmt: skip
+        return self
+
+    def accepts(self) -> bool:
+        try:
+            probe = MilterClient(self.address, timeout=2.0)
+        except OSError:
+            return False
+        probe.close()
+        return True
+
+    @property
+    def socket_path(self) -> Path:
+        kind, _, path = self.address.partition(":")
+        assert kind == "unix", f"{self.address} is not a unix socket"
+        return Path(path)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise HarnessError(
+                f"aup-milter (pid {self.proc.pid}) still running after {timeout:g}s"
+                f"{tail(self.log.path)}"
+            ) from None
+
+    def kill(self) -> None:
+        """Teardown: SIGKILL to the daemon's own process group (any helper it forked goes too).
+
+        A clean stop takes up to libmilter's 5 s poll; it has tests of its own.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return  # only while the leader is our live child is the group id surely ours
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+    # --- clients ---
+
+    def client(self, timeout: float = 5.0, negotiate: bool = True) -> MilterClient:
+        """A connection as an MTA makes it: OPTNEG, CONNECT ({daemon_name}), HELO."""
+        client = MilterClient(self.address, timeout)
+        if negotiate:
+            try:
+                client.open_session()
+            except (OSError, MilterError):
+                client.close()
+                raise
+        return client
+
+
+# --- tenants ---------------------------------------------------------------------------
+
+
+class Tenants:
+    """Tenant administration through the real CLI, and raw writes through redis-py."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``aup-milter tenant --redis URL ...``; no config file, so no host config is read."""
+        return subprocess.run(
+            [
+                sys.executable, "-m", "aupmilter", "tenant",
+                "-c", "/nonexistent/aup-milter.toml",
+                "--redis", self.server.url,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=child_env(),
+        )  # fmt: skip
+
+    def add(
+        self,
+        tenant_id: str,
+        plan: str = "standard",
+        logins: Sequence[str] = (),
+        domains: Sequence[str] = (),
+        status: str = "active",
+        reason: str = "",
+    ) -> None:
+        args = ["add", tenant_id, "--plan", plan, "--status", status]
+        for login in logins:
+            args += ["--login", login]
+        for domain in domains:
+            args += ["--domain", domain]
+        if reason:
+            args += ["--reason", reason]
+        done = self.cli(*args)
+        assert done.returncode == 0, f"tenant add failed: {done.stderr}"
+
+    def set_status(self, tenant_id: str, status: str, reason: str = "") -> None:
+        args = ["set-status", tenant_id, status]
+        if reason:
+            args += ["--reason", reason]
+        done = self.cli(*args)
+        assert done.returncode == 0, f"tenant set-status failed: {done.stderr}"
+
+    def hset(self, tenant_id: str, **fields: str) -> None:
+        """What ops do with redis-cli: HSET aup:tenant:<id> field value ..."""
+        with self.server.client() as client:
+            client.hset(f"aup:tenant:{tenant_id}", mapping=fields)
+
+    def map_raw(self, kind: str, name: str, tenant_id: str) -> None:
+        """SET aup:login:<name> / aup:domain:<name> <tenant> without touching the tenant hash."""
+        assert kind in ("login", "domain")
+        with self.server.client() as client:
+            client.set(f"aup:{kind}:{name}", tenant_id)
+
+
+StartDaemon = Callable[..., Daemon]
