@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
 import sys
@@ -86,3 +87,17 @@ def test_systemd_listen_without_a_passed_socket_is_refused(start_daemon: StartDa
     status = daemon.wait_exit(timeout=15)
     assert status == 78, daemon.log.text()
     assert "LISTEN_PID" in daemon.log.text()
+
+
+def test_systemd_notify_ready_and_stopping(start_daemon: StartDaemon, socket_dir: Path) -> None:
+    """Type=notify: READY=1 once it listens, STOPPING=1 when SIGTERM starts the stop."""
+    notify_path = socket_dir / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(15)
+        daemon = start_daemon(env={"NOTIFY_SOCKET": str(notify_path)})
+        assert notify.recv(256) == b"READY=1"
+        assert daemon.accepts()
+        daemon.signal(signal.SIGTERM)
+        assert notify.recv(256) == b"STOPPING=1"
+        assert daemon.wait_exit(timeout=15) == 0

@@ -1,0 +1,80 @@
+"""The Redis URL forms of `redis.url`: unix sockets, ACL users and passwords, bad credentials."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from aupmilter.config import RedisSettings
+from aupmilter.policy.tenancy import tenant_lookup
+from aupmilter.store.client import Store, StoreUnavailable
+from aupmilter.store.tenants import TenantAdmin
+from tests.support import REDIS_SERVER, wait_until
+
+
+@pytest.fixture
+def locked_redis() -> Iterator[Path]:
+    """A redis-server on a unix socket only, with an ACL user for the milter."""
+    # Short path: unix socket paths are limited to 108 bytes.
+    workdir = Path(subprocess.check_output(["mktemp", "-d", "/tmp/aupr-XXXX"], text=True).strip())
+    sock = workdir / "redis.sock"
+    proc = subprocess.Popen(
+        [
+            REDIS_SERVER, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+            "--save", "", "--appendonly", "no", "--dir", str(workdir),
+            "--requirepass", "admin-secret",
+            "--user", "milter", "on", ">milter-secret", "~aup:*", "+@all",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def ready() -> bool:
+        try:
+            return bool(redis.Redis(unix_socket_path=str(sock), password="admin-secret").ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_until(ready, timeout=10, what="redis-server on a unix socket")
+        admin = redis.Redis(
+            unix_socket_path=str(sock), password="admin-secret", decode_responses=True
+        )
+        TenantAdmin(admin).add("acme", "standard", ["acme"], ["acme.example"])
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        subprocess.run(["rm", "-rf", str(workdir)], check=True)
+
+
+def lookup_via(url: str) -> str | None:
+    store = Store(RedisSettings(url, 1.0, 1.0))
+    try:
+        record = store.sender_state(tenant_lookup("acme", ""))
+        return record.tenant_id if record else None
+    finally:
+        store.close()
+
+
+def test_unix_socket_with_acl_user(locked_redis: Path) -> None:
+    assert lookup_via(f"unix://milter:milter-secret@{locked_redis}?db=0") == "acme"
+
+
+def test_unix_socket_with_default_user_password(locked_redis: Path) -> None:
+    assert lookup_via(f"unix://:admin-secret@{locked_redis}") == "acme"
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    ["milter:wrong", ":wrong", ""],
+    ids=["wrong-acl-password", "wrong-password", "no-password"],
+)
+def test_bad_credentials_are_a_store_error(locked_redis: Path, credentials: str) -> None:
+    at = f"{credentials}@" if credentials else ""
+    with pytest.raises(StoreUnavailable):
+        lookup_via(f"unix://{at}{locked_redis}")
