@@ -147,7 +147,7 @@ def client_commands(server: RedisServer, action: Callable[[], object]) -> list[s
     marker_client = redis.Redis(port=server.port, socket_timeout=5)
     marker_client.ping()  # its handshake happens before monitoring starts
     monitor_client = redis.Redis(port=server.port, decode_responses=True, socket_timeout=5)
-    with monitor_client.monitor() as monitor:
+    with monitor_client.monitor() as monitor:  # type: ignore[no-untyped-call]
         action()
         marker_client.echo(marker)
         deadline = time.monotonic() + 5
