@@ -107,6 +107,8 @@ def _register(live: LiveRuntime, lifecycle: Lifecycle, settings: MilterSettings)
     libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
     libmilter.set_close_callback(Milter.close_callback)
     libmilter.settimeout(settings.timeout)
+    # Every smtpd process opens its own milter connection: bursts need a deep queue.
+    libmilter.setbacklog(socket.SOMAXCONN)
     libmilter.register(
         MILTER_NAME,
         data=lambda ctx: ctx.getpriv().data(),
