@@ -26,7 +26,8 @@ PYTHON3="$(command -v python3)"
 # headers pymilter compiles against; another python3 (pyenv, a container's
 # /usr/local build) brings both itself, and must not trigger those packages.
 python_is_debian() {
-    [[ "$(readlink -f "$PYTHON3")" == /usr/bin/python3* ]]
+    # Ask the interpreter, not its path: a pyenv shim may select the system Python.
+    python3 -c 'import sys; raise SystemExit(sys.base_prefix != "/usr")' >/dev/null 2>&1
 }
 python_has_venv() { python3 -c 'import ensurepip, venv' >/dev/null 2>&1; }
 python_has_headers() {
