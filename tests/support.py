@@ -13,50 +13,23 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import redis
 
-T = TypeVar("T")
+from testbed.proc import tail, wait_until
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 STARTUP_TIMEOUT = 15.0
 ROOT = Path(__file__).resolve().parents[1]
 
 
+__all__ = ["HarnessError", "RedisServer", "client_commands", "free_port", "tail", "wait_until"]
+
+
 class HarnessError(AssertionError):
     """A component did not come up or answer in time; the text carries its log tail."""
 
     __test__ = False
-
-
-def wait_until(
-    probe: Callable[[], T | None],
-    *,
-    timeout: float,
-    what: str,
-    interval: float = 0.05,
-    detail: Callable[[], str] | None = None,
-) -> T:
-    """Poll ``probe`` until it returns something other than None/False, at most ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() >= deadline:
-            extra = detail() if detail is not None else ""
-            raise HarnessError(f"timed out after {timeout:g}s waiting for {what}{extra}")
-        time.sleep(interval)
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return f"\n--- {path}: missing ---"
-    body = "\n".join(text.splitlines()[-lines:])
-    return f"\n--- last {lines} lines of {path} ---\n{body}\n--- end ---"
 
 
 def free_port() -> int:
@@ -117,7 +90,7 @@ class RedisServer:
                 return False
 
         wait_until(ready, timeout=STARTUP_TIMEOUT, what=f"redis-server on port {self.port}",
-                   detail=lambda: tail(self.log_path))  # fmt: skip
+                   on_timeout=lambda: tail(self.log_path))  # fmt: skip
 
     def stop(self) -> None:
         """SIGTERM (SIGKILL after 10 s) and wait for it: the port is free for start() again."""

@@ -161,7 +161,7 @@ class DaemonLog:
             return found[0] if found else None
 
         what = f"a log line {msg_contains!r} {fields or ''} in {self.path.name}"
-        return wait_until(probe, timeout=timeout, what=what, detail=lambda: tail(self.path))
+        return wait_until(probe, timeout=timeout, what=what, on_timeout=lambda: tail(self.path))
 
     def verdict(self, queue_id: str, timeout: float = LOG_TIMEOUT) -> dict[str, Any]:
         """The verdict line of the transaction with this queue id (exactly one expected)."""
@@ -258,7 +258,7 @@ class Daemon:
             return self.accepts()
 
         wait_until(listening, timeout=STARTUP_TIMEOUT, what=f"aup-milter on {self.address}",
-                   detail=lambda: tail(self.log.path))  # fmt: skip
+                   on_timeout=lambda: tail(self.log.path))  # fmt: skip
         return self
 
     def accepts(self) -> bool:
