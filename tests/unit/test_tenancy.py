@@ -178,3 +178,16 @@ def test_store_error_follows_on_store_error(policy: SenderPolicy, action: Action
     assert "ConnectionError: refused" in verdict.reason
     if action is Action.TEMPFAIL:
         assert verdict.reply == replies.STORE_UNAVAILABLE
+
+
+def test_operator_reason_becomes_one_bounded_line() -> None:
+    verdict = decide_sender(
+        record(status="suspended", plan="standard", reason="spam\r\nX-Injected: 1\x00" + "x" * 500),
+        BY_LOGIN,
+        STRICT,
+    )
+    assert (
+        "\n" not in verdict.reason and "\r" not in verdict.reason and "\x00" not in verdict.reason
+    )
+    assert verdict.reason.startswith("tenant acme is suspended: spam  X-Injected: 1")
+    assert len(verdict.reason) <= len("tenant acme is suspended: ") + 200

@@ -154,5 +154,15 @@ def _describe(lookup: Lookup) -> str:
     return "sender without a domain"
 
 
+MAX_REASON_LENGTH = 200
+"""Operators' free text ends up in MTA logs and the quarantine reason: keep it one short line."""
+
+
+def printable_reason(reason: str) -> str:
+    one_line = "".join(c if c.isprintable() else " " for c in reason).strip()
+    return one_line[:MAX_REASON_LENGTH]
+
+
 def _with_reason(text: str, reason: str) -> str:
+    reason = printable_reason(reason)
     return f"{text}: {reason}" if reason else text
