@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from testbed import postfix as pf
 from testbed import toml
@@ -55,6 +55,13 @@ HOST = "127.0.0.1"
 # Marks a folder as a testbed run folder: only such a folder is ever wiped.
 RUN_DIR_MARKER = ".testbed-run-dir"
 
+# "files": testbed.sink keeps every message as an .eml file (what the tests read);
+# "smtp-sink": Postfix's own smtp-sink, which discards mail (for benchmarks).
+SinkKind = Literal["files", "smtp-sink"]
+# smtp-sink refuses to run as root unless told whose privileges to drop to.
+SMTP_SINK_USER = "postfix"
+SMTP_SINK_BACKLOG = 256
+
 
 @dataclass(frozen=True)
 class SinkMessage:
@@ -79,7 +86,8 @@ class Stack:
     ``postfix_overrides`` are main.cf settings applied last;
     ``milter_command`` replaces the real daemon (argv; ``{config}`` and
     ``{socket}`` are substituted), and ``with_milter=False`` runs Postfix
-    without any milter.
+    without any milter. ``sink="smtp-sink"`` runs Postfix's ``smtp-sink``
+    (which keeps nothing) instead of the file-writing ``testbed.sink``.
     """
 
     def __init__(
@@ -95,9 +103,12 @@ class Stack:
         postfix_overrides: Mapping[str, str] | None = None,
         milter_command: Sequence[str] | None = None,
         with_milter: bool = True,
+        sink: SinkKind = "files",
         python: str = sys.executable,
         timeout: float = 30.0,
     ) -> None:
+        if sink not in get_args(SinkKind):
+            raise ValueError(f"sink must be one of {get_args(SinkKind)}, not {sink!r}")
         self.run_dir = Path(run_dir).resolve()
         self.redis_port = redis_port
         self.smtp_port = smtp_port
@@ -108,6 +119,7 @@ class Stack:
         self.postfix_overrides = dict(postfix_overrides or {})
         self.milter_command = list(milter_command) if milter_command is not None else None
         self.with_milter = with_milter
+        self.sink = sink
         self.python = python
         self.timeout = timeout
         self.postfix = pf.PostfixLayout(self.run_dir)
@@ -352,7 +364,9 @@ class Stack:
     # ---- sink ----------------------------------------------------------------
 
     def _sink_pid(self) -> int | None:
-        return self._owned(self.sink_pidfile, "testbed.sink")
+        return self._owned(
+            self.sink_pidfile, "smtp-sink" if self.sink == "smtp-sink" else "testbed.sink"
+        )
 
     def start_sink(self) -> None:
         self._prepare_run_dir()
@@ -360,6 +374,9 @@ class Stack:
             return
         self._require_free_port(self.sink_port, "the SMTP sink")
         self.sink_pidfile.unlink(missing_ok=True)
+        if self.sink == "smtp-sink":
+            self._start_smtp_sink()
+            return
         self.mail_dir.mkdir(exist_ok=True)
         pid = self._spawn(
             _argv(
@@ -380,6 +397,26 @@ class Stack:
             pid,
             lambda: self.sink_pidfile.exists() and smtp_banner(HOST, self.sink_port) is not None,
             self.sink_log,
+        )
+
+    def _start_smtp_sink(self) -> None:
+        # smtp-sink has no pidfile option: record the pid ourselves, as for Redis.
+        argv = [
+            "smtp-sink",
+            "-u",
+            SMTP_SINK_USER,
+            f"{HOST}:{self.sink_port}",
+            str(SMTP_SINK_BACKLOG),
+        ]
+        try:
+            pid = self._spawn(argv, self.sink_log)
+        except FileNotFoundError:
+            raise TestbedError(
+                "smtp-sink is not installed (it comes with the postfix package)"
+            ) from None
+        write_pidfile(self.sink_pidfile, pid)
+        self._wait_ready(
+            "smtp-sink", pid, lambda: smtp_banner(HOST, self.sink_port) is not None, self.sink_log
         )
 
     def stop_sink(self) -> None:

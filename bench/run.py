@@ -1,0 +1,654 @@
+"""Throughput of Postfix + aup-milter against bare Postfix, end to end.
+
+Two private stacks (the test bed's :class:`testbed.stack.Stack`) run side by
+side on loopback ports of their own: bare Postfix, and Postfix + aup-milter
+(with its Redis and the demo tenants). Both relay to Postfix's ``smtp-sink``
+and get identical Postfix tuning. Postfix's ``smtp-source`` feeds them
+(``-s 20`` sessions, one connection per message, envelope sender
+``a@acme.example``, which the milter maps to tenant acme by its domain).
+
+One run: the clock starts with smtp-source and stops once the Postfix queue
+is empty (``postqueue -j`` prints nothing); then the Postfix log must show
+every recipient delivered (``status=sent``) and nothing rejected, deferred,
+bounced or held, otherwise the run fails instead of reporting a number.
+
+Per workload (10 and 100 recipients per message): one warm-up run per side,
+then ``--pairs`` pairs "bare, milter". Printed: each pair's msg/s and ratio
+(milter / bare); per workload the median ratio, the milter process's CPU
+seconds per 1000 messages (utime + stime from /proc) and Redis commands per
+message (``INFO commandstats`` of the milter stack's Redis, without the INFO
+calls themselves). The output ends with one line per workload, for scripts::
+
+    bench: workload=10rcpt ratio=0.93
+    bench: workload=100rcpt ratio=0.88
+
+Everything started is stopped at the end, also on failure, Ctrl-C or SIGTERM;
+the exit status is 0 only for a complete, verified run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from testbed.proc import TestbedError, run, tail, tcp_port_free
+from testbed.stack import HOST, REPO_ROOT, Stack
+
+SENDER = "a@acme.example"
+RECIPIENT = "r@example.net"
+CLIENT_HELO = "client.bench.invalid"
+MESSAGE_BYTES = 2000
+DEFAULT_SESSIONS = 20
+DEFAULT_PAIRS = 3
+DEFAULT_MESSAGES = {10: 2000, 100: 400}
+QUICK_MESSAGES = {10: 200, 100: 40}
+QUICK_PAIRS = 1
+# A warm-up run sends this fraction of the measured count (at least one message).
+WARMUP_DIVISOR = 5
+DEFAULT_TIMEOUT = 600.0
+# Bare: Redis BASE, SMTP BASE, sink BASE+1; with milter: Redis BASE+1, SMTP BASE+2,
+# sink BASE+3. Clear of the demo (6390/2525/2526) and the e2e tests (6395/2535/2536,
+# 6396/2545/2546).
+DEFAULT_REDIS_PORT = 6480
+DEFAULT_SMTP_PORT = 2580
+
+# Identical on both sides: 20 smtp-source sessions need 20 smtpd processes and
+# up to 20 parallel deliveries to the sink, without Postfix's defaults in the way.
+POSTFIX_TUNING = {
+    "default_process_limit": "200",
+    "smtp_destination_concurrency_limit": "20",
+}
+
+QUEUE_POLL = 0.05
+# After a run: time for postlogd to write the last delivery lines.
+LOG_GRACE = 20.0
+# Between runs: let delivery agents and cached connections go idle.
+SETTLE = 1.0
+# Queues of a Postfix spool; "hold", "deferred" and "corrupt" mean a failed run.
+QUEUES = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
+BAD_LOG_MARKERS = (
+    "status=deferred",
+    "status=bounced",
+    "status=expired",
+    "milter-reject",
+    "milter-hold",
+    "milter-discard",
+    "reject:",
+)
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on; the text says why (with log tails where useful)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C so that everything is stopped."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    recipients: int
+    messages: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.recipients}rcpt"
+
+    @property
+    def warmup(self) -> int:
+        return max(1, self.messages // WARMUP_DIVISOR)
+
+
+@dataclass(frozen=True)
+class Options:
+    workloads: tuple[Workload, ...]
+    pairs: int
+    sessions: int
+    timeout: float
+    run_dir: Path
+    redis_port: int
+    smtp_port: int
+
+
+@dataclass(frozen=True)
+class RunResult:
+    messages: int
+    seconds: float
+    milter_cpu: float
+    redis_calls: Counter[str]
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+
+@dataclass(frozen=True)
+class Summary:
+    workload: Workload
+    ratios: tuple[float, ...]
+    # Totals over the measured milter runs.
+    milter_messages: int
+    milter_cpu: float
+    redis_calls: Counter[str]
+
+    @property
+    def median_ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def milter_cpu_per_1000(self) -> float:
+        return self.milter_cpu / self.milter_messages * 1000
+
+    @property
+    def redis_per_message(self) -> float:
+        return sum(self.redis_calls.values()) / self.milter_messages
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+# ---- one side: a Stack plus what the benchmark reads from it ----------------
+
+
+class Side:
+    def __init__(self, label: str, stack: Stack) -> None:
+        self.label = label
+        self.stack = stack
+        self.milter_pid: int | None = None
+
+    @property
+    def with_milter(self) -> bool:
+        return self.stack.with_milter
+
+    def ports(self) -> dict[str, int]:
+        stack = self.stack
+        return {"Redis": stack.redis_port, "SMTP": stack.smtp_port, "sink": stack.sink_port}
+
+    def start(self) -> None:
+        self.stack.start(clean=True)
+        if self.with_milter:
+            self.stack.add_demo_tenants()
+            self.milter_pid = self.stack.status()["milter"]
+            if self.milter_pid is None:
+                raise BenchError(f"{self.label}: aup-milter is not running{self.log_tails()}")
+
+    def milter_cpu(self) -> float:
+        """CPU seconds (user + system, all threads) the milter process has used so far."""
+        if not self.with_milter:
+            return 0.0
+        pid = self.stack.status()["milter"]
+        if pid is None or pid != self.milter_pid:
+            raise BenchError(
+                f"{self.label}: aup-milter (pid {self.milter_pid}) is gone or was replaced "
+                f"(now {pid}){tail(self.stack.milter_log)}"
+            )
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError as exc:
+            raise BenchError(f"{self.label}: cannot read /proc/{pid}/stat: {exc}") from None
+        # Fields after the parenthesised name start at the state (field 3):
+        # utime and stime are fields 14 and 15.
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def redis_calls(self) -> Counter[str]:
+        """Calls per command since Redis started (INFO commandstats), INFO itself left out."""
+        calls: Counter[str] = Counter()
+        if not self.with_milter:
+            return calls
+        for line in self.stack.redis_cli("INFO", "commandstats").splitlines():
+            name, sep, stats = line.strip().partition(":")
+            if not sep or not name.startswith("cmdstat_"):
+                continue
+            command = name.removeprefix("cmdstat_")
+            if command == "info":
+                continue
+            fields = dict(item.split("=", 1) for item in stats.split(",") if "=" in item)
+            calls[command] = int(fields.get("calls", "0"))
+        return calls
+
+    def spool_counts(self) -> dict[str, int]:
+        """Queue files per Postfix queue, straight from the spool (cheap enough to poll)."""
+        counts: dict[str, int] = {}
+        for queue in QUEUES:
+            folder = self.stack.postfix.queue_dir / queue
+            counts[queue] = sum(len(files) for _, _, files in os.walk(folder))
+        return counts
+
+    def postqueue_empty(self) -> bool:
+        config_dir = str(self.stack.postfix.config_dir)
+        done = run(["postqueue", "-c", config_dir, "-j"], what=f"{self.label}: postqueue -j")
+        return not done.stdout.strip()
+
+    def log_size(self) -> int:
+        try:
+            return self.stack.postfix.log_file.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_since(self, offset: int) -> str:
+        with open(self.stack.postfix.log_file, "rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
+
+    def log_tails(self) -> str:
+        logs = tail(self.stack.postfix.log_file) + tail(self.stack.sink_log)
+        if self.with_milter:
+            logs += tail(self.stack.milter_log)
+        return logs
+
+
+# ---- one measured run --------------------------------------------------------
+
+
+def smtp_source_argv(side: Side, workload: Workload, messages: int, sessions: int) -> list[str]:
+    # No -d: one connection per message. smtp-source numbers the recipients
+    # itself (1r@example.net, 2r@example.net, ...).
+    return [
+        "smtp-source",
+        "-s",
+        str(sessions),
+        "-m",
+        str(messages),
+        "-r",
+        str(workload.recipients),
+        "-l",
+        str(MESSAGE_BYTES),
+        "-M",
+        CLIENT_HELO,
+        "-f",
+        SENDER,
+        "-t",
+        RECIPIENT,
+        f"{HOST}:{side.stack.smtp_port}",
+    ]
+
+
+def measure(side: Side, workload: Workload, messages: int, options: Options) -> RunResult:
+    time.sleep(SETTLE)
+    if any(side.spool_counts().values()) or not side.postqueue_empty():
+        raise BenchError(f"{side.label}: the Postfix queue is not empty before the run")
+    log_offset = side.log_size()
+    cpu_before = side.milter_cpu()
+    calls_before = side.redis_calls()
+
+    started = time.monotonic()
+    deadline = started + options.timeout
+    argv = smtp_source_argv(side, workload, messages, options.sessions)
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=options.timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(
+            f"{side.label}: smtp-source did not finish within {options.timeout:g}s"
+            f"{side.log_tails()}"
+        ) from None
+    if done.returncode != 0:
+        raise BenchError(
+            f"{side.label}: smtp-source exited {done.returncode}: "
+            f"{(done.stderr or done.stdout).strip()}{side.log_tails()}"
+        )
+    wait_for_empty_queue(side, deadline)
+    seconds = time.monotonic() - started
+
+    cpu = side.milter_cpu() - cpu_before
+    calls = side.redis_calls()
+    calls.subtract(calls_before)
+    check_delivered(side, log_offset, messages * workload.recipients)
+    return RunResult(messages=messages, seconds=seconds, milter_cpu=cpu, redis_calls=+calls)
+
+
+def wait_for_empty_queue(side: Side, deadline: float) -> None:
+    """Poll the spool until the queue is empty, then confirm with ``postqueue -j``."""
+    while True:
+        counts = side.spool_counts()
+        stuck = {queue: counts[queue] for queue in ("deferred", "hold", "corrupt")}
+        if any(stuck.values()):
+            raise BenchError(
+                f"{side.label}: messages that will not be delivered in this run: {stuck}"
+                f"{side.log_tails()}"
+            )
+        if not any(counts.values()) and side.postqueue_empty():
+            return
+        if time.monotonic() >= deadline:
+            raise BenchError(
+                f"{side.label}: the queue did not drain in time (still {counts}){side.log_tails()}"
+            )
+        time.sleep(QUEUE_POLL)
+
+
+def check_delivered(side: Side, log_offset: int, expected: int) -> None:
+    """The run's Postfix log lines: every recipient sent, nothing refused or delayed."""
+    deadline = time.monotonic() + LOG_GRACE
+    while True:
+        text = side.log_since(log_offset)
+        bad = [line for line in text.splitlines() if any(m in line for m in BAD_LOG_MARKERS)]
+        if bad:
+            sample = "\n".join(bad[:5])
+            raise BenchError(f"{side.label}: {len(bad)} failed deliveries, e.g.:\n{sample}")
+        sent = text.count("status=sent")
+        if sent == expected:
+            return
+        if sent > expected or time.monotonic() >= deadline:
+            raise BenchError(
+                f"{side.label}: the Postfix log shows {sent} recipients sent, "
+                f"expected {expected}{side.log_tails()}"
+            )
+        time.sleep(0.2)
+
+
+# ---- the whole benchmark -----------------------------------------------------
+
+
+def run_workload(bare: Side, milter: Side, workload: Workload, options: Options) -> Summary:
+    name = workload.name
+    say(f"{name}: {workload.messages} messages per run, warm-up {workload.warmup} per side")
+    warm_bare = measure(bare, workload, workload.warmup, options)
+    warm_milter = measure(milter, workload, workload.warmup, options)
+    say(
+        f"{name} warm-up: bare {warm_bare.rate:.1f} msg/s, "
+        f"milter {warm_milter.rate:.1f} msg/s (not counted)"
+    )
+    ratios: list[float] = []
+    milter_runs: list[RunResult] = []
+    for pair in range(1, options.pairs + 1):
+        a = measure(bare, workload, workload.messages, options)
+        b = measure(milter, workload, workload.messages, options)
+        milter_runs.append(b)
+        ratios.append(b.rate / a.rate)
+        say(
+            f"{name} pair {pair}/{options.pairs}: bare {a.rate:.1f} msg/s ({a.seconds:.2f} s), "
+            f"milter {b.rate:.1f} msg/s ({b.seconds:.2f} s), ratio {ratios[-1]:.2f}"
+        )
+    calls: Counter[str] = Counter()
+    for result in milter_runs:
+        calls.update(result.redis_calls)
+    summary = Summary(
+        workload=workload,
+        ratios=tuple(ratios),
+        milter_messages=sum(r.messages for r in milter_runs),
+        milter_cpu=sum(r.milter_cpu for r in milter_runs),
+        redis_calls=calls,
+    )
+    say(
+        f"{name}: median ratio {summary.median_ratio:.2f} "
+        f"(pairs {' '.join(f'{r:.2f}' for r in ratios)}); "
+        f"milter CPU {summary.milter_cpu_per_1000:.2f} s per 1000 messages; "
+        f"Redis {summary.redis_per_message:.2f} commands per message"
+    )
+    # Redis counts the commands a script runs (redis.call) as well as the script call.
+    breakdown = ", ".join(f"{cmd} {n}" for cmd, n in calls.most_common()) or "none"
+    say(
+        f"{name}: Redis commands in {summary.milter_messages} milter messages: {breakdown} "
+        "(commands run inside scripts included)"
+    )
+    return summary
+
+
+def make_sides(options: Options) -> tuple[Side, Side]:
+    def stack(name: str, redis_port: int, smtp_port: int, with_milter: bool) -> Stack:
+        return Stack(
+            options.run_dir / name,
+            redis_port=redis_port,
+            smtp_port=smtp_port,
+            sink_port=smtp_port + 1,
+            with_milter=with_milter,
+            sink="smtp-sink",
+            postfix_overrides=POSTFIX_TUNING,
+        )
+
+    bare = Side("bare", stack("bare", options.redis_port, options.smtp_port, False))
+    milter = Side("milter", stack("milter", options.redis_port + 1, options.smtp_port + 2, True))
+    return bare, milter
+
+
+def check_ports(sides: Sequence[Side]) -> None:
+    busy = [
+        f"{HOST}:{port} ({side.label} {what})"
+        for side in sides
+        for what, port in side.ports().items()
+        if not tcp_port_free(HOST, port)
+    ]
+    if busy:
+        raise BenchError(
+            "ports already in use: " + ", ".join(busy) + "; stop what holds them, or choose "
+            "others with --redis-port and --smtp-port"
+        )
+
+
+def check_tools() -> None:
+    if os.geteuid() != 0:
+        raise BenchError("needs root: it runs private Postfix instances (postfix -c ... start)")
+    missing = [tool for tool in ("smtp-source", "smtp-sink", "postfix") if not shutil.which(tool)]
+    if missing:
+        raise BenchError(f"not installed: {', '.join(missing)} (scripts/bootstrap.sh)")
+
+
+def leftover_processes(root: Path) -> list[str]:
+    """Processes (other than this one) whose working directory lies under ``root``."""
+    found: list[str] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = Path(os.readlink(entry / "cwd"))
+            raw = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        command = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+        if cwd == root or root in cwd.parents:
+            found.append(f"{entry.name} {command}")
+    return found
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ignore Ctrl-C and SIGTERM while stopping (every stop step is bounded in time)."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
+def stop_all(sides: Sequence[Side], root: Path) -> list[str]:
+    problems: list[str] = []
+    with signals_deferred():
+        for side in sides:
+            try:
+                side.stack.stop()
+            except TestbedError as exc:
+                problems.append(f"{side.label}: {exc}")
+        left = leftover_processes(root)
+        if left:
+            problems.append("processes still running under " + str(root) + ":\n" + "\n".join(left))
+    return problems
+
+
+def benchmark(options: Options) -> list[Summary]:
+    check_tools()
+    sides = make_sides(options)
+    bare, milter = sides
+    started = time.monotonic()
+    summaries: list[Summary] = []
+    try:
+        # Leftovers of an interrupted earlier run (only pids from our own run folders).
+        for side in sides:
+            side.stack.stop()
+        check_ports(sides)
+        for side in sides:
+            side.start()
+        version = bare.stack.postconf("mail_version").get("mail_version", "?")
+        say(
+            f"smtp-source ({options.sessions} sessions, one connection per message, "
+            f"{MESSAGE_BYTES}-byte body, from {SENDER}) -> Postfix {version} -> smtp-sink; "
+            f"{os.cpu_count()} CPUs"
+        )
+        for side in sides:
+            say(
+                f"{side.label}: SMTP {HOST}:{side.stack.smtp_port}, sink {side.stack.sink_port}, "
+                f"Redis {side.stack.redis_port}, run folder {side.stack.run_dir}"
+            )
+        tuning = " ".join(f"{key}={value}" for key, value in POSTFIX_TUNING.items())
+        say(f"Postfix tuning on both sides: {tuning}")
+        say(f"{options.pairs} pair(s) (bare, milter) per workload, after one warm-up run per side")
+        for workload in options.workloads:
+            summaries.append(run_workload(bare, milter, workload, options))
+    finally:
+        problems = stop_all(sides, options.run_dir)
+        # Reported here: on Ctrl-C or an earlier error nothing else would show them.
+        for problem in problems:
+            print(f"bench: error while stopping: {problem}", file=sys.stderr, flush=True)
+    if problems:
+        raise BenchError("could not stop everything it started (see above)")
+    say(f"done in {time.monotonic() - started:.0f} s; everything it started is stopped")
+    return summaries
+
+
+# ---- command line ------------------------------------------------------------
+
+
+def default_run_dir() -> Path:
+    # The postfix user must traverse to the run folder (milter socket, sasldb):
+    # a checkout under a private directory cannot host it.
+    preferred = REPO_ROOT / "run" / "bench"
+    if all(folder.stat().st_mode & 0o001 for folder in preferred.parents if folder.exists()):
+        return preferred
+    return Path("/var/tmp") / f"aup-milter-bench-{os.getuid()}"
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def port(text: str) -> int:
+    value = int(text)
+    if not 1024 <= value <= 65532:
+        raise argparse.ArgumentTypeError(f"must be within 1024-65532, got {value}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Throughput of Postfix + aup-milter against bare Postfix (make bench).",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {QUICK_MESSAGES[10]}/{QUICK_MESSAGES[100]} messages, "
+        f"{QUICK_PAIRS} pair (explicit options still win)",
+    )
+    for rcpt, count in DEFAULT_MESSAGES.items():
+        parser.add_argument(
+            f"--messages-{rcpt}rcpt",
+            type=positive_int,
+            metavar="N",
+            help=f"messages per run with {rcpt} recipients (default {count})",
+        )
+    parser.add_argument(
+        "--pairs",
+        type=positive_int,
+        help=f"measured pairs (bare, milter) per workload (default {DEFAULT_PAIRS})",
+    )
+    parser.add_argument(
+        "--sessions",
+        type=positive_int,
+        default=DEFAULT_SESSIONS,
+        help=f"parallel smtp-source sessions (default {DEFAULT_SESSIONS})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds one run may take until the queue is empty (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="folder for the two stacks (default run/bench, wiped at start)",
+    )
+    parser.add_argument(
+        "--redis-port",
+        type=port,
+        default=DEFAULT_REDIS_PORT,
+        help=f"Redis ports: this one (bare) and the next (milter) (default {DEFAULT_REDIS_PORT})",
+    )
+    parser.add_argument(
+        "--smtp-port",
+        type=port,
+        default=DEFAULT_SMTP_PORT,
+        help="SMTP and sink ports: bare on this one and +1, milter on +2 and +3 "
+        f"(default {DEFAULT_SMTP_PORT})",
+    )
+    args = parser.parse_args(argv)
+    counts = QUICK_MESSAGES if args.quick else DEFAULT_MESSAGES
+    workloads = tuple(
+        Workload(rcpt, getattr(args, f"messages_{rcpt}rcpt") or counts[rcpt])
+        for rcpt in DEFAULT_MESSAGES
+    )
+    pairs = args.pairs or (QUICK_PAIRS if args.quick else DEFAULT_PAIRS)
+    redis_ports = {args.redis_port, args.redis_port + 1}
+    smtp_ports = set(range(args.smtp_port, args.smtp_port + 4))
+    if redis_ports & smtp_ports:
+        parser.error("--redis-port and --smtp-port ranges overlap")
+    return Options(
+        workloads=workloads,
+        pairs=pairs,
+        sessions=args.sessions,
+        timeout=args.timeout,
+        run_dir=(args.run_dir or default_run_dir()).resolve(),
+        redis_port=args.redis_port,
+        smtp_port=args.smtp_port,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminated)
+    try:
+        summaries = benchmark(options)
+    except (BenchError, TestbedError) as exc:
+        print(f"bench: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except (KeyboardInterrupt, Terminated):
+        print("bench: interrupted", file=sys.stderr, flush=True)
+        return 130
+    # The last lines, for scripts: nothing may follow them.
+    for summary in summaries:
+        say(f"bench: workload={summary.workload.name} ratio={summary.median_ratio:.2f}")
+    return 0
