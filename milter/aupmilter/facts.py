@@ -7,6 +7,7 @@ abort, because one connection carries many transactions.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 
@@ -27,8 +28,8 @@ class Transaction:
     queue_id: str | None = None
     recipients: tuple[str, ...] = field(default=())
 
-    def with_recipient(self, rcpt: str) -> Transaction:
-        return replace(self, recipients=(*self.recipients, rcpt))
+    def with_recipients(self, rcpts: Iterable[str]) -> Transaction:
+        return replace(self, recipients=(*self.recipients, *rcpts))
 
     def with_queue_id(self, queue_id: str | None) -> Transaction:
         if not queue_id or queue_id == self.queue_id:

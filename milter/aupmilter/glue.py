@@ -100,6 +100,9 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         self.conn = Connection(conn_id=f"c{next(_connection_numbers):x}", client_name="")
         self.log = ConnectionLog(log, self.conn.conn_id)
         self.txn: Transaction | None = None
+        # Appended per RCPT and frozen into the Transaction at end of message:
+        # rebuilding a frozen dataclass per recipient costs ~10 us each at 100 RCPTs.
+        self.recipients: list[str] = []
         self.pending: Verdict | None = None
 
     # --- callbacks -----------------------------------------------------------
@@ -150,7 +153,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
     @guarded("envrcpt")
     def envrcpt(self, rcpt_to: str, *esmtp_params: str) -> int:
         if self.txn is not None:
-            self.txn = self.txn.with_recipient(unbracket(rcpt_to))
+            self.recipients.append(unbracket(rcpt_to))
         return CONTINUE
 
     @guarded("eom")
@@ -160,7 +163,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             # MAIL FROM was never seen by this instance: refuse rather than guess.
             self.log.error("end of message without an open transaction; answering 451")
             return self._refuse(replies.INTERNAL_ERROR)
-        txn = txn.with_queue_id(self.getsymval("i"))
+        txn = txn.with_recipients(self.recipients).with_queue_id(self.getsymval("i"))
         if verdict.action is Action.QUARANTINE:
             self.quarantine(f"aup-milter: {verdict.reason}")
         audit.record(self.conn.conn_id, txn, verdict, "eom")
@@ -170,7 +173,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
     @guarded("abort")
     def abort(self) -> int:
         if self.txn is not None:
-            self.log.debug("transaction aborted after %d recipients", len(self.txn.recipients))
+            self.log.debug("transaction aborted after %d recipients", len(self.recipients))
         self._end_transaction()
         return CONTINUE
 
@@ -184,6 +187,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
     def _end_transaction(self) -> None:
         if self.txn is not None:
             self.txn = None
+            self.recipients = []
             self.pending = None
             self.lifecycle.end()
 

@@ -31,7 +31,7 @@ def make_record(logger: logging.Logger, emit: object) -> logging.LogRecord:
 
 def test_verdict_line_has_every_field() -> None:
     txn = Transaction(sender="a@acme.example", auth_login="acme", queue_id="4AbC")
-    txn = txn.with_recipient("x@example.net").with_recipient("y@example.net")
+    txn = txn.with_recipients(["x@example.net"]).with_recipients(["y@example.net"])
     verdict = Verdict.refuse(replies.ACCOUNT_TERMINATED, "tenant acme is terminated", "acme")
     logger = logging.getLogger("aupmilter.verdict")
     record = make_record(logger, lambda: audit.record("c7", txn, verdict, "mail"))
