@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from testbed import toml
 from tests.milter.mta import MilterClient, MilterError
 from tests.support import (
     STARTUP_TIMEOUT,
@@ -57,23 +58,6 @@ def child_env() -> dict[str, str]:
         p for p in (env.get("PYTHONPATH", ""), str(MILTER_SOURCE_ROOT)) if p
     )
     return env
-
-
-def render_toml(settings: Mapping[str, Mapping[str, object]]) -> str:
-    """The flat two-level TOML the daemon's config uses (strings, numbers, booleans)."""
-    lines: list[str] = []
-    for table, values in settings.items():
-        lines.append(f"[{table}]")
-        for key, value in values.items():
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            elif isinstance(value, int | float):
-                text = repr(value)
-            else:
-                text = json.dumps(str(value))  # a JSON string is a valid TOML basic string
-            lines.append(f"{key} = {text}")
-        lines.append("")
-    return "\n".join(lines)
 
 
 def daemon_settings(
@@ -205,7 +189,7 @@ class Daemon:
         self, settings: Mapping[str, Mapping[str, object]] | None = None, extra: str = ""
     ) -> None:
         """Rewrite the config file in place (as `cat > file` or an editor would)."""
-        text = render_toml(settings if settings is not None else self.settings) + extra
+        text = toml.dumps(settings if settings is not None else self.settings) + extra
         with self.config_path.open("w") as handle:
             handle.write(text)
 
