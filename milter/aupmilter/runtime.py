@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aupmilter import logs
 from aupmilter.config import Config, ConfigError, load_config, plan_files
@@ -27,14 +27,16 @@ Signature = tuple[tuple[str, int, int, int], ...]
 class Runtime:
     config: Config
     store: Store
+    sender_policy: SenderPolicy = field(init=False)
+    """Built once per configuration, not once per MAIL FROM."""
 
-    @property
-    def sender_policy(self) -> SenderPolicy:
-        return SenderPolicy(
+    def __post_init__(self) -> None:
+        policy = SenderPolicy(
             unknown_sender=self.config.policy.unknown_sender,
             on_store_error=self.config.policy.on_store_error,
             known_plans=self.config.plan_names,
         )
+        object.__setattr__(self, "sender_policy", policy)
 
 
 class LiveRuntime:
