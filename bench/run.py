@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from testbed.proc import TestbedError, run, tail, tcp_port_free
-from testbed.stack import HOST, REPO_ROOT, Stack
+from testbed.proc import TestbedError, tail, tcp_port_free
+from testbed.stack import HOST, Stack, default_run_dir
 
 SENDER = "a@acme.example"
 RECIPIENT = "r@example.net"
@@ -229,9 +229,7 @@ class Side:
         return counts
 
     def postqueue_empty(self) -> bool:
-        config_dir = str(self.stack.postfix.config_dir)
-        done = run(["postqueue", "-c", config_dir, "-j"], what=f"{self.label}: postqueue -j")
-        return not done.stdout.strip()
+        return not self.stack.queue()
 
     def log_size(self) -> int:
         try:
@@ -530,15 +528,6 @@ def benchmark(options: Options) -> list[Summary]:
 # ---- command line ------------------------------------------------------------
 
 
-def default_run_dir() -> Path:
-    # The postfix user must traverse to the run folder (milter socket, sasldb):
-    # a checkout under a private directory cannot host it.
-    preferred = REPO_ROOT / "run" / "bench"
-    if all(folder.stat().st_mode & 0o001 for folder in preferred.parents if folder.exists()):
-        return preferred
-    return Path("/var/tmp") / f"aup-milter-bench-{os.getuid()}"
-
-
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -630,7 +619,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         pairs=pairs,
         sessions=args.sessions,
         timeout=args.timeout,
-        run_dir=(args.run_dir or default_run_dir()).resolve(),
+        run_dir=(args.run_dir or default_run_dir("bench")).resolve(),
         redis_port=args.redis_port,
         smtp_port=args.smtp_port,
     )

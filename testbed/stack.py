@@ -51,6 +51,29 @@ REPO_ROOT = pf.REPO_ROOT
 SAMPLE_CONFIG = REPO_ROOT / "etc" / "aup-milter.toml"
 MILTER_SOURCE_ROOT = REPO_ROOT / "milter"
 POLICIES_DIR = REPO_ROOT / "policies"
+
+
+def untraversable_parent(path: Path) -> Path | None:
+    """The first existing folder at or above ``path`` that other users cannot enter."""
+    for folder in (path, *path.parents):
+        if folder.exists() and not folder.stat().st_mode & 0o001:
+            return folder
+    return None
+
+
+def default_run_dir(name: str) -> Path:
+    """``run/NAME`` in the checkout, or /var/tmp when ``postfix`` cannot reach the checkout.
+
+    smtpd runs as ``postfix`` and must traverse to the milter socket and the
+    sasldb; a checkout under a private directory (mode 0700 above it) cannot
+    host the run folder.
+    """
+    preferred = REPO_ROOT / "run" / name
+    if untraversable_parent(preferred) is None:
+        return preferred
+    return Path("/var/tmp") / f"aup-milter-{name}-{os.getuid()}"
+
+
 HOST = "127.0.0.1"
 # Marks a folder as a testbed run folder: only such a folder is ever wiped.
 RUN_DIR_MARKER = ".testbed-run-dir"
@@ -247,13 +270,13 @@ class Stack:
         (self.run_dir / RUN_DIR_MARKER).touch()
         # smtpd and the other Postfix daemons run as `postfix`: they must
         # traverse into the run folder to reach the milter socket and sasldb.
-        for folder in (self.run_dir, *self.run_dir.parents):
-            if folder.stat().st_mode & 0o001 == 0:
-                raise TestbedError(
-                    f"{folder} is not traversable by other users (mode "
-                    f"{folder.stat().st_mode & 0o777:o}); the postfix user cannot reach "
-                    f"{self.run_dir}. Use a run folder outside such a directory."
-                )
+        folder = untraversable_parent(self.run_dir)
+        if folder is not None:
+            raise TestbedError(
+                f"{folder} is not traversable by other users (mode "
+                f"{folder.stat().st_mode & 0o777:o}); the postfix user cannot reach "
+                f"{self.run_dir}. Use a run folder outside such a directory."
+            )
 
     def _owned(self, pidfile: Path, marker: str) -> int | None:
         """Pid in ``pidfile`` if alive, its cmdline has ``marker`` and it runs in our run folder."""

@@ -7,31 +7,15 @@ milter socket and the sasldb) on ports of its own, so the demo can keep running.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from testbed import DEMO_ACCOUNTS, DEMO_SASL_USERS, Stack
 from testbed.client import ClientFactory, SmtpClient
-from testbed.stack import REPO_ROOT
+from testbed.stack import default_run_dir
 
-
-def traversable_by_others(path: Path) -> bool:
-    return all(folder.stat().st_mode & 0o001 for folder in path.parents if folder.exists())
-
-
-# The postfix user must reach the run folder. A checkout inside a private
-# directory (mode 0700 somewhere above it) cannot host it: use /var/tmp then.
-def e2e_run_dir(name: str) -> Path:
-    preferred = REPO_ROOT / "run" / name
-    if traversable_by_others(preferred):
-        return preferred
-    return Path("/var/tmp") / f"aup-milter-{name}-{os.getuid()}"
-
-
-E2E_RUN_DIR = e2e_run_dir("e2e")
+E2E_RUN_DIR = default_run_dir("e2e")
 REDIS_PORT, SMTP_PORT, SINK_PORT = 6395, 2535, 2536
 
 # A SASL account that authenticates fine but belongs to no tenant.

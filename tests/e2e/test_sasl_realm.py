@@ -13,7 +13,7 @@ import pytest
 
 from testbed import DEMO_SASL_USERS, Stack, Tenant
 from testbed.client import SmtpClient, make_message
-from tests.e2e.conftest import e2e_run_dir
+from testbed.stack import default_run_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +25,7 @@ SENDER = "alice@acme.example"
 @pytest.fixture(scope="module")
 def realm_stack() -> Iterator[Stack]:
     stack = Stack(
-        e2e_run_dir("e2e-realm"),
+        default_run_dir("e2e-realm"),
         redis_port=6396,
         smtp_port=2545,
         sink_port=2546,
