@@ -61,6 +61,14 @@ def untraversable_parent(path: Path) -> Path | None:
     return None
 
 
+def port_offset() -> int:
+    """``AUP_TESTBED_PORT_OFFSET`` shifts the fixed test ports: checkouts can test side by side."""
+    raw = os.environ.get("AUP_TESTBED_PORT_OFFSET", "0")
+    if not raw.isdigit() or int(raw) > 20000:
+        raise ValueError(f"AUP_TESTBED_PORT_OFFSET: expected a number from 0 to 20000, got {raw!r}")
+    return int(raw)
+
+
 def default_run_dir(name: str) -> Path:
     """``run/NAME`` in the checkout, or /var/tmp when ``postfix`` cannot reach the checkout.
 

@@ -13,10 +13,10 @@ import pytest
 
 from testbed import DEMO_ACCOUNTS, DEMO_SASL_USERS, Stack
 from testbed.client import ClientFactory, SmtpClient
-from testbed.stack import default_run_dir
+from testbed.stack import default_run_dir, port_offset
 
 E2E_RUN_DIR = default_run_dir("e2e")
-REDIS_PORT, SMTP_PORT, SINK_PORT = 6395, 2535, 2536
+REDIS_PORT, SMTP_PORT, SINK_PORT = (port + port_offset() for port in (6395, 2535, 2536))
 
 # A SASL account that authenticates fine but belongs to no tenant.
 STRANGER = ("stranger", "stranger-pw")

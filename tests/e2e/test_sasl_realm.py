@@ -13,7 +13,7 @@ import pytest
 
 from testbed import DEMO_SASL_USERS, Stack, Tenant
 from testbed.client import SmtpClient, make_message
-from testbed.stack import default_run_dir
+from testbed.stack import default_run_dir, port_offset
 
 pytestmark = pytest.mark.e2e
 
@@ -26,9 +26,9 @@ SENDER = "alice@acme.example"
 def realm_stack() -> Iterator[Stack]:
     stack = Stack(
         default_run_dir("e2e-realm"),
-        redis_port=6396,
-        smtp_port=2545,
-        sink_port=2546,
+        redis_port=6396 + port_offset(),
+        smtp_port=2545 + port_offset(),
+        sink_port=2546 + port_offset(),
         sasl_realm=REALM,
         sasl_users=DEMO_SASL_USERS,
     )
