@@ -1,4 +1,4 @@
-"""The `aup-milter` command line: run, check, tenant."""
+"""The `aup-milter` command line: run, check, tenant, suppress, web, intake."""
 
 from __future__ import annotations
 
@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     remove = actions.add_parser("remove", help="delete a tenant and its mappings")
     remove.add_argument("tenant_id", metavar="ID")
+
+    from aupmilter import unsubcli
+
+    unsubcli.add_parsers(commands, config_option)
     return parser
 
 
@@ -87,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_check(args.config)
     if args.command == "run":
         return cmd_run(args.config)
+    if args.command in ("suppress", "web", "intake"):
+        from aupmilter import unsubcli
+
+        return unsubcli.run(args, lambda: _tenant_redis(args)[0])
     return cmd_tenant(args)
 
 

@@ -67,6 +67,31 @@ ACCOUNT_MISCONFIGURED = Reply(
     "Sending account is not fully configured on this relay; "
     "please try again later or contact the relay's administrator",
 )
+# --- unsubscribe and suppression --------------------------------------------------
+UNSUBSCRIBE_NONCOMPLIANT = Reply(
+    "550",
+    "5.7.1",
+    "Bulk mail needs a working one-click unsubscribe: exactly one List-Unsubscribe header "
+    "with one https URI and List-Unsubscribe-Post: List-Unsubscribe=One-Click (RFC 8058); "
+    "fix or remove these headers and send again",
+)
+RECIPIENTS_UNSUBSCRIBED = Reply(
+    "550",
+    "5.7.1",
+    "Recipient(s) have unsubscribed from this sender's mail; remove them from your list",
+)
+"""Texts name the tenant: use `unsubscribed_reply(tenant)`."""
+RECIPIENT_UNSUBSCRIBED = Reply(
+    "550",
+    "5.7.1",
+    "Recipient has unsubscribed from this sender's mail; remove it from your list",
+)
+BULK_ONE_RECIPIENT = Reply(
+    "452",
+    "4.5.3",
+    "Bulk mail on this plan takes one recipient per message, so that each gets its own "
+    "one-click unsubscribe; send to the other recipients in separate messages",
+)
 
 ALL_REPLIES: tuple[Reply, ...] = (
     STORE_UNAVAILABLE,
@@ -75,4 +100,19 @@ ALL_REPLIES: tuple[Reply, ...] = (
     UNKNOWN_SENDER,
     ACCOUNT_TERMINATED,
     ACCOUNT_MISCONFIGURED,
+    UNSUBSCRIBE_NONCOMPLIANT,
+    RECIPIENTS_UNSUBSCRIBED,
+    RECIPIENT_UNSUBSCRIBED,
+    BULK_ONE_RECIPIENT,
 )
+
+
+def unsubscribed_reply(tenant: str, single: bool = False) -> Reply:
+    """550 5.7.1 naming the tenant whose list the recipient(s) left."""
+    if single:
+        return RECIPIENT_UNSUBSCRIBED.with_text(
+            f"Recipient has unsubscribed from {tenant}'s mail; remove it from your list"
+        )
+    return RECIPIENTS_UNSUBSCRIBED.with_text(
+        f"Recipient(s) have unsubscribed from {tenant}'s mail; remove them from your list"
+    )
