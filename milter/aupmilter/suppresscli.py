@@ -239,10 +239,10 @@ def parse_import(
 class Progress:
     """A one-line progress bar on stderr, redrawn at most ten times a second."""
 
-    def __init__(self, total_bytes: int | None, enabled: bool, out: TextIO = sys.stderr) -> None:
+    def __init__(self, total_bytes: int | None, enabled: bool, out: TextIO | None = None) -> None:
         self.total = total_bytes
         self.enabled = enabled
-        self.out = out
+        self.out = out or sys.stderr
         self.started = time.monotonic()
         self._drawn = 0.0
 
