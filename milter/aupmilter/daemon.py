@@ -159,7 +159,14 @@ def _open_unix(listen: ListenAddress, settings: MilterSettings) -> str:
         _opensocket(listen)
     finally:
         os.umask(old_umask)
-    os.chown(path, -1, gid)
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError:
+        raise StartupError(
+            f"milter.socket_group: cannot give {path} to group {settings.socket_group!r}:"
+            " the daemon's user is not a member of it (adduser USER GROUP, then restart;"
+            " or use socket activation, aup-milter.socket)"
+        ) from None
     os.chmod(path, settings.socket_mode)
     return str(listen)
 
