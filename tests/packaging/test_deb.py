@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pytest
 
+from testbed import toml
 from tests.milter.mta import Kind, MilterClient
 from tests.support import RedisServer, tail, wait_until
-from testbed import toml
 
 from .conftest import DEB_PACKAGE_ENV
 from .units import MAX_EXPOSURE, SERVICES, SOCKETS, UNIT_DIR, exposure
@@ -81,15 +81,9 @@ PACKAGE_PATHS = (
 )
 
 
-def run(argv: list[str], timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def run(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=SYSTEM_ENV,
-        **kwargs,  # type: ignore[call-overload]
+        argv, capture_output=True, text=True, timeout=timeout, check=False, env=SYSTEM_ENV
     )
 
 
