@@ -217,7 +217,8 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
     @guarded("abort")
     def abort(self) -> int:
         if self.txn is not None:
-            self.log.debug("transaction aborted after %d recipients", len(self.recipients))
+            count = len(self.gate.accepted) if self.gate else len(self.recipients)
+            self.log.debug("transaction aborted after %d recipients", count)
         self._end_transaction()
         return CONTINUE
 
