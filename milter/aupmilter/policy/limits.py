@@ -61,6 +61,11 @@ class Window:
         """What identifies the stored counts: windows differing only in limit share them."""
         return (self.scope, self.unit, self.period_ms)
 
+    @property
+    def rule(self) -> str:
+        """``2000 recipients per hour, per sender``: the window as the plan states it."""
+        return f"{self.limit} {self.unit} per {format_period(self.period_ms)}, per {self.scope}"
+
     def describe(self, sender: str, tenant: str) -> str:
         who = f"sender {sender}" if self.scope is Scope.SENDER else f"tenant {tenant}"
         return f"{self.limit} {self.unit} per {format_period(self.period_ms)} for {who}"
