@@ -417,6 +417,14 @@ def run_workload(bare: Side, milter: Side, workload: Workload, options: Options)
         f"{name}: Redis commands in {summary.milter_messages} milter messages: {breakdown} "
         "(commands run inside scripts included)"
     )
+    # What the milter itself sends: one script call per round trip (the rest ran inside).
+    round_trips = calls["evalsha"] + calls["eval"]
+    say(
+        f"{name}: Redis round trips per message: "
+        f"{round_trips / max(1, summary.milter_messages):.2f} (EVALSHA at MAIL FROM and at end"
+        f" of message; plus {calls['hello'] + calls['client|setname']} connection set-up"
+        " commands in all)"
+    )
     return summary
 
 
