@@ -77,3 +77,16 @@ def test_every_sample_key_is_documented() -> None:
         if f"[{section}]" not in text or key not in text
     ]
     assert missing == [], f"doc/aup-milter.toml.5 does not document: {missing}"
+
+
+def test_every_plan_key_is_documented() -> None:
+    text = plain("aup-milter.toml.5")
+    keys: set[str] = set()
+    for path in (ROOT / "policies").glob("*.toml"):
+        with path.open("rb") as handle:
+            for plan in tomllib.load(handle)["plan"].values():
+                keys |= {key for key in plan if key != "windows"}
+                for window in plan.get("windows", {}).values():
+                    keys |= set(window)
+    missing = sorted(key for key in keys if key not in text)
+    assert missing == [], f"doc/aup-milter.toml.5 does not document plan keys: {missing}"
