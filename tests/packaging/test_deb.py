@@ -340,6 +340,14 @@ def assert_policy_is_enforced(address: str) -> None:
         refused = client.send_message("c@unknown.example", ["x@example.net"])
         assert refused.refused_at == "mail"
         assert refused.final.reply == "550 5.7.1"
+        # The plan's cap, from the installed plan file; the window charge at end
+        # of message runs the Lua script through Debian's python3-redis.
+        with (CONFIG_DIR / "policies" / "plans.toml").open("rb") as handle:
+            cap = tomllib.load(handle)["plan"]["standard"]["max_recipients_per_message"]
+        rcpts = [f"r{n}@example.net" for n in range(cap + 1)]
+        capped = client.send_message("a@acme.example", rcpts, auth_login="acme")
+        assert [r.reply for _, r in capped.rcpts if r.refuses] == ["452 4.5.3"]
+        assert capped.final.kind in (Kind.CONTINUE, Kind.ACCEPT)
 
 
 def test_daemon_runs_as_its_account_with_debians_libraries(workspace: Workspace) -> None:
