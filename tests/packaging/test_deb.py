@@ -108,6 +108,9 @@ def installed() -> Iterator[Path]:
     if package_status().startswith("install"):
         # Left over from an interrupted run: start from a clean system.
         assert purge().returncode == 0
+    if run(["apt-cache", "show", "python3-milter"]).returncode != 0:
+        # No package lists yet (a fresh machine whose tools were all present).
+        assert run(["apt-get", "update", "-q"], timeout=600).returncode == 0
     result = run([*APT, "install", "--no-install-recommends", str(deb)], timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert package_status() == "install ok installed"
