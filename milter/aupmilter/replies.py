@@ -28,12 +28,21 @@ class Reply:
         return self.code.startswith("4")
 
     def with_text(self, text: str) -> Reply:
-        """Same codes, a text made for one case (e.g. naming the tenant)."""
-        return Reply(self.code, self.status, text)
+        """Same codes, a text made for one case (e.g. naming the tenant or a window).
+
+        The text may carry names that came from the client (logins, addresses):
+        it is made one printable line and every ``%`` is doubled, the escape
+        libmilter expects.
+        """
+        line = "".join(c if c.isprintable() else "?" for c in text)[:MAX_TEXT_LENGTH]
+        return Reply(self.code, self.status, line.replace("%", "%%"))
 
     def __str__(self) -> str:
         return f"{self.code} {self.status} {self.text}"
 
+
+MAX_TEXT_LENGTH = 400
+"""SMTP reply lines are limited to 512 octets (RFC 5321 4.5.3.1.5) with code and status."""
 
 STORE_UNAVAILABLE = Reply(
     "451",
@@ -75,12 +84,6 @@ UNSUBSCRIBE_NONCOMPLIANT = Reply(
     "with one https URI and List-Unsubscribe-Post: List-Unsubscribe=One-Click (RFC 8058); "
     "fix or remove these headers and send again",
 )
-RECIPIENTS_UNSUBSCRIBED = Reply(
-    "550",
-    "5.7.1",
-    "Recipient(s) have unsubscribed from this sender's mail; remove them from your list",
-)
-"""Texts name the tenant: use `unsubscribed_reply(tenant)`."""
 RECIPIENT_UNSUBSCRIBED = Reply(
     "550",
     "5.7.1",
@@ -93,6 +96,55 @@ BULK_ONE_RECIPIENT = Reply(
     "one-click unsubscribe; send to the other recipients in separate messages",
 )
 
+TOO_MANY_RECIPIENTS = Reply(
+    "452",
+    "4.5.3",
+    "Too many recipients for one message on this account; "
+    "send to the remaining recipients in another transaction",
+)
+WINDOW_FULL = Reply(
+    "450",
+    "4.7.1",
+    "Sending rate limit reached for this account; please try again later",
+)
+WINDOW_TAKEN = Reply(
+    "451",
+    "4.7.1",
+    "Sending rate limit reached by concurrent messages of this account; please try again later",
+)
+RECIPIENTS_UNSUBSCRIBED = Reply(
+    "550",
+    "5.7.1",
+    "All recipients have unsubscribed from this sender's mail; do not send to them again",
+)
+
+
+def too_many_recipients(cap: int) -> Reply:
+    return TOO_MANY_RECIPIENTS.with_text(
+        f"Too many recipients: this account may address at most {cap} recipients per message;"
+        " send to the remaining recipients in another transaction"
+    )
+
+
+def window_full(window: str, retry_after: int) -> Reply:
+    return WINDOW_FULL.with_text(
+        f"Rate limit reached: {window}; room again in {retry_after} seconds, retry then"
+    )
+
+
+def window_taken(window: str, retry_after: int) -> Reply:
+    return WINDOW_TAKEN.with_text(
+        f"Rate limit reached by concurrent messages: {window};"
+        f" room again in {retry_after} seconds, retry then"
+    )
+
+
+def recipients_unsubscribed(tenant: str) -> Reply:
+    return RECIPIENTS_UNSUBSCRIBED.with_text(
+        f"All recipients have unsubscribed from {tenant}'s mail; do not send to them again"
+    )
+
+
 ALL_REPLIES: tuple[Reply, ...] = (
     STORE_UNAVAILABLE,
     SHUTTING_DOWN,
@@ -100,19 +152,18 @@ ALL_REPLIES: tuple[Reply, ...] = (
     UNKNOWN_SENDER,
     ACCOUNT_TERMINATED,
     ACCOUNT_MISCONFIGURED,
-    UNSUBSCRIBE_NONCOMPLIANT,
+    TOO_MANY_RECIPIENTS,
+    WINDOW_FULL,
+    WINDOW_TAKEN,
     RECIPIENTS_UNSUBSCRIBED,
+    UNSUBSCRIBE_NONCOMPLIANT,
     RECIPIENT_UNSUBSCRIBED,
     BULK_ONE_RECIPIENT,
 )
 
 
-def unsubscribed_reply(tenant: str, single: bool = False) -> Reply:
-    """550 5.7.1 naming the tenant whose list the recipient(s) left."""
-    if single:
-        return RECIPIENT_UNSUBSCRIBED.with_text(
-            f"Recipient has unsubscribed from {tenant}'s mail; remove it from your list"
-        )
-    return RECIPIENTS_UNSUBSCRIBED.with_text(
-        f"Recipient(s) have unsubscribed from {tenant}'s mail; remove them from your list"
+def recipient_unsubscribed(tenant: str) -> Reply:
+    """550 5.7.1 at RCPT (suppression_check = "rcpt"), naming the tenant."""
+    return RECIPIENT_UNSUBSCRIBED.with_text(
+        f"Recipient has unsubscribed from {tenant}'s mail; remove it from your list"
     )

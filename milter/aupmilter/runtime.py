@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from aupmilter import logs
 from aupmilter.config import Config, ConfigError, load_config, plan_files
 from aupmilter.policy.tenancy import SenderPolicy
-from aupmilter.store.client import Store
+from aupmilter.store.client import Store, WindowCatalog
 
 log = logging.getLogger("aupmilter.runtime")
 
@@ -29,6 +29,7 @@ class Runtime:
     store: Store
     sender_policy: SenderPolicy = field(init=False)
     """Built once per configuration, not once per MAIL FROM."""
+    windows: WindowCatalog = field(init=False)
 
     def __post_init__(self) -> None:
         policy = SenderPolicy(
@@ -37,6 +38,7 @@ class Runtime:
             known_plans=self.config.plan_names,
         )
         object.__setattr__(self, "sender_policy", policy)
+        object.__setattr__(self, "windows", WindowCatalog(self.config.plans))
 
 
 class LiveRuntime:

@@ -30,7 +30,9 @@ from typing import Any
 
 import redis
 
+from aupmilter.policy.limits import recipient_key
 from aupmilter.policy.tenancy import normalize_domain
+from aupmilter.store import keys
 from aupmilter.tokens import Reference
 
 log = logging.getLogger("aupmilter.suppression")
@@ -55,20 +57,14 @@ class AddressError(ValueError):
     """An address that cannot be suppressed; the text says what is wrong with it."""
 
 
-def suppressed_key(tenant: str) -> str:
-    return f"aup:{{{tenant}}}:suppressed"
+suppressed_key = keys.suppressed
+"""aup:{<tenant>}:suppressed, the hash the end-of-message script reads."""
+normalize_address = recipient_key
+"""Local part as given, domain lower-cased: the form stored, and compared at end of message."""
 
 
 def unsubscribe_ref_key(ref_text: str) -> str:
     return f"aup:unsubref:{ref_text}"
-
-
-def normalize_address(address: str) -> str:
-    """The form stored and compared: local part as given, domain lower-cased."""
-    local, at, domain = address.rpartition("@")
-    if not at:
-        return address
-    return f"{local}@{domain.lower()}"
 
 
 def validate_address(raw: str) -> str:
