@@ -34,15 +34,20 @@ def record(conn_id: str, txn: Transaction, verdict: Verdict, stage: str) -> None
         log.info("verdict %s", verdict.action.value, extra={"conn": conn_id, "event": event})
 
 
-def suppressed(conn_id: str, txn: Transaction, tenant: str, recipient: str) -> None:
-    """A recipient removed from a message because it is on the tenant's suppression list."""
+def suppressed(
+    conn_id: str, txn: Transaction, tenant: str, recipient: str, stage: str = "eom"
+) -> None:
+    """A recipient removed from a message (eom), or refused at RCPT (suppression_check = "rcpt"),
+    because it is on the tenant's suppression list."""
     event: dict[str, object] = {
         "conn": conn_id,
         "queue_id": txn.queue_id,
-        "stage": "eom",
+        "stage": stage,
         "tenant": tenant,
         "sender": txn.sender,
-        "event": "suppressed-recipient-removed",
+        "event": "suppressed-recipient-removed"
+        if stage == "eom"
+        else "suppressed-recipient-refused",
         "recipient": recipient,
     }
     log.info("recipient suppressed", extra={"conn": conn_id, "event": event})

@@ -19,15 +19,17 @@ from typing import Any, TypeVar
 import Milter
 
 from aupmilter import audit, replies
+from aupmilter.config import UnsubscribePlan
 from aupmilter.facts import Connection, Transaction
 from aupmilter.logs import ConnectionLog
-from aupmilter.policy.limits import RecipientGate, open_gate, sender_identity
+from aupmilter.policy.limits import RecipientGate, open_gate, recipient_key, sender_identity
 from aupmilter.policy.tenancy import (
     decide_sender,
     decide_store_error,
     tenant_lookup,
     unbracket,
 )
+from aupmilter.policy.unsubscribe import one_recipient_per_bulk_message
 from aupmilter.policy.verdict import Action, Verdict
 from aupmilter.replies import Reply
 from aupmilter.runtime import LiveRuntime
@@ -107,6 +109,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         # With a tenant's limits the gate holds them; without, this list does.
         self.recipients: list[str] = []
         self.gate: RecipientGate | None = None
+        self.unsubscribe_plan: UnsubscribePlan | None = None
         self.pending: Verdict | None = None
         self.clock: Callable[[], float] = time.time
 
@@ -171,6 +174,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
                     verdict = opened
                 else:
                     self.gate = opened
+                    self.unsubscribe_plan = plan.unsubscribe
         if verdict.refuses:
             audit.record(self.conn.conn_id, txn, verdict, "mail")
             self._end_transaction()
@@ -185,7 +189,9 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         if self.gate is None:
             self.recipients.append(unbracket(rcpt_to))
             return CONTINUE
-        refusal = self.gate.decide(unbracket(rcpt_to))
+        recipient = unbracket(rcpt_to)
+        refusal = self._unsubscribe_at_rcpt(self.txn, self.gate, recipient)
+        refusal = refusal or self.gate.decide(recipient)
         if refusal is None:
             return CONTINUE
         # Only this RCPT is refused: the transaction and its other recipients stand.
@@ -253,11 +259,37 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             return Verdict.refuse(reply, "every recipient has unsubscribed", tenant)
         return verdict
 
+    def _unsubscribe_at_rcpt(
+        self, txn: Transaction, gate: RecipientGate, recipient: str
+    ) -> Reply | None:
+        """One recipient per bulk message (plan option), and suppression_check = "rcpt"."""
+        key = recipient_key(recipient)
+        if key in gate.accepted:
+            return None
+        runtime = self.live.current
+        plan = self.unsubscribe_plan
+        if plan is not None:
+            refusal = one_recipient_per_bulk_message(txn.stream, plan, len(gate.accepted))
+            if refusal is not None:
+                return refusal
+        settings = runtime.config.unsubscribe
+        if settings is None or settings.suppression_check != "rcpt":
+            return None
+        try:
+            suppressed = runtime.store.is_suppressed(gate.tenant, key)
+        except StoreUnavailable as exc:
+            return decide_store_error(str(exc), runtime.sender_policy).reply
+        if not suppressed:
+            return None
+        audit.suppressed(self.conn.conn_id, txn, gate.tenant, recipient, stage="rcpt")
+        return replies.recipient_unsubscribed(gate.tenant)
+
     def _end_transaction(self) -> None:
         if self.txn is not None:
             self.txn = None
             self.recipients = []
             self.gate = None
+            self.unsubscribe_plan = None
             self.pending = None
             self.lifecycle.end()
 

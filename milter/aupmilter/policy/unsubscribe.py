@@ -26,8 +26,9 @@ from enum import StrEnum
 
 from aupmilter import replies
 from aupmilter.config import UnsubscribePlan, UnsubscribeSettings
-from aupmilter.policy.classify import Classification
+from aupmilter.policy.classify import Classification, MailClass
 from aupmilter.policy.verdict import Verdict
+from aupmilter.replies import Reply
 from aupmilter.tokens import IssuedToken, TokenSigner
 
 LIST_UNSUBSCRIBE = "List-Unsubscribe"
@@ -180,3 +181,16 @@ def edited_headers(
         if (key, seen[key]) not in doomed:
             kept.append((name, value))
     return [*kept, *decision.add]
+
+
+def one_recipient_per_bulk_message(
+    stream: str | None, plan: UnsubscribePlan, accepted: int
+) -> Reply | None:
+    """452 4.5.3 for the second recipient of a bulk-stream transaction, when the plan asks.
+
+    Then every bulk message has one recipient, hence a recipient token: true
+    one-click for everyone. Only the sender stream is known at RCPT time.
+    """
+    if plan.bulk_one_recipient_per_message and stream == MailClass.BULK and accepted >= 1:
+        return replies.BULK_ONE_RECIPIENT
+    return None
