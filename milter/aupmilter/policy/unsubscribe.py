@@ -165,13 +165,10 @@ def decide_unsubscribe(
     )
 
 
-def edited_headers(
+def kept_headers(
     headers: Sequence[tuple[str, str]], decision: UnsubscribeDecision
 ) -> list[tuple[str, str]]:
-    """The header list as the MTA will deliver it after the decision's edits (for signing).
-
-    Deleted headers go, added ones are appended at the end, as smfi_addheader does.
-    """
+    """The message's fields that the decision does not delete, in order."""
     doomed = {(d.name.lower(), d.index) for d in decision.delete}
     seen: dict[str, int] = {}
     kept = []
@@ -180,7 +177,17 @@ def edited_headers(
         seen[key] = seen.get(key, 0) + 1
         if (key, seen[key]) not in doomed:
             kept.append((name, value))
-    return [*kept, *decision.add]
+    return kept
+
+
+def edited_headers(
+    headers: Sequence[tuple[str, str]], decision: UnsubscribeDecision
+) -> list[tuple[str, str]]:
+    """The header list as the MTA will deliver it after the decision's edits (for signing).
+
+    Deleted fields go, added ones are appended at the end, as smfi_addheader does.
+    """
+    return [*kept_headers(headers, decision), *decision.add]
 
 
 def one_recipient_per_bulk_message(
