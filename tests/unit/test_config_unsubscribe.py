@@ -57,7 +57,9 @@ def test_sections_are_optional_with_documented_defaults(confdir: Path) -> None:
     assert config.web == WebSettings()
     assert config.web.listen == "127.0.0.1:8895"
     assert config.dkim.tenants == {} and config.dkim.default is None
-    assert all(plan.unsubscribe == UnsubscribePlan() for plan in config.plans.values())
+    shipped = {name: plan.unsubscribe for name, plan in config.plans.items()}
+    assert shipped["standard"] == UnsubscribePlan(25, 200, 86400, "replace", False)
+    assert shipped["bulk"] == UnsubscribePlan(2, None, 86400, "replace", False)
 
 
 def test_unsubscribe_section(confdir: Path) -> None:
