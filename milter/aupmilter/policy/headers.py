@@ -152,11 +152,12 @@ def check_raw_bytes(fields: Sequence[HeaderField], *, smtputf8: bool) -> Iterato
     for field in fields:
         name_bytes = field.name.encode("utf-8", errors="surrogateescape")
         if not _FIELD_NAME.match(name_bytes):
-            yield _malformed(Check.HEADER_BYTES, f"header field name {quoted(field.name)} is invalid")
+            fault = f"header field name {quoted(field.name)} is invalid"
+            yield _malformed(Check.HEADER_BYTES, fault)
             continue
-        fault = raw_value_fault(field.raw, smtputf8=smtputf8)
-        if fault:
-            yield _malformed(Check.HEADER_BYTES, f"{field.name} header {fault}")
+        value_fault = raw_value_fault(field.raw, smtputf8=smtputf8)
+        if value_fault:
+            yield _malformed(Check.HEADER_BYTES, f"{field.name} header {value_fault}")
             continue
         lines = _LINE_BREAK.split(field.raw)
         first = len(name_bytes) + 1 + len(lines[0])

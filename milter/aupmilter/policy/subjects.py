@@ -43,7 +43,7 @@ REPLY_PREFIXES: tuple[str, ...] = (
     "enc",  # Portuguese: Encaminhado
     "odp",  # Polish: Odpowiedź
     "pd",  # Polish: Przekazanie dalej
-    "ynt",  # Turkish: Yanıt
+    "ynt",  # Turkish: Yanit
     "ilt",  # Turkish: İlet
     "tl",  # Vietnamese: Trả lời
     "přep",  # Czech: Přeposlat
@@ -62,10 +62,13 @@ REPLY_PREFIXES: tuple[str, ...] = (
     "답장",  # Korean: reply
     "전달",  # Korean: forward
 )
+_WORDS = "|".join(re.escape(p) for p in sorted(REPLY_PREFIXES, key=len, reverse=True))
+FULLWIDTH_COLON = "\uff1a"
+"""CJK clients write the marker with a full-width colon."""
 _PREFIX = re.compile(
     r"^(?:\s*\[[^\]]{0,80}\])*\s*"  # list tags, e.g. "[news] "
-    r"(?P<word>" + "|".join(re.escape(p) for p in sorted(REPLY_PREFIXES, key=len, reverse=True)) + r")"
-    r"\s*(?:\[\d{1,4}\]|\^\d{1,4}|\(\d{1,4}\))?\s*[:：]",
+    rf"(?P<word>{_WORDS})"
+    r"\s*(?:\[\d{1,4}\]|\^\d{1,4}|\(\d{1,4}\))?\s*[:" + FULLWIDTH_COLON + "]",
     re.IGNORECASE,
 )
 BULK_PRECEDENCE = frozenset({"bulk", "list", "junk"})
