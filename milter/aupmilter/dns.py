@@ -173,8 +173,10 @@ class Resolver:
             return Answer(Status.TEMPFAIL, detail=f"{label}: timed out"), 0
         except dns.exception.Timeout:
             return Answer(Status.TEMPFAIL, detail=f"{label}: timed out"), 0
-        except dns.resolver.NoNameservers as exc:
-            return Answer(Status.TEMPFAIL, detail=f"{label}: no server answered ({exc})"), 0
+        except dns.resolver.NoNameservers:
+            # Every server answered SERVFAIL or REFUSED (its text names our servers: not for
+            # the sender's eyes).
+            return Answer(Status.TEMPFAIL, detail=f"{label}: server failure"), 0
         except dns.exception.DNSException as exc:
             return Answer(Status.TEMPFAIL, detail=f"{label}: {type(exc).__name__}: {exc}"), 0
         except OSError as exc:
