@@ -76,9 +76,7 @@ class ZoneResolver(BaseResolver):  # type: ignore[misc]
                 wildcard = self.records.get(f"*.{encloser}")
                 if wildcard is None:
                     return None
-                return [
-                    RR(name + ".", rr.rtype, rr.rclass, rr.ttl, rr.rdata) for rr in wildcard
-                ]
+                return [RR(name + ".", rr.rtype, rr.rclass, rr.ttl, rr.rdata) for rr in wildcard]
         return None
 
     def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
@@ -208,7 +206,8 @@ def answers(host: str, port: int, timeout: float = 1.0) -> bool:
         reply = query.send(host, port, timeout=timeout)
     except OSError:
         return False
-    return DNSRecord.parse(reply).header.id == query.header.id
+    answered: bool = DNSRecord.parse(reply).header.id == query.header.id
+    return answered
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -70,7 +70,7 @@ RECORDS: list[str] = [
     dkim_key_record("test4096", "acme.example", public_key("test-rsa4096")),  # > 512 octets: TCP
     dkim_key_record("test1024", "acme.example", public_key("test-rsa1024")),
     dkim_key_record("revoked", "acme.example", ""),  # an empty p= revokes the key
-    *mail_domain("globex.example", spf=f"v=spf1 include:_spf.globex.example ~all"),
+    *mail_domain("globex.example", spf="v=spf1 include:_spf.globex.example ~all"),
     f"_spf.globex.example. 300 IN TXT {txt_strings(f'v=spf1 ip4:{RELAY_IP} ip4:{OTHER_IP} -all')}",
     dkim_key_record("test2048", "globex.example", public_key("test-rsa2048")),
     # --- bounce routes: one domain per case ---------------------------------------
@@ -78,7 +78,7 @@ RECORDS: list[str] = [
     "nullmx.example. 300 IN A 192.0.2.20",
     "addressonly.example. 300 IN A 192.0.2.21",  # no MX: the address is the implicit MX
     "v6only.example. 300 IN AAAA 2001:db8::21",
-    "nomail.example. 300 IN TXT \"v=spf1 -all\"",  # exists, but no MX, A or AAAA
+    'nomail.example. 300 IN TXT "v=spf1 -all"',  # exists, but no MX, A or AAAA
     # --- SPF cases ------------------------------------------------------------------
     *mail_domain("nospf.example", spf="not an spf record"),
     *mail_domain("spffail.example", spf=f"v=spf1 ip4:{OTHER_IP} -all"),
@@ -86,6 +86,7 @@ RECORDS: list[str] = [
     *mail_domain("xn--bcher-kva.example"),  # bücher.example
     *mail_domain("stranger.example"),
     *mail_domain("partner.example"),
+    *mail_domain("beta.example"),
 ]
 """Zone-file lines, names fully qualified."""
 

@@ -13,6 +13,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import Milter
@@ -20,7 +21,9 @@ import Milter
 from aupmilter import audit, replies
 from aupmilter.facts import Connection, Transaction
 from aupmilter.logs import ConnectionLog
+from aupmilter.message_checks import MessageChecks, sender_for
 from aupmilter.policy.tenancy import (
+    TenantRecord,
     decide_sender,
     decide_store_error,
     tenant_lookup,
@@ -41,6 +44,7 @@ CONTINUE: int = Milter.CONTINUE
 REJECT: int = Milter.REJECT
 TEMPFAIL: int = Milter.TEMPFAIL
 noreply: Callable[[F], F] = Milter.noreply
+P_HDR_LEADSPC: int = Milter.P_HDR_LEADSPC
 
 
 class Lifecycle:
@@ -91,6 +95,10 @@ def guarded(stage: str) -> Callable[[F], F]:
     return wrap
 
 
+# Header values arrive with their leading white space, so DKIM's "simple" header
+# canonicalization sees the bytes that were signed. The flip side: a header the milter
+# adds must bring its own leading space (`_add_header`).
+@Milter.header_leading_space
 class AupMilter(Milter.Base):  # type: ignore[misc]
     """One instance per MTA connection; many transactions per instance."""
 
@@ -104,6 +112,8 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         # rebuilding a frozen dataclass per recipient costs ~10 us each at 100 RCPTs.
         self.recipients: list[str] = []
         self.pending: Verdict | None = None
+        self.checks: MessageChecks | None = None
+        self.mta_host: str | None = None
 
     # --- callbacks -----------------------------------------------------------
 
@@ -117,6 +127,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             client_addr=address,
             daemon_name=self.getsymval("{daemon_name}"),
         )
+        self.mta_host = self.getsymval("j") or None
         self.log.debug("connect from %s [%s]", hostname, address)
         return CONTINUE
 
@@ -136,12 +147,18 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         runtime = self.live.current
         policy = runtime.sender_policy
         lookup = tenant_lookup(txn.auth_login, txn.sender)
+        record: TenantRecord | None = None
         try:
             record = runtime.store.sender_state(lookup)
         except StoreUnavailable as exc:
             verdict = decide_store_error(str(exc), policy)
         else:
             verdict = decide_sender(record, lookup, policy)
+        if not verdict.refuses:
+            smtputf8 = any(p.upper() == "SMTPUTF8" for p in esmtp_params)
+            sender = sender_for(txn.sender, record, runtime.config, smtputf8)
+            self.checks = MessageChecks(sender, runtime.config, runtime.resolver)
+            verdict = self.checks.at_mail_from(verdict)
         if verdict.refuses:
             audit.record(self.conn.conn_id, txn, verdict, "mail")
             self._end_transaction()
@@ -156,14 +173,50 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             self.recipients.append(unbracket(rcpt_to))
         return CONTINUE
 
+    def header_bytes(self, name: str, value: bytes) -> int:
+        # The raw bytes, not pymilter's decoded text: the checks look for NUL, bare CR
+        # and 8-bit bytes, and DKIM needs the exact value.
+        return self.header(name, value)
+
+    @noreply
+    def header(self, name: str, value: bytes) -> int:
+        self._collect(lambda checks: checks.collected.add_header(name, value), "header")
+        return CONTINUE
+
+    @noreply
+    def body(self, chunk: bytes) -> int:
+        self._collect(lambda checks: checks.collected.add_body(chunk), "body")
+        return CONTINUE
+
+    def _collect(self, step: Callable[[MessageChecks], None], stage: str) -> None:
+        """No reply is possible here (no-reply steps): a failure is answered at end of message."""
+        checks = self.checks
+        if checks is None or self.txn is None:
+            return
+        try:
+            step(checks)
+        except Exception:
+            self.log.exception("unexpected error in %s callback; the message gets 451", stage)
+            checks.close()
+            self.checks = None
+
     @guarded("eom")
     def eom(self) -> int:
-        txn, verdict = self.txn, self.pending
-        if txn is None or verdict is None:
-            # MAIL FROM was never seen by this instance: refuse rather than guess.
+        txn, verdict, checks = self.txn, self.pending, self.checks
+        if txn is None or verdict is None or checks is None:
+            # MAIL FROM was never seen by this instance, or collecting failed: refuse.
             self.log.error("end of message without an open transaction; answering 451")
+            self._end_transaction()
             return self._refuse(replies.INTERNAL_ERROR)
         txn = txn.with_recipients(self.recipients).with_queue_id(self.getsymval("i"))
+        result = checks.at_end_of_message(verdict, datetime.now(UTC), self.mta_host)
+        verdict = result.verdict
+        if verdict.refuses:
+            audit.record(self.conn.conn_id, txn, verdict, "eom")
+            self._end_transaction()
+            return self._refuse(verdict.reply)
+        for name, value in result.add_headers:
+            self._add_header(name, value)
         if verdict.action is Action.QUARANTINE:
             self.quarantine(f"aup-milter: {verdict.reason}")
         audit.record(self.conn.conn_id, txn, verdict, "eom")
@@ -185,11 +238,19 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
     # --- helpers -------------------------------------------------------------
 
     def _end_transaction(self) -> None:
+        if self.checks is not None:
+            self.checks.close()
+            self.checks = None
         if self.txn is not None:
             self.txn = None
             self.recipients = []
             self.pending = None
             self.lifecycle.end()
+
+    def _add_header(self, name: str, value: str) -> None:
+        # With leading space negotiated, the MTA inserts the value exactly as given.
+        spaced = f" {value}" if self._protocol & P_HDR_LEADSPC else value
+        self.addheader(name, spaced)
 
     def _refuse(self, reply: Reply | None) -> int:
         reply = reply or replies.INTERNAL_ERROR

@@ -93,12 +93,15 @@ class Store:
         if lookup.kind is None or not lookup.names:
             return None
         mapping_keys = [keys.mapping(lookup.kind, name) for name in lookup.names]
-        reply = self._call(self._sender_state, mapping_keys, [keys.TENANT_PREFIX])
+        args = [keys.TENANT_PREFIX, keys.DOMAINS_SUFFIX]
+        reply = self._call(self._sender_state, mapping_keys, args)
         if not reply:
             return None
-        _index, tenant_id, *flat = reply
+        _index, tenant_id, domains, *flat = reply
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        return TenantRecord(tenant_id=str(tenant_id), fields=fields)
+        return TenantRecord(
+            tenant_id=str(tenant_id), fields=fields, domains=frozenset(map(str, domains))
+        )
 
     def _call(self, script: Script, script_keys: list[str], args: list[str]) -> Any:
         try:
