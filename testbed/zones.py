@@ -84,7 +84,9 @@ RECORDS: list[str] = [
     *mail_domain("spffail.example", spf=f"v=spf1 ip4:{OTHER_IP} -all"),
     # --- other senders the tests use ------------------------------------------------
     *mail_domain("xn--bcher-kva.example"),  # bücher.example
+    # Domains of no tenant that receive mail (senders let through by unknown_sender = accept).
     *mail_domain("stranger.example"),
+    *mail_domain("unknown.example"),
     *mail_domain("partner.example"),
     *mail_domain("beta.example"),
 ]
