@@ -50,7 +50,8 @@ REPLY_PREFIXES: tuple[str, ...] = (
     "odg",  # Croatian, Serbian: Odgovor
     "vá",  # Hungarian: Válasz
     "továbbítás",  # Hungarian
-    "отв",  # Russian: Ответ
+    "ответ",  # Russian: reply
+    "отв",  # Russian: reply, abbreviated
     "пер",  # Russian: Переслать
     "回复",  # Chinese (simplified): reply
     "回覆",  # Chinese (traditional): reply
