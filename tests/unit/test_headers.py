@@ -109,7 +109,7 @@ def test_compliant_headers_have_no_findings() -> None:
             block(*[("From", "a@acme.example"), ("Date", DATE), ("Bad Name", "x")]),
             Check.HEADER_BYTES,
             "field name",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_each_fault_is_named(hb: HeaderBlock, check: Check, fault: str) -> None:

@@ -40,7 +40,7 @@ def block(**fields: str) -> HeaderBlock:
         ("RV: oferta", "RV"),
         ("ENC: oferta", "ENC"),
         ("Odp: oferta", "Odp"),
-        ("回复：优惠", "回复"),
+        ("回复\uff1a优惠", "回复"),  # full-width colon
         ("转发: 优惠", "转发"),
         ("Ответ: скидка", "Ответ"),
         ("Отв: скидка", "Отв"),
