@@ -89,6 +89,7 @@ RECORDS: list[str] = [
     *mail_domain("unknown.example"),
     *mail_domain("partner.example"),
     *mail_domain("beta.example"),
+    *mail_domain("acme-mail.example"),  # a second domain of tenant acme in the corpus
 ]
 """Zone-file lines, names fully qualified."""
 
