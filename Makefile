@@ -3,11 +3,13 @@
 #   make demo       bring up Redis, the milter, a private Postfix and a sink under run/demo/
 #   make demo-stop  stop exactly what `make demo` started
 #   make bench      throughput of Postfix + aup-milter against bare Postfix (bench/)
+#   make deb        build the Debian package offline: dist/aup-milter_VERSION_all.deb
+#   make test-deb   build it, install it with apt-get, exercise the installed daemon, purge it
 
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: test bootstrap lint typecheck pytest demo demo-stop demo-down demo-status bench clean
+.PHONY: test bootstrap lint typecheck pytest demo demo-stop demo-down demo-status bench deb test-deb clean
 
 test: bootstrap lint typecheck pytest
 
@@ -37,6 +39,13 @@ demo-status:
 
 bench: bootstrap
 	$(PYTHON) -m bench
+
+deb:
+	@bash scripts/build-deb.sh
+
+# Installs the package system-wide (root only) and purges it again at the end.
+test-deb: bootstrap deb
+	AUP_DEB_PACKAGE="$$(ls $(CURDIR)/dist/aup-milter_*_all.deb)" $(PYTHON) -m pytest tests/packaging/test_deb.py
 
 clean: demo-stop
 	rm -rf run build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis milter/*.egg-info

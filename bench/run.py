@@ -47,6 +47,28 @@ from testbed.proc import TestbedError, tail, tcp_port_free
 from testbed.stack import HOST, Stack, default_run_dir
 
 SENDER = "a@acme.example"
+BENCH_PLAN = "bench"
+# Caps and windows active as on the shipped plans (same number and kinds of
+# windows as `standard`), with limits no benchmark run reaches: the milter
+# pays for reading and charging every window on every message.
+_NEVER = 1_000_000_000
+_WINDOWS = (
+    ("sender-recipients-minute", "sender", "recipients", "1m"),
+    ("sender-recipients-hour", "sender", "recipients", "1h"),
+    ("sender-recipients-day", "sender", "recipients", "1d"),
+    ("tenant-messages-hour", "tenant", "messages", "1h"),
+    ("tenant-recipients-day", "tenant", "recipients", "1d"),
+)
+BENCH_PLANS = (
+    f"[plan.{BENCH_PLAN}]\n"
+    'description = "make bench: the standard plan\'s windows, limits no run reaches"\n'
+    "max_recipients_per_message = 100\n"
+    + "".join(
+        f"[plan.{BENCH_PLAN}.windows.{name}]\n"
+        f'per = "{per}"\ncount = "{count}"\nlimit = {_NEVER}\nperiod = "{period}"\n'
+        for name, per, count, period in _WINDOWS
+    )
+)
 RECIPIENT = "r@example.net"
 CLIENT_HELO = "client.bench.invalid"
 MESSAGE_BYTES = 2000
@@ -181,6 +203,7 @@ class Side:
         self.stack.start(clean=True)
         if self.with_milter:
             self.stack.add_demo_tenants()
+            self.stack.redis_cli("HSET", "aup:tenant:acme", "plan", BENCH_PLAN)
             self.milter_pid = self.stack.status()["milter"]
             if self.milter_pid is None:
                 raise BenchError(f"{self.label}: aup-milter is not running{self.log_tails()}")
@@ -394,6 +417,14 @@ def run_workload(bare: Side, milter: Side, workload: Workload, options: Options)
         f"{name}: Redis commands in {summary.milter_messages} milter messages: {breakdown} "
         "(commands run inside scripts included)"
     )
+    # What the milter itself sends: one script call per round trip (the rest ran inside).
+    round_trips = calls["evalsha"] + calls["eval"]
+    say(
+        f"{name}: Redis round trips per message: "
+        f"{round_trips / max(1, summary.milter_messages):.2f} (EVALSHA at MAIL FROM and at end"
+        f" of message; plus {calls['hello'] + calls['client|setname']} connection set-up"
+        " commands in all)"
+    )
     return summary
 
 
@@ -407,6 +438,7 @@ def make_sides(options: Options) -> tuple[Side, Side]:
             with_milter=with_milter,
             sink="smtp-sink",
             postfix_overrides=POSTFIX_TUNING,
+            extra_plans=BENCH_PLANS if with_milter else "",
         )
 
     bare = Side("bare", stack("bare", options.redis_port, options.smtp_port, False))

@@ -15,6 +15,9 @@ say() { echo "bootstrap: $*"; }
 die() { echo "bootstrap: error: $*" >&2; exit 1; }
 
 PACKAGES=(postfix redis-server redis-tools libmilter-dev sasl2-bin libsasl2-modules swaks build-essential)
+# The sample and unit tests: m4 with Sendmail's macros (no Sendmail daemon),
+# systemd-analyze, and man to render the manual pages.
+PACKAGES+=(sendmail-cf systemd man-db)
 MIN_PYTHON="3.11"
 VENV=.venv
 STAMP="$VENV/.installed-stamp"

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import redis
 
+from aupmilter.policy.tenancy import Lookup, TenantRecord
+from aupmilter.store.client import Store
 from testbed.proc import tail, wait_until
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -23,7 +25,15 @@ STARTUP_TIMEOUT = 15.0
 ROOT = Path(__file__).resolve().parents[1]
 
 
-__all__ = ["HarnessError", "RedisServer", "client_commands", "free_port", "tail", "wait_until"]
+__all__ = [
+    "HarnessError",
+    "RedisServer",
+    "client_commands",
+    "free_port",
+    "record_of",
+    "tail",
+    "wait_until",
+]
 
 
 class HarnessError(AssertionError):
@@ -134,3 +144,9 @@ def client_commands(server: RedisServer, action: Callable[[], object]) -> list[s
     monitor_client.close()
     marker_client.close()
     return seen
+
+
+def record_of(store: Store, lookup: Lookup) -> TenantRecord | None:
+    """Just the tenant the MAIL FROM read finds (the tests of tenancy ignore windows)."""
+    state = store.sender_state(lookup)
+    return state.record if state else None

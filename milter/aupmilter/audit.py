@@ -33,3 +33,17 @@ def record(conn_id: str, txn: Transaction, verdict: Verdict, stage: str) -> None
     if log.isEnabledFor(logging.INFO):
         # JSON output flattens `event` fields into the line; text output appends it as JSON.
         log.info("verdict %s", verdict.action.value, extra={"conn": conn_id, "event": event})
+
+
+def suppressed(conn_id: str, txn: Transaction, tenant: str, recipient: str) -> None:
+    """A recipient removed from a message because it is on the tenant's suppression list."""
+    event: dict[str, object] = {
+        "conn": conn_id,
+        "queue_id": txn.queue_id,
+        "stage": "eom",
+        "tenant": tenant,
+        "sender": txn.sender,
+        "event": "suppressed-recipient-removed",
+        "recipient": recipient,
+    }
+    log.info("recipient suppressed", extra={"conn": conn_id, "event": event})

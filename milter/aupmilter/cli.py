@@ -106,6 +106,11 @@ def cmd_check(path: Path) -> int:
         return EX_FAILURE
     plans = ", ".join(sorted(config.plans)) or "none"
     print(f"{config.path}: OK (listen {config.milter.listen}; plans: {plans})")
+    for name, plan in sorted(config.plans.items()):
+        limits = plan.limits
+        print(f"  plan {name}: at most {limits.max_recipients} recipients per message")
+        for window in limits.windows:
+            print(f"    window {window.name}: {window.rule}")
     return EX_OK
 
 

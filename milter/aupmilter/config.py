@@ -27,6 +27,7 @@ from aupmilter.policy.findings import (
     PlanChecks,
 )
 from aupmilter.policy.headers import HeaderRules
+from aupmilter.policy.limits import Limits, Scope, Unit, Window
 from aupmilter.policy.tenancy import normalize_domain
 from aupmilter.spool import SpoolLimits
 
@@ -34,7 +35,12 @@ T = TypeVar("T")
 
 DEFAULT_CONFIG_PATH = Path("/etc/aup-milter/aup-milter.toml")
 PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+WINDOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+PERIOD = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
+PERIOD_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_PERIOD_SECONDS = 31 * 86400
+DEFAULT_MAX_RECIPIENTS = 100
 
 
 class ConfigError(Exception):
@@ -116,6 +122,7 @@ class Plan:
     name: str
     description: str
     source: Path
+    limits: Limits
     checks: PlanChecks = field(default_factory=PlanChecks)
 
 
@@ -381,12 +388,76 @@ def load_plans(plans_dir: Path, problems: list[str]) -> dict[str, Plan]:
                 continue
             section = _Section(file, f"plan.{name}", body, problems)
             description = section.get("description", "", "a text", _string)
+            max_recipients = section.get(
+                "max_recipients_per_message",
+                DEFAULT_MAX_RECIPIENTS,
+                "a whole number from 1 to 100000",
+                _integer(1, 100_000),
+            )
+            windows = _windows(file, f"plan.{name}.windows", section.subtable("windows"), problems)
             checks = parse_plan_checks(
                 _Section(file, f"plan.{name}.checks", section.subtable("checks"), problems)
             )
             section.reject_unknown()
-            plans[name] = Plan(name=name, description=description, source=file, checks=checks)
+            plans[name] = Plan(
+                name=name,
+                description=description,
+                source=file,
+                limits=Limits(max_recipients=max_recipients, windows=windows),
+                checks=checks,
+            )
     return plans
+
+
+def parse_period(raw: Any) -> int | None:
+    """Seconds (a whole number) or a text such as '30s', '10m', '1h', '1d'; in milliseconds."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        seconds = raw
+    elif isinstance(raw, str) and (match := PERIOD.match(raw.strip())):
+        seconds = int(match[1]) * PERIOD_UNITS[match[2]]
+    else:
+        return None
+    return seconds * 1000 if 1 <= seconds <= MAX_PERIOD_SECONDS else None
+
+
+def _windows(
+    file: Path, prefix: str, table: dict[str, Any], problems: list[str]
+) -> tuple[Window, ...]:
+    """`[plan.NAME.windows.WINDOW]` tables: per, count, limit, period."""
+    windows: list[Window] = []
+    for name, body in table.items():
+        if not WINDOW_NAME.match(name):
+            problems.append(
+                f"{file}: key '{prefix}.{name}': expected a window name of lower-case letters,"
+                " digits, '-' or '_' (at most 64)"
+            )
+            continue
+        section = _Section(file, f"{prefix}.{name}", body, problems)
+        per = section.get("per", "", "'sender' or 'tenant'", _choice(*Scope))
+        count = section.get("count", "", "'recipients' or 'messages'", _choice(*Unit))
+        limit = section.get("limit", -1, "a whole number from 0 to 10^9", _integer(0, 10**9))
+        period = section.get(
+            "period",
+            0,
+            "seconds, or a text such as '30s', '10m', '1h', '1d' (at most 31d)",
+            parse_period,
+        )
+        for key in ("per", "count", "limit", "period"):
+            if key not in section.table:
+                problems.append(f"{file}: key '{prefix}.{name}.{key}': required")
+        section.reject_unknown()
+        if per and count and limit >= 0 and period:
+            windows.append(Window(name, Scope(per), Unit(count), limit, period))
+    counters = [window.counter for window in windows]
+    for window in windows:
+        if counters.count(window.counter) > 1:
+            problems.append(
+                f"{file}: key '{prefix}.{window.name}': another window of this plan counts the same"
+                f" {window.unit} per {window.scope} over the same period; keep one"
+            )
+    return tuple(windows)
 
 
 # --- message checks: [dns], [messages], [plan.NAME.checks] -----------------------------

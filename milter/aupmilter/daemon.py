@@ -31,7 +31,8 @@ log = logging.getLogger("aupmilter.daemon")
 
 MILTER_NAME = "aup-milter"
 SD_LISTEN_FDS_START = 3
-MILTER_FLAGS = libmilter.QUARANTINE
+MILTER_FLAGS = libmilter.QUARANTINE | libmilter.DELRCPT | libmilter.ADDHDRS | libmilter.CHGHDRS
+"""Actions used at end of message: hold, drop suppressed recipients, add or change headers."""
 STOP_TIMEOUT = 15.0
 """libmilter's listener notices a stop within its 5 s poll; allow for a slow machine."""
 
@@ -159,7 +160,14 @@ def _open_unix(listen: ListenAddress, settings: MilterSettings) -> str:
         _opensocket(listen)
     finally:
         os.umask(old_umask)
-    os.chown(path, -1, gid)
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError:
+        raise StartupError(
+            f"milter.socket_group: cannot give {path} to group {settings.socket_group!r}:"
+            " the daemon's user is not a member of it (adduser USER GROUP, then restart;"
+            " or use socket activation, aup-milter.socket)"
+        ) from None
     os.chmod(path, settings.socket_mode)
     return str(listen)
 

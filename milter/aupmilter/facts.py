@@ -27,9 +27,14 @@ class Transaction:
     """`{auth_authen}` exactly as the MTA reported it; None when not authenticated."""
     queue_id: str | None = None
     recipients: tuple[str, ...] = field(default=())
+    stream: str | None = None
+    """The sender's message stream set in Redis ("bulk" or "transactional"), if any."""
 
     def with_recipients(self, rcpts: Iterable[str]) -> Transaction:
         return replace(self, recipients=(*self.recipients, *rcpts))
+
+    def with_stream(self, stream: str | None) -> Transaction:
+        return self if stream == self.stream else replace(self, stream=stream)
 
     def with_queue_id(self, queue_id: str | None) -> Transaction:
         if not queue_id or queue_id == self.queue_id:

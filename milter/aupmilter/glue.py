@@ -12,6 +12,7 @@ import functools
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -22,8 +23,8 @@ from aupmilter import audit, replies
 from aupmilter.facts import Connection, Transaction
 from aupmilter.logs import ConnectionLog
 from aupmilter.message_checks import MessageChecks, sender_for
+from aupmilter.policy.limits import RecipientGate, open_gate, sender_identity
 from aupmilter.policy.tenancy import (
-    TenantRecord,
     decide_sender,
     decide_store_error,
     tenant_lookup,
@@ -32,7 +33,7 @@ from aupmilter.policy.tenancy import (
 from aupmilter.policy.verdict import Action, Verdict
 from aupmilter.replies import Reply
 from aupmilter.runtime import LiveRuntime
-from aupmilter.store.client import StoreUnavailable
+from aupmilter.store.client import AllSuppressed, NoRoom, StoreUnavailable
 
 log = logging.getLogger("aupmilter.milter")
 _connection_numbers = itertools.count(1)
@@ -108,10 +109,13 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         self.conn = Connection(conn_id=f"c{next(_connection_numbers):x}", client_name="")
         self.log = ConnectionLog(log, self.conn.conn_id)
         self.txn: Transaction | None = None
-        # Appended per RCPT and frozen into the Transaction at end of message:
+        # Collected per RCPT and frozen into the Transaction at end of message:
         # rebuilding a frozen dataclass per recipient costs ~10 us each at 100 RCPTs.
+        # With a tenant's limits the gate holds them; without, this list does.
         self.recipients: list[str] = []
+        self.gate: RecipientGate | None = None
         self.pending: Verdict | None = None
+        self.clock: Callable[[], float] = time.time
         self.checks: MessageChecks | None = None
         self.mta_host: str | None = None
 
@@ -147,15 +151,40 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         runtime = self.live.current
         policy = runtime.sender_policy
         lookup = tenant_lookup(txn.auth_login, txn.sender)
-        record: TenantRecord | None = None
+        now_ms = int(self.clock() * 1000)
+        sender_id = sender_identity(txn.auth_login, txn.sender)
+        state = None
         try:
-            record = runtime.store.sender_state(lookup)
+            state = runtime.store.sender_state(
+                lookup,
+                catalog=runtime.windows,
+                sender_id=sender_id,
+                auth_login=txn.auth_login,
+                sender=txn.sender,
+                now_ms=now_ms,
+            )
         except StoreUnavailable as exc:
             verdict = decide_store_error(str(exc), policy)
         else:
-            verdict = decide_sender(record, lookup, policy)
+            verdict = decide_sender(state.record if state else None, lookup, policy)
+            if state is not None and not verdict.refuses:
+                self.txn = txn = txn.with_stream(state.stream)
+                plan = runtime.config.plans[state.record.fields["plan"]]
+                opened = open_gate(
+                    plan.limits,
+                    state.record.fields,
+                    state.fills,
+                    sender=sender_id,
+                    tenant=state.record.tenant_id,
+                    now_ms=now_ms,
+                )
+                if isinstance(opened, Verdict):
+                    verdict = opened
+                else:
+                    self.gate = opened
         if not verdict.refuses:
             smtputf8 = any(p.upper() == "SMTPUTF8" for p in esmtp_params)
+            record = state.record if state is not None else None
             sender = sender_for(txn.sender, record, runtime.config, smtputf8)
             self.checks = MessageChecks(sender, runtime.config, runtime.resolver)
             verdict = self.checks.at_mail_from(verdict)
@@ -166,12 +195,19 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         self.pending = verdict
         return CONTINUE
 
-    @noreply
     @guarded("envrcpt")
     def envrcpt(self, rcpt_to: str, *esmtp_params: str) -> int:
-        if self.txn is not None:
+        if self.txn is None:
+            return CONTINUE
+        if self.gate is None:
             self.recipients.append(unbracket(rcpt_to))
-        return CONTINUE
+            return CONTINUE
+        refusal = self.gate.decide(unbracket(rcpt_to))
+        if refusal is None:
+            return CONTINUE
+        # Only this RCPT is refused: the transaction and its other recipients stand.
+        self.log.info("recipient %s refused: %s", rcpt_to, refusal)
+        return self._reply(refusal)
 
     def header_bytes(self, name: str, value: bytes) -> int:
         # The raw bytes, not pymilter's decoded text: the checks look for NUL, bare CR
@@ -208,9 +244,14 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             self.log.error("end of message without an open transaction; answering 451")
             self._end_transaction()
             return self._refuse(replies.INTERNAL_ERROR)
-        txn = txn.with_recipients(self.recipients).with_queue_id(self.getsymval("i"))
+        gate = self.gate
+        recipients = list(gate.accepted.values()) if gate else self.recipients
+        txn = txn.with_recipients(recipients).with_queue_id(self.getsymval("i"))
+        # The pure checks first: a message they refuse is not charged to the windows.
         result = checks.at_end_of_message(verdict, datetime.now(UTC), self.mta_host)
         verdict = result.verdict
+        if not verdict.refuses and gate is not None:
+            verdict = self._charge(txn, gate, verdict)
         if verdict.refuses:
             audit.record(self.conn.conn_id, txn, verdict, "eom")
             self._end_transaction()
@@ -226,7 +267,8 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
     @guarded("abort")
     def abort(self) -> int:
         if self.txn is not None:
-            self.log.debug("transaction aborted after %d recipients", len(self.recipients))
+            count = len(self.gate.accepted) if self.gate else len(self.recipients)
+            self.log.debug("transaction aborted after %d recipients", count)
         self._end_transaction()
         return CONTINUE
 
@@ -237,6 +279,30 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
 
     # --- helpers -------------------------------------------------------------
 
+    def _charge(self, txn: Transaction, gate: RecipientGate, verdict: Verdict) -> Verdict:
+        """The end-of-message script: suppression, then the windows' re-check and charge."""
+        runtime = self.live.current
+        now_ms = int(self.clock() * 1000)
+        try:
+            result = runtime.store.charge(
+                gate.tenant, gate.limits.windows, gate.sender, list(gate.accepted), now_ms
+            )
+        except StoreUnavailable as exc:
+            fallback = decide_store_error(str(exc), runtime.sender_policy)
+            return fallback if fallback.refuses else verdict
+        tenant = gate.tenant
+        if isinstance(result, NoRoom):
+            reply = gate.no_room_reply(result.window_index, result.fill, now_ms)
+            window = gate.limits.windows[result.window_index].name
+            return Verdict.refuse(reply, f"window {window} filled by concurrent mail", tenant)
+        for key in result.suppressed:
+            self.delrcpt(f"<{gate.accepted[key]}>")
+            audit.suppressed(self.conn.conn_id, txn, tenant, gate.accepted[key])
+        if isinstance(result, AllSuppressed):
+            reply = replies.recipients_unsubscribed(tenant)
+            return Verdict.refuse(reply, "every recipient has unsubscribed", tenant)
+        return verdict
+
     def _end_transaction(self) -> None:
         if self.checks is not None:
             self.checks.close()
@@ -244,6 +310,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         if self.txn is not None:
             self.txn = None
             self.recipients = []
+            self.gate = None
             self.pending = None
             self.lifecycle.end()
 
@@ -253,6 +320,8 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         self.addheader(name, spaced)
 
     def _refuse(self, reply: Reply | None) -> int:
-        reply = reply or replies.INTERNAL_ERROR
+        return self._reply(reply or replies.INTERNAL_ERROR)
+
+    def _reply(self, reply: Reply) -> int:
         self.setreply(reply.code, reply.status, reply.text)
         return TEMPFAIL if reply.is_temporary else REJECT

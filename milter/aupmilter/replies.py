@@ -28,12 +28,21 @@ class Reply:
         return self.code.startswith("4")
 
     def with_text(self, text: str) -> Reply:
-        """Same codes, a text made for one case (e.g. naming the tenant)."""
-        return Reply(self.code, self.status, text)
+        """Same codes, a text made for one case (e.g. naming the tenant or a window).
+
+        The text may carry names that came from the client (logins, addresses):
+        it is made one printable line and every ``%`` is doubled, the escape
+        libmilter expects.
+        """
+        line = "".join(c if c.isprintable() else "?" for c in text)[:MAX_TEXT_LENGTH]
+        return Reply(self.code, self.status, line.replace("%", "%%"))
 
     def __str__(self) -> str:
         return f"{self.code} {self.status} {self.text}"
 
+
+MAX_TEXT_LENGTH = 400
+"""SMTP reply lines are limited to 512 octets (RFC 5321 4.5.3.1.5) with code and status."""
 
 STORE_UNAVAILABLE = Reply(
     "451",
@@ -67,6 +76,55 @@ ACCOUNT_MISCONFIGURED = Reply(
     "Sending account is not fully configured on this relay; "
     "please try again later or contact the relay's administrator",
 )
+
+TOO_MANY_RECIPIENTS = Reply(
+    "452",
+    "4.5.3",
+    "Too many recipients for one message on this account; "
+    "send to the remaining recipients in another transaction",
+)
+WINDOW_FULL = Reply(
+    "450",
+    "4.7.1",
+    "Sending rate limit reached for this account; please try again later",
+)
+WINDOW_TAKEN = Reply(
+    "451",
+    "4.7.1",
+    "Sending rate limit reached by concurrent messages of this account; please try again later",
+)
+RECIPIENTS_UNSUBSCRIBED = Reply(
+    "550",
+    "5.7.1",
+    "All recipients have unsubscribed from this sender's mail; do not send to them again",
+)
+
+
+def too_many_recipients(cap: int) -> Reply:
+    return TOO_MANY_RECIPIENTS.with_text(
+        f"Too many recipients: this account may address at most {cap} recipients per message;"
+        " send to the remaining recipients in another transaction"
+    )
+
+
+def window_full(window: str, retry_after: int) -> Reply:
+    return WINDOW_FULL.with_text(
+        f"Rate limit reached: {window}; room again in {retry_after} seconds, retry then"
+    )
+
+
+def window_taken(window: str, retry_after: int) -> Reply:
+    return WINDOW_TAKEN.with_text(
+        f"Rate limit reached by concurrent messages: {window};"
+        f" room again in {retry_after} seconds, retry then"
+    )
+
+
+def recipients_unsubscribed(tenant: str) -> Reply:
+    return RECIPIENTS_UNSUBSCRIBED.with_text(
+        f"All recipients have unsubscribed from {tenant}'s mail; do not send to them again"
+    )
+
 
 # --- message checks (issue 4): each is used with the exact fault in front of its text ---
 
@@ -151,6 +209,10 @@ ALL_REPLIES: tuple[Reply, ...] = (
     UNKNOWN_SENDER,
     ACCOUNT_TERMINATED,
     ACCOUNT_MISCONFIGURED,
+    TOO_MANY_RECIPIENTS,
+    WINDOW_FULL,
+    WINDOW_TAKEN,
+    RECIPIENTS_UNSUBSCRIBED,
     MALFORMED_HEADER,
     FOREIGN_DOMAIN,
     MISALIGNED_SENDER,

@@ -17,7 +17,7 @@ from aupmilter import logs
 from aupmilter.config import Config, ConfigError, load_config, plan_files
 from aupmilter.dns import Resolver
 from aupmilter.policy.tenancy import SenderPolicy
-from aupmilter.store.client import Store
+from aupmilter.store.client import Store, WindowCatalog
 
 log = logging.getLogger("aupmilter.runtime")
 
@@ -32,6 +32,7 @@ class Runtime:
     """Built once per configuration, not once per MAIL FROM."""
     resolver: Resolver = field(init=False)
     """DNS for the message checks, with its TTL cache; one per configuration."""
+    windows: WindowCatalog = field(init=False)
 
     def __post_init__(self) -> None:
         policy = SenderPolicy(
@@ -41,6 +42,7 @@ class Runtime:
         )
         object.__setattr__(self, "sender_policy", policy)
         object.__setattr__(self, "resolver", Resolver(self.config.dns))
+        object.__setattr__(self, "windows", WindowCatalog(self.config.plans))
 
 
 class LiveRuntime:

@@ -18,6 +18,17 @@ from testbed.stack import default_run_dir, port_offset
 E2E_RUN_DIR = default_run_dir("e2e")
 REDIS_PORT, SMTP_PORT, SINK_PORT = (port + port_offset() for port in (6395, 2535, 2536))
 
+# Short windows, so that a test can watch one slide (the shipped plans' are minutes and more).
+E2E_PLANS = """
+[plan.e2e-short]
+description = "End-to-end tests: a window of 3 recipients per 6 seconds"
+max_recipients_per_message = 100
+
+[plan.e2e-short.windows]
+sender-recipients-short = { per = "sender", count = "recipients", limit = 3, period = "6s" }
+tenant-recipients-hour = { per = "tenant", count = "recipients", limit = 1000, period = "1h" }
+"""
+
 # A SASL account that authenticates fine but belongs to no tenant.
 STRANGER = ("stranger", "stranger-pw")
 PASSWORDS = {account.tenant.id: account.password for account in DEMO_ACCOUNTS}
@@ -31,6 +42,7 @@ def session_stack() -> Iterator[Stack]:
         smtp_port=SMTP_PORT,
         sink_port=SINK_PORT,
         sasl_users={**DEMO_SASL_USERS, STRANGER[0]: STRANGER[1]},
+        extra_plans=E2E_PLANS,
     )
     # A previous run that was killed may have left its stack running: start clean.
     stack.start(clean=True)
@@ -44,6 +56,7 @@ def reset(stack: Stack) -> None:
     """The state every test starts from: Redis up, demo tenants active, empty hold queue."""
     stack.start_redis()
     stack.add_demo_tenants()
+    stack.clear_rate_windows()
     stack.delete_queued("hold")
 
 

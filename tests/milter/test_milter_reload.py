@@ -77,3 +77,36 @@ def test_new_plan_file_is_picked_up(
     result = send("PL2")
     assert result.refused_at is None and result.eom is not None
     assert daemon.log.verdict("PL2")["verdict"] == "accept"
+
+
+def test_plan_limit_edits_apply_without_restart(
+    start_daemon: StartDaemon, tenants: Tenants, tmp_path: Path
+) -> None:
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    gold = plans / "gold.toml"
+    gold.write_text("[plan.gold]\nmax_recipients_per_message = 2\n")
+    daemon = start_daemon(policy={"plans_dir": str(plans)})
+    tenants.add("acme", logins=["acme"], domains=["acme.example"], plan="gold")
+
+    def rcpt_codes() -> list[str]:
+        with daemon.client() as client:
+            client.mail("a@acme.example")
+            codes = [client.rcpt(f"<r{n}@d.example>").reply or "ok" for n in range(3)]
+            client.abort()
+        return codes
+
+    assert rcpt_codes() == ["ok", "ok", "452 4.5.3"]
+    mark = daemon.log.mark()
+    gold.write_text(
+        "[plan.gold]\nmax_recipients_per_message = 5\n"
+        "[plan.gold.windows.tiny]\nper = 'tenant'\ncount = 'recipients'\nlimit = 1\n"
+        "period = '1h'\n"
+    )
+    daemon.log.wait_for(RELOADED, since=mark, timeout=RELOAD_TIMEOUT)
+    assert rcpt_codes() == ["ok", "450 4.7.1", "450 4.7.1"]
+    # A broken edit is refused and the last good plan stays in force.
+    mark = daemon.log.mark()
+    gold.write_text("[plan.gold]\nmax_recipients_per_message = 'many'\n")
+    daemon.log.wait_for(REFUSED, since=mark, timeout=RELOAD_TIMEOUT)
+    assert rcpt_codes() == ["ok", "450 4.7.1", "450 4.7.1"]

@@ -13,7 +13,7 @@ from aupmilter.config import RedisSettings
 from aupmilter.policy.tenancy import tenant_lookup
 from aupmilter.store.client import Store, StoreUnavailable
 from aupmilter.store.tenants import TenantAdmin
-from tests.support import REDIS_SERVER, wait_until
+from tests.support import REDIS_SERVER, record_of, wait_until
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def locked_redis() -> Iterator[Path]:
 def lookup_via(url: str) -> str | None:
     store = Store(RedisSettings(url, 1.0, 1.0))
     try:
-        record = store.sender_state(tenant_lookup("acme", ""))
+        record = record_of(store, tenant_lookup("acme", ""))
         return record.tenant_id if record else None
     finally:
         store.close()

@@ -9,7 +9,7 @@ from aupmilter.config import RedisSettings
 from aupmilter.policy.tenancy import Lookup, LookupKind, tenant_lookup
 from aupmilter.store.client import Store, StoreUnavailable
 from aupmilter.store.tenants import TenantAdmin
-from tests.support import RedisServer, client_commands, free_port
+from tests.support import RedisServer, client_commands, free_port, record_of
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def store(redis_server: RedisServer, redis_client: redis.Redis) -> Store:
 
 
 def test_login_lookup_returns_the_tenant_hash(store: Store) -> None:
-    record = store.sender_state(tenant_lookup("acme", "x@elsewhere.example"))
+    record = record_of(store, tenant_lookup("acme", "x@elsewhere.example"))
     assert record is not None
     assert record.tenant_id == "acme"
     assert record.fields == {
@@ -34,9 +34,9 @@ def test_login_lookup_returns_the_tenant_hash(store: Store) -> None:
 
 
 def test_realm_form_login_is_its_own_mapping(store: Store) -> None:
-    record = store.sender_state(tenant_lookup("ops@acme", ""))
+    record = record_of(store, tenant_lookup("ops@acme", ""))
     assert record is not None and record.tenant_id == "acme"
-    assert store.sender_state(tenant_lookup("ops", "")) is None
+    assert record_of(store, tenant_lookup("ops", "")) is None
 
 
 def test_most_specific_domain_wins(store: Store) -> None:
@@ -46,36 +46,36 @@ def test_most_specific_domain_wins(store: Store) -> None:
         ("a@eu.acme.example", "sub"),
         ("a@x.eu.acme.example", "sub"),
     ]:
-        record = store.sender_state(tenant_lookup(None, sender))
+        record = record_of(store, tenant_lookup(None, sender))
         assert record is not None and record.tenant_id == tenant, sender
 
 
 def test_unmapped_names_give_none(store: Store) -> None:
-    assert store.sender_state(tenant_lookup("stranger", "a@acme.example")) is None
-    assert store.sender_state(tenant_lookup(None, "a@other.example")) is None
-    assert store.sender_state(Lookup(None, ())) is None
+    assert record_of(store, tenant_lookup("stranger", "a@acme.example")) is None
+    assert record_of(store, tenant_lookup(None, "a@other.example")) is None
+    assert record_of(store, Lookup(None, ())) is None
 
 
 def test_mapping_to_missing_hash_gives_empty_record(
     store: Store, redis_client: redis.Redis
 ) -> None:
     redis_client.set("aup:login:ghost", "nobody")
-    record = store.sender_state(Lookup(LookupKind.LOGIN, ("ghost",)))
+    record = record_of(store, Lookup(LookupKind.LOGIN, ("ghost",)))
     assert record is not None and record.tenant_id == "nobody" and not record.exists
 
 
 def test_one_round_trip_per_lookup(store: Store, redis_server: RedisServer) -> None:
-    store.sender_state(tenant_lookup(None, "a@deep.mail.acme.example"))  # script loaded
+    record_of(store, tenant_lookup(None, "a@deep.mail.acme.example"))  # script loaded
     sent = client_commands(
-        redis_server, lambda: store.sender_state(tenant_lookup(None, "a@deep.mail.acme.example"))
+        redis_server, lambda: record_of(store, tenant_lookup(None, "a@deep.mail.acme.example"))
     )
     assert len(sent) == 1 and sent[0].startswith("EVALSHA"), sent
 
 
 def test_script_is_reloaded_after_script_flush(store: Store, redis_client: redis.Redis) -> None:
-    assert store.sender_state(tenant_lookup("acme", "")) is not None
+    assert record_of(store, tenant_lookup("acme", "")) is not None
     redis_client.script_flush()
-    record = store.sender_state(tenant_lookup("acme", ""))
+    record = record_of(store, tenant_lookup("acme", ""))
     assert record is not None and record.tenant_id == "acme"
 
 
@@ -85,7 +85,7 @@ def test_unreachable_redis_raises_store_unavailable_and_logs_once(
     store = Store(RedisSettings(f"redis://127.0.0.1:{free_port()}/0", 0.2, 0.2))
     for _ in range(3):
         with pytest.raises(StoreUnavailable):
-            store.sender_state(tenant_lookup("acme", ""))
+            record_of(store, tenant_lookup("acme", ""))
     errors = [r for r in caplog.records if r.name == "aupmilter.store"]
     assert len(errors) == 1 and "redis unavailable" in errors[0].getMessage()
     assert store.outage.down

@@ -163,6 +163,8 @@ def test_cli_check_command(tmp_path: Path) -> None:
     good.write_text(f'[policy]\nplans_dir = "{ROOT / "policies"}"\n')
     ok = cli("check", "-c", str(good))
     assert ok.stdout.startswith(f"{good}: OK")
+    assert "  plan standard: at most 100 recipients per message\n" in ok.stdout
+    assert "window sender-recipients-hour: 2000 recipients per hour, per sender\n" in ok.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text('[policy]\nunknown_sender = "bounce"\n')
     failed = cli("check", "-c", str(bad), check=False)

@@ -146,3 +146,15 @@ def test_several_authors_each_checked() -> None:
         Sender="alice@acme.example",
     )
     assert found == [Check.FROM_DOMAIN, Check.ALIGNMENT]
+
+
+@pytest.mark.parametrize(
+    "domain",
+    ["acme.example", "mail.acme.example", "a.b.co.uk", "shop.example.com", "user.github.io"],
+)
+def test_debian_psl_backend_agrees(domain: str) -> None:
+    """Where only python3-publicsuffix2 is installed (the Debian package), the answers agree."""
+    from aupmilter.policy import alignment
+
+    debian = alignment._publicsuffix2()
+    assert (debian(domain) or domain) == organizational_domain(domain)

@@ -209,3 +209,88 @@ def test_plans_from_several_files(confdir: Path) -> None:
     config = load_config(write(confdir, ""))
     assert config.plans["gold"].description == "Gold"
     assert config.plans["gold"].source.name == "gold.toml"
+
+
+def test_shipped_plans_have_caps_and_windows(confdir: Path) -> None:
+    plans = load_config(write(confdir, "")).plans
+    caps = {name: plan.limits.max_recipients for name, plan in plans.items()}
+    assert caps == {"standard": 100, "business": 200, "bulk": 1000}
+    for plan in plans.values():
+        scopes = {(w.scope.value, w.unit.value) for w in plan.limits.windows}
+        assert {("sender", "recipients"), ("tenant", "messages")} <= scopes, plan.name
+
+
+def test_window_table_is_parsed(confdir: Path) -> None:
+    (confdir / "policies" / "gold.toml").write_text(
+        "[plan.gold]\nmax_recipients_per_message = 7\n"
+        "[plan.gold.windows.burst]\nper = 'sender'\ncount = 'recipients'\nlimit = 5\n"
+        "period = '10m'\n"
+        "[plan.gold.windows.daily]\nper = 'tenant'\ncount = 'messages'\nlimit = 0\n"
+        "period = 86400\n"
+    )
+    limits = load_config(write(confdir, "")).plans["gold"].limits
+    assert limits.max_recipients == 7
+    assert [(w.name, w.scope, w.unit, w.limit, w.period_ms) for w in limits.windows] == [
+        ("burst", "sender", "recipients", 5, 600_000),
+        ("daily", "tenant", "messages", 0, 86_400_000),
+    ]
+
+
+GOOD_WINDOW = "per = 'sender'\ncount = 'recipients'\nlimit = 5\nperiod = '1h'\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            "max_recipients_per_message = 0\n",
+            "key 'plan.gold.max_recipients_per_message': expected a whole number from 1 to 100000",
+        ),
+        (
+            "[plan.gold.windows.w]\n" + GOOD_WINDOW.replace("'sender'", "'login'"),
+            "key 'plan.gold.windows.w.per': expected 'sender' or 'tenant', got 'login'",
+        ),
+        (
+            "[plan.gold.windows.w]\n" + GOOD_WINDOW.replace("'recipients'", "'bytes'"),
+            "key 'plan.gold.windows.w.count': expected 'recipients' or 'messages'",
+        ),
+        (
+            "[plan.gold.windows.w]\n" + GOOD_WINDOW.replace("5", "-1"),
+            "key 'plan.gold.windows.w.limit': expected a whole number from 0 to 10^9",
+        ),
+        (
+            "[plan.gold.windows.w]\n" + GOOD_WINDOW.replace("'1h'", "'1 hour'"),
+            "key 'plan.gold.windows.w.period': expected seconds, or a text such as '30s'",
+        ),
+        (
+            "[plan.gold.windows.w]\n" + GOOD_WINDOW.replace("'1h'", "'32d'"),
+            "key 'plan.gold.windows.w.period': expected seconds",
+        ),
+        (
+            "[plan.gold.windows.w]\n" + GOOD_WINDOW.replace("'1h'", "0"),
+            "key 'plan.gold.windows.w.period': expected seconds",
+        ),
+        (
+            "[plan.gold.windows.w]\n" + GOOD_WINDOW.replace("limit = 5\n", ""),
+            "key 'plan.gold.windows.w.limit': required",
+        ),
+        (
+            "[plan.gold.windows.w]\n" + GOOD_WINDOW + "burst = 3\n",
+            "key 'plan.gold.windows.w.burst': unknown key",
+        ),
+        (
+            "[plan.gold.windows.Bad]\n" + GOOD_WINDOW,
+            "key 'plan.gold.windows.Bad': expected a window name",
+        ),
+        (
+            "[plan.gold.windows.a]\n" + GOOD_WINDOW + "[plan.gold.windows.b]\n" + GOOD_WINDOW,
+            "key 'plan.gold.windows.b': another window of this plan counts the same",
+        ),
+        ("windows = 3\n", "key 'plan.gold.windows': expected a table"),
+    ],
+)
+def test_window_errors_name_file_key_and_form(confdir: Path, body: str, expected: str) -> None:
+    gold = confdir / "policies" / "gold.toml"
+    gold.write_text("[plan.gold]\n" + body)
+    found = problems(confdir, "")
+    assert any(expected in p and p.startswith(str(gold)) for p in found), found

@@ -11,32 +11,57 @@
   feedback reports).
 
 Domains are compared in lower-case A-label form. The PSL comes from the
-`publicsuffixlist` package, which ships the list and is released as it changes.
+`publicsuffixlist` package (it ships the list and is released as the list
+changes); where only Debian's `python3-publicsuffix2` is installed, that one
+is used with the system's list (`/usr/share/publicsuffix`, package
+`publicsuffix`, kept current by Debian) when present.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-
-from publicsuffixlist import PublicSuffixList
+from pathlib import Path
 
 from aupmilter import replies
 from aupmilter.policy.findings import AlignmentMode, Check, Finding, PlanChecks, quoted
 from aupmilter.policy.headers import HeaderBlock, parse_addresses
 from aupmilter.policy.tenancy import normalize_domain, sender_domain
 
+SYSTEM_PSL = Path("/usr/share/publicsuffix/public_suffix_list.dat")
+
 
 @functools.cache
-def _psl() -> PublicSuffixList:
-    # Parsing the shipped list takes ~50 ms: once per process.
-    return PublicSuffixList()
+def _registrable() -> Callable[[str], str | None]:
+    """The PSL lookup, loaded once per process (parsing the list takes ~50 ms)."""
+    try:
+        from publicsuffixlist import PublicSuffixList
+    except ImportError:
+        return _publicsuffix2()
+    psl = PublicSuffixList()
+    return lambda domain: psl.privatesuffix(domain)
+
+
+def _publicsuffix2() -> Callable[[str], str | None]:
+    from publicsuffix2 import PublicSuffixList as DebianList
+
+    psl = DebianList(psl_file=str(SYSTEM_PSL) if SYSTEM_PSL.exists() else None)
+
+    def registrable(domain: str) -> str | None:
+        found = psl.get_sld(domain, strict=False)
+        labels = domain.split(".")
+        if found and "." not in found and len(labels) >= 2:
+            # An unlisted TLD: the PSL's default rule "*" makes it the public suffix.
+            return ".".join(labels[-2:])
+        return found if isinstance(found, str) and found else None
+
+    return registrable
 
 
 def organizational_domain(domain: str) -> str:
     """The registrable domain (public suffix + one label); the domain itself if it has none."""
-    return _psl().privatesuffix(domain) or domain
+    return _registrable()(domain) or domain
 
 
 def aligned(author_domain: str, other_domain: str, mode: AlignmentMode) -> bool:

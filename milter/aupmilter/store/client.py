@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -17,7 +19,8 @@ from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 
-from aupmilter.config import RedisSettings
+from aupmilter.config import Plan, RedisSettings
+from aupmilter.policy.limits import Scope, Unit, Window, WindowFill
 from aupmilter.policy.tenancy import Lookup, TenantRecord
 from aupmilter.store import keys
 
@@ -81,27 +84,143 @@ class OutageLog:
         )
 
 
+STREAMS_TAIL = keys.split_at_tenant(keys.tenant_streams)[1]
+TAG_HEAD, TAG_TAIL = keys.split_at_tenant(keys.tagged)
+
+
+class WindowCatalog:
+    """Every plan's windows, as the MAIL FROM script wants them; built once per config."""
+
+    def __init__(self, plans: Mapping[str, Plan]) -> None:
+        self._static: list[str] = [str(len(plans))]
+        self._sender_slots: list[tuple[int, Window]] = []
+        for name, plan in plans.items():
+            self._static += [name, str(len(plan.limits.windows))]
+            for window in plan.limits.windows:
+                if window.scope is Scope.SENDER:
+                    self._sender_slots.append((len(self._static), window))
+                self._static += [
+                    keys.window_suffix(window, ""),
+                    str(window.bucket_ms),
+                    str(window.buckets),
+                ]
+
+    def script_args(self, sender: str) -> list[str]:
+        args = list(self._static)
+        for slot, window in self._sender_slots:
+            args[slot] = keys.window_suffix(window, sender)
+        return args
+
+
+@dataclass(frozen=True, slots=True)
+class SenderState:
+    """What the MAIL FROM read found: the tenant, its sender stream and its windows' fills."""
+
+    record: TenantRecord
+    stream: str | None
+    fills: tuple[WindowFill, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Charged:
+    suppressed: tuple[str, ...]
+    fills: tuple[int, ...]
+    """Each window's count after this message."""
+
+
+@dataclass(frozen=True, slots=True)
+class AllSuppressed:
+    suppressed: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NoRoom:
+    window_index: int
+    fill: WindowFill
+
+
+ChargeResult = Charged | AllSuppressed | NoRoom
+
+
+def parse_fill(flat: Sequence[Any]) -> WindowFill:
+    used, *pairs = flat
+    return WindowFill(
+        int(used), tuple(zip(map(int, pairs[::2]), map(int, pairs[1::2]), strict=True))
+    )
+
+
 class Store:
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
         self.client = connect(settings)
         self.outage = OutageLog()
         self._sender_state: Script = self.client.register_script(load_script("sender_state.lua"))
+        self._charge: Script = self.client.register_script(load_script("charge.lua"))
 
-    def sender_state(self, lookup: Lookup) -> TenantRecord | None:
-        """The tenant the lookup names, with its hash; None when nothing is mapped."""
+    def sender_state(
+        self,
+        lookup: Lookup,
+        *,
+        catalog: WindowCatalog | None = None,
+        sender_id: str = "",
+        auth_login: str | None = None,
+        sender: str = "",
+        now_ms: int = 0,
+    ) -> SenderState | None:
+        """The tenant the lookup names, with its hash, stream and window fills; None if unmapped.
+
+        ``sender_id`` is whom per-sender windows count; ``auth_login`` and
+        ``sender`` find the stream.
+        """
         if lookup.kind is None or not lookup.names:
             return None
         mapping_keys = [keys.mapping(lookup.kind, name) for name in lookup.names]
-        args = [keys.TENANT_PREFIX, keys.DOMAINS_SUFFIX]
+        args = [
+            keys.TENANT_PREFIX,
+            STREAMS_TAIL,
+            TAG_HEAD,
+            TAG_TAIL,
+            str(now_ms),
+            auth_login or "",
+            sender,
+            *(catalog.script_args(sender_id) if catalog else ["0"]),
+            keys.DOMAINS_SUFFIX,  # last: the message checks' tenant domains (issue 4)
+        ]
         reply = self._call(self._sender_state, mapping_keys, args)
         if not reply:
             return None
-        _index, tenant_id, domains, *flat = reply
+        _index, tenant_id, stream, fills, flat, domains = reply
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        return TenantRecord(
-            tenant_id=str(tenant_id), fields=fields, domains=frozenset(map(str, domains))
+        return SenderState(
+            record=TenantRecord(
+                tenant_id=str(tenant_id), fields=fields, domains=frozenset(map(str, domains))
+            ),
+            stream=str(stream) or None,
+            fills=tuple(parse_fill(fill) for fill in fills),
         )
+
+    def charge(
+        self,
+        tenant_id: str,
+        windows: Sequence[Window],
+        sender_id: str,
+        recipients: Sequence[str],
+        now_ms: int,
+    ) -> ChargeResult:
+        """Drop suppressed recipients, then re-check and charge every window, atomically."""
+        script_keys = [keys.suppressed(tenant_id)]
+        args = [str(now_ms), str(len(windows))]
+        for window in windows:
+            script_keys.append(keys.window_key(tenant_id, window, sender_id))
+            unit = "r" if window.unit is Unit.RECIPIENTS else "m"
+            args += [unit, str(window.limit), str(window.bucket_ms), str(window.buckets)]
+        args += recipients
+        status, detail, fills = self._call(self._charge, script_keys, args)
+        if status == 0:
+            return NoRoom(window_index=int(detail) - 1, fill=parse_fill(fills))
+        if status == 2:
+            return AllSuppressed(tuple(detail))
+        return Charged(tuple(detail), tuple(int(fill) for fill in fills))
 
     def _call(self, script: Script, script_keys: list[str], args: list[str]) -> Any:
         try:

@@ -6,12 +6,23 @@ aup:tenant:<id>:domains   set: sender domains mapped to the tenant (reverse inde
 aup:login:<login>         string: tenant id for an exact {auth_authen} value
 aup:domain:<domain>       string: tenant id for a sender domain (and its subdomains)
 aup:tenants               set: all tenant ids
+aup:tenant:<id>:streams   hash: SASL login or envelope sender -> "bulk" | "transactional"
+
+Keys written per transaction carry the tenant id as a Redis Cluster hash tag,
+so one script's keys always live on one slot:
+
+aup:{<id>}:w:<unit>:<period_ms>              hash: per-tenant window buckets
+aup:{<id>}:w:<unit>:<period_ms>:s:<sender>   hash: per-sender window buckets
+                                             (bucket index -> count; expires by itself)
+aup:{<id>}:suppressed                        hash: address -> "<source> <unix time>"
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
+from aupmilter.policy.limits import Scope, Window
 from aupmilter.policy.tenancy import LookupKind
 
 PREFIX = "aup:"
@@ -45,3 +56,33 @@ def domain(name: str) -> str:
 
 def mapping(kind: LookupKind, name: str) -> str:
     return login(name) if kind is LookupKind.LOGIN else domain(name)
+
+
+def tenant_streams(tenant_id: str) -> str:
+    return f"{TENANT_PREFIX}{tenant_id}:streams"
+
+
+def tagged(tenant_id: str) -> str:
+    """The per-tenant prefix with the Cluster hash tag: ``aup:{<id>}:``."""
+    return f"{PREFIX}{{{tenant_id}}}:"
+
+
+def window_suffix(window: Window, sender: str) -> str:
+    """The window key after the tagged tenant prefix (counts are shared by equal counters)."""
+    scope, unit, period_ms = window.counter
+    suffix = f"w:{unit[0]}:{period_ms}"
+    return f"{suffix}:s:{sender}" if scope is Scope.SENDER else suffix
+
+
+def window_key(tenant_id: str, window: Window, sender: str) -> str:
+    return tagged(tenant_id) + window_suffix(window, sender)
+
+
+def split_at_tenant(key_for: Callable[[str], str]) -> tuple[str, str]:
+    """(head, tail) around the tenant id, for scripts that learn the id themselves."""
+    head, tail = key_for("\0").split("\0")
+    return head, tail
+
+
+def suppressed(tenant_id: str) -> str:
+    return tagged(tenant_id) + "suppressed"

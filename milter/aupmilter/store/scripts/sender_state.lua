@@ -1,38 +1,95 @@
 -- sender_state.lua: the one read at MAIL FROM.
 --
 -- Finds the first mapping key that exists, in the order given, and returns the
--- tenant it names together with that tenant's hash. The caller decides the
--- order (the SASL login alone, or the sender domain then its parents), so no
--- policy lives here.
+-- tenant it names, that tenant's hash, the message stream of the sender, and
+-- the current fill of every rate window of the tenant's plan. The caller
+-- decides the lookup order (the SASL login alone, or the sender domain then
+-- its parents) and the windows, so no policy lives here.
 --
 -- KEYS[1..n]  mapping keys (aup:login:<login> or aup:domain:<domain>), most
 --             specific first
--- ARGV[1]     prefix of tenant hashes ("aup:tenant:"); the hash key is built
---             from it because the tenant id is only known after the lookup
+-- ARGV[1]     head of the tenant hash key ("aup:tenant:"), ARGV[2] tail of the
+--             stream hash key after the tenant id (":streams")
+-- ARGV[3]     head and ARGV[4] tail of the hash-tagged per-tenant prefix
+--             ("aup:{" and "}:"): window keys are ARGV[3]..id..ARGV[4]..suffix
+-- ARGV[5]     now, in milliseconds since the epoch
+-- ARGV[6]     SASL login ("" when none), ARGV[7] envelope sender ("" for <>):
+--             the stream is the login's, else the sender's
+-- ARGV[8]     number of plans P; then per plan: name, window count W, and W
+--             triples (key suffix, bucket length in ms, buckets per window)
+-- ARGV[#ARGV] (last) tail of the tenant's domains set key after the tenant id
+--             (":domains"), for the end-of-message checks (issue 4)
 --
--- ARGV[2]     suffix of the tenant's domains set (":domains"), read for the
---             end-of-message checks (issue 4) in this same round trip
+-- Returns     {} when no mapping exists; otherwise
+--             {matched_index, tenant_id, stream, fills, fields} where
+--             stream is "bulk", "transactional" or "" (none set),
+--             fills has one entry per window of the tenant's plan (empty when
+--             the plan is not in ARGV): {used, index1, count1, index2, ...},
+--             used being the sum over the current bucket and the `buckets`
+--             before it, the pairs the buckets that make it up,
+--             fields is HGETALL of the tenant hash (empty when missing).
+--             A sixth element, domains, is SMEMBERS of the tenant's domains
+--             set (issue 4: From, Reply-To and Sender are checked against it).
 --
--- Returns     {} when no mapping exists;
---             {matched_index, tenant_id, domains, field1, value1, ...}
---             otherwise, where domains is SMEMBERS of the tenant's domains
---             set (a nested list) and the field list is HGETALL of the tenant
---             hash (empty when the mapping points at a tenant with no hash).
---
--- Not Redis-Cluster-safe as written (the tenant key is not in KEYS); the
--- daemon targets a standalone or Sentinel-managed Redis.
+-- Not Redis-Cluster-safe: the tenant id is only known after the lookup, so
+-- the tenant, stream and window keys cannot be passed in KEYS. The daemon
+-- targets a standalone or Sentinel-managed Redis; the writing script
+-- (charge.lua) is Cluster-safe.
+
+local function fill(key, now, bucket_ms, buckets)
+  local current = math.floor(now / bucket_ms)
+  local oldest = current - buckets
+  local flat = redis.call('HGETALL', key)
+  local result = {0}
+  for i = 1, #flat, 2 do
+    local index = tonumber(flat[i])
+    if index and index >= oldest then
+      local count = tonumber(flat[i + 1]) or 0
+      result[1] = result[1] + count
+      result[#result + 1] = index
+      result[#result + 1] = count
+    end
+  end
+  return result
+end
 
 for i, key in ipairs(KEYS) do
   local tenant_id = redis.call('GET', key)
   if tenant_id then
-    local result = {i, tenant_id}
-    -- issue 4: the tenant's domains, for the From/Reply-To checks at end of message
-    result[#result + 1] = redis.call('SMEMBERS', ARGV[1] .. tenant_id .. ARGV[2])
     local fields = redis.call('HGETALL', ARGV[1] .. tenant_id)
-    for _, item in ipairs(fields) do
-      result[#result + 1] = item
+    local plan = nil
+    for f = 1, #fields, 2 do
+      if fields[f] == 'plan' then plan = fields[f + 1] end
     end
-    return result
+
+    local stream = ''
+    local streams_key = ARGV[1] .. tenant_id .. ARGV[2]
+    if ARGV[6] ~= '' then
+      stream = redis.call('HGET', streams_key, ARGV[6]) or ''
+    end
+    if stream == '' and ARGV[7] ~= '' then
+      stream = redis.call('HGET', streams_key, ARGV[7]) or ''
+    end
+
+    local now = tonumber(ARGV[5])
+    local prefix = ARGV[3] .. tenant_id .. ARGV[4]
+    local fills = {}
+    local at = 9
+    for _ = 1, tonumber(ARGV[8]) do
+      local name, count = ARGV[at], tonumber(ARGV[at + 1])
+      at = at + 2
+      if name == plan then
+        for w = 0, count - 1 do
+          local base = at + 3 * w
+          fills[#fills + 1] = fill(prefix .. ARGV[base], now, tonumber(ARGV[base + 1]),
+                                   tonumber(ARGV[base + 2]))
+        end
+      end
+      at = at + 3 * count
+    end
+    -- issue 4: the tenant's domains, read in this same round trip
+    local domains = redis.call('SMEMBERS', ARGV[1] .. tenant_id .. ARGV[#ARGV])
+    return {i, tenant_id, stream, fills, fields, domains}
   end
 end
 return {}

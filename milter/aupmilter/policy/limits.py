@@ -1,0 +1,236 @@
+"""Recipient caps and sliding rate windows: the plan's limits and the RCPT decision.
+
+A window counts recipients or messages, per sender or per tenant, over the last
+``period`` seconds. Its fill is kept in ``BUCKETS_PER_WINDOW`` buckets of
+``period / BUCKETS_PER_WINDOW`` each; the fill at time t is the sum of the
+bucket holding t and the ``BUCKETS_PER_WINDOW`` buckets before it, so it spans
+between ``period`` and ``period + bucket`` seconds. The error is therefore only
+ever on the safe side: no span of ``period`` seconds ever holds more than the
+limit, and room comes back at most one bucket (period/60) later than an exact
+sliding log would give it.
+
+Everything here is pure: the fills come from the MAIL FROM read, the clock is
+passed in, and the RCPT decision is a few integer comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from aupmilter import replies
+from aupmilter.policy.verdict import Verdict
+from aupmilter.replies import Reply
+
+BUCKETS_PER_WINDOW = 60
+MAX_RECIPIENTS_FIELD = "max_recipients_per_message"
+WINDOW_FIELD_PREFIX = "window."
+"""Tenant hash fields that override plan limits: ``window.<name>`` = limit."""
+
+
+class Scope(StrEnum):
+    SENDER = "sender"
+    TENANT = "tenant"
+
+
+class Unit(StrEnum):
+    RECIPIENTS = "recipients"
+    MESSAGES = "messages"
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    name: str
+    scope: Scope
+    unit: Unit
+    limit: int
+    period_ms: int
+
+    @property
+    def bucket_ms(self) -> int:
+        return bucket_ms(self.period_ms)
+
+    @property
+    def buckets(self) -> int:
+        return math.ceil(self.period_ms / self.bucket_ms)
+
+    @property
+    def counter(self) -> tuple[Scope, Unit, int]:
+        """What identifies the stored counts: windows differing only in limit share them."""
+        return (self.scope, self.unit, self.period_ms)
+
+    @property
+    def rule(self) -> str:
+        """``2000 recipients per hour, per sender``: the window as the plan states it."""
+        return f"{self.limit} {self.unit} per {format_period(self.period_ms)}, per {self.scope}"
+
+    def describe(self, sender: str, tenant: str) -> str:
+        who = f"sender {sender}" if self.scope is Scope.SENDER else f"tenant {tenant}"
+        return f"{self.limit} {self.unit} per {format_period(self.period_ms)} for {who}"
+
+
+def bucket_ms(period_ms: int) -> int:
+    return max(1, math.ceil(period_ms / BUCKETS_PER_WINDOW))
+
+
+def format_period(period_ms: int) -> str:
+    seconds = period_ms // 1000
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0 and seconds >= size:
+            count = seconds // size
+            return unit if count == 1 else f"{count} {unit}s"
+    return "second" if seconds == 1 else f"{seconds} seconds"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_recipients: int
+    windows: tuple[Window, ...] = ()
+
+
+class OverrideError(ValueError):
+    """A tenant hash field that should override a limit holds something else."""
+
+
+def with_overrides(limits: Limits, fields: Mapping[str, str]) -> Limits:
+    """The plan's limits with the tenant hash's overrides applied; OverrideError on bad values."""
+    cap = limits.max_recipients
+    if MAX_RECIPIENTS_FIELD in fields:
+        cap = _override_value(MAX_RECIPIENTS_FIELD, fields[MAX_RECIPIENTS_FIELD])
+    windows = limits.windows
+    if any(key.startswith(WINDOW_FIELD_PREFIX) for key in fields):
+        names = {window.name for window in windows}
+        for key in fields:
+            if key.startswith(WINDOW_FIELD_PREFIX) and key[len(WINDOW_FIELD_PREFIX) :] not in names:
+                raise OverrideError(f"field {key!r} names no window of the plan")
+        windows = tuple(
+            replace(w, limit=_override_value(key, fields[key]))
+            if (key := WINDOW_FIELD_PREFIX + w.name) in fields
+            else w
+            for w in windows
+        )
+    if cap == limits.max_recipients and windows is limits.windows:
+        return limits
+    return Limits(max_recipients=cap, windows=windows)
+
+
+def _override_value(key: str, raw: str) -> int:
+    if not raw.isdigit() or len(raw) > 12:
+        raise OverrideError(f"field {key!r} must be a whole number, got {raw!r}")
+    return int(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowFill:
+    """A window's count at MAIL FROM, with the buckets that make it up."""
+
+    used: int
+    buckets: Sequence[tuple[int, int]] = ()
+    """(bucket index, count) pairs, for computing when room comes back."""
+
+    def seconds_until_room(self, window: Window, needed: int, now_ms: int) -> int:
+        """Seconds until ``needed`` more units fit; the whole period when they never can."""
+        excess = self.used + needed - window.limit
+        if excess <= 0:
+            return 0
+        if needed > window.limit:
+            return math.ceil(window.period_ms / 1000)
+        freed = 0
+        for index, count in sorted(self.buckets):
+            freed += count
+            if freed >= excess:
+                # Bucket `index` stops counting once the current bucket is index + buckets + 1.
+                free_at = (index + window.buckets + 1) * window.bucket_ms
+                return max(1, math.ceil((free_at - now_ms) / 1000))
+        return math.ceil(window.period_ms / 1000)
+
+
+@dataclass(slots=True)
+class RecipientGate:
+    """Decides each RCPT of one transaction locally, from the MAIL FROM snapshot."""
+
+    limits: Limits
+    fills: Sequence[WindowFill]
+    sender: str
+    tenant: str
+    now_ms: int
+    accepted: dict[str, str] = field(default_factory=dict)
+    """Accepted recipients: the comparison key -> the address as the client gave it."""
+    room: int = field(init=False)
+    """Recipients that still fit in every window; the cap is checked separately."""
+
+    def __post_init__(self) -> None:
+        room = self.limits.max_recipients
+        for window, fill in zip(self.limits.windows, self.fills, strict=True):
+            free = window.limit - fill.used
+            if window.unit is Unit.MESSAGES:
+                free = room if free >= 1 else 0
+            room = min(room, free)
+        self.room = max(0, room)
+
+    def decide(self, recipient: str) -> Reply | None:
+        """None accepts (and counts) the recipient; otherwise the reply that refuses it."""
+        key = recipient_key(recipient)
+        if key in self.accepted:
+            return None
+        taken = len(self.accepted)
+        if taken >= self.limits.max_recipients:
+            return replies.too_many_recipients(self.limits.max_recipients)
+        if taken >= self.room:
+            return self._window_reply(taken)
+        self.accepted[key] = recipient
+        return None
+
+    def no_room_reply(self, window_index: int, fill: WindowFill, now_ms: int) -> Reply:
+        """The 451 for a message whose window a concurrent transaction filled meanwhile."""
+        window = self.limits.windows[window_index]
+        needed = len(self.accepted) if window.unit is Unit.RECIPIENTS else 1
+        wait = fill.seconds_until_room(window, needed, now_ms)
+        return replies.window_taken(window.describe(self.sender, self.tenant), wait)
+
+    def _window_reply(self, taken: int) -> Reply:
+        for window, fill in zip(self.limits.windows, self.fills, strict=True):
+            needed = taken + 1 if window.unit is Unit.RECIPIENTS else 1
+            if fill.used + needed > window.limit:
+                wait = fill.seconds_until_room(window, needed, self.now_ms)
+                return replies.window_full(window.describe(self.sender, self.tenant), wait)
+        raise AssertionError("room is below the cap but no window is full")
+
+
+def open_gate(
+    plan_limits: Limits,
+    fields: Mapping[str, str],
+    fills: Sequence[WindowFill],
+    *,
+    sender: str,
+    tenant: str,
+    now_ms: int,
+) -> RecipientGate | Verdict:
+    """The RCPT gate for a tenant's transaction, or a 451 when its overrides are broken."""
+    try:
+        limits = with_overrides(plan_limits, fields)
+    except OverrideError as exc:
+        return Verdict.refuse(replies.ACCOUNT_MISCONFIGURED, f"tenant {tenant}: {exc}", tenant)
+    if len(fills) != len(limits.windows):
+        # The plan changed between the config snapshot and the read: when in doubt, tempfail.
+        return Verdict.refuse(
+            replies.ACCOUNT_MISCONFIGURED,
+            f"tenant {tenant}: {len(fills)} window fills for {len(limits.windows)} windows",
+            tenant,
+        )
+    return RecipientGate(limits, fills, sender, tenant, now_ms)
+
+
+def recipient_key(address: str) -> str:
+    """Identical recipients compare equal: the local part as given, the domain in lower case."""
+    local, at, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}" if at else address
+
+
+def sender_identity(auth_login: str | None, sender: str) -> str:
+    """Whom per-sender windows count: the SASL login, else the envelope sender (``<>``)."""
+    if auth_login:
+        return auth_login
+    return recipient_key(sender) if sender else "<>"

@@ -1,0 +1,92 @@
+-- charge.lua: the one write at end of message.
+--
+-- Drops the recipients the tenant's suppression list holds, then re-checks
+-- every rate window against what is left and, only if all of them still have
+-- room, charges them all (messages +1, recipients +n) in the current bucket.
+-- Atomic: concurrent transactions of the same tenant can never together
+-- overshoot a window, and a refused message charges nothing.
+--
+-- KEYS[1]     the tenant's suppression hash (aup:{<id>}:suppressed)
+-- KEYS[2..W+1] the window hashes (aup:{<id>}:w:...), all with the same tag
+-- ARGV[1]     now, in milliseconds since the epoch
+-- ARGV[2]     W, the number of windows; then per window four values:
+--             unit ("r" recipients or "m" messages), limit (-1: count only,
+--             never refuse), bucket length in ms, buckets per window
+-- ARGV[3+4W..] the message's recipients, normalized as the suppression hash
+--             stores them
+--
+-- Returns     {1, suppressed, fills}  charged: suppressed lists the dropped
+--                                     recipients, fills each window's count
+--                                     after the charge
+--             {2, suppressed, {}}     every recipient is suppressed; nothing
+--                                     charged
+--             {0, index, pairs}       window `index` (1-based) has no room:
+--                                     nothing charged; pairs = its fill as
+--                                     {used, index1, count1, ...}
+--
+-- Window hashes map bucket index (floor(now / bucket length)) to a count; the
+-- fill is the current bucket plus the `buckets` before it. Stale buckets are
+-- deleted here and every key expires once its newest bucket stops counting.
+
+local now = tonumber(ARGV[1])
+local windows = tonumber(ARGV[2])
+local first_recipient = 3 + 4 * windows
+
+local suppressed = {}
+local recipients = #ARGV - first_recipient + 1
+if recipients > 0 then
+  -- In chunks: unpack() of thousands of values would overflow Lua's C stack.
+  for from = first_recipient, #ARGV, 500 do
+    local to = math.min(from + 499, #ARGV)
+    local flags = redis.call('HMGET', KEYS[1], unpack(ARGV, from, to))
+    for r = 1, to - from + 1 do
+      if flags[r] then suppressed[#suppressed + 1] = ARGV[from + r - 1] end
+    end
+  end
+  if #suppressed == recipients then
+    return {2, suppressed, {}}
+  end
+end
+local delivered = recipients - #suppressed
+
+local plans = {}
+for w = 1, windows do
+  local base = 3 + 4 * (w - 1)
+  local bucket_ms = tonumber(ARGV[base + 2])
+  local buckets = tonumber(ARGV[base + 3])
+  local current = math.floor(now / bucket_ms)
+  local oldest = current - buckets
+  local flat = redis.call('HGETALL', KEYS[w + 1])
+  local used, counted, stale = 0, {}, {}
+  for i = 1, #flat, 2 do
+    local index = tonumber(flat[i])
+    if index and index >= oldest then
+      local count = tonumber(flat[i + 1]) or 0
+      used = used + count
+      counted[#counted + 1] = index
+      counted[#counted + 1] = count
+    else
+      stale[#stale + 1] = flat[i]
+    end
+  end
+  local amount = 1
+  if ARGV[base] == 'r' then amount = delivered end
+  local limit = tonumber(ARGV[base + 1])
+  if limit >= 0 and used + amount > limit then
+    table.insert(counted, 1, used)
+    return {0, w, counted}
+  end
+  plans[w] = {current, used + amount, amount, stale, (current + buckets + 2) * bucket_ms - now}
+end
+
+local fills = {}
+for w = 1, windows do
+  local key, plan = KEYS[w + 1], plans[w]
+  if #plan[4] > 0 then redis.call('HDEL', key, unpack(plan[4])) end
+  if plan[3] > 0 then
+    redis.call('HINCRBY', key, plan[1], plan[3])
+    redis.call('PEXPIRE', key, plan[5])
+  end
+  fills[w] = plan[2]
+end
+return {1, suppressed, fills}
