@@ -169,9 +169,7 @@ class Resolver:
             return Answer(Status.NXDOMAIN, detail=f"{label}: no such domain"), _negative_ttl(
                 exc, self.settings.negative_ttl
             )
-        except dns.resolver.LifetimeTimeout:
-            return Answer(Status.TEMPFAIL, detail=f"{label}: timed out"), 0
-        except dns.exception.Timeout:
+        except dns.exception.Timeout:  # LifetimeTimeout too (dnspython >= 2.3 has both)
             return Answer(Status.TEMPFAIL, detail=f"{label}: timed out"), 0
         except dns.resolver.NoNameservers:
             # Every server answered SERVFAIL or REFUSED (its text names our servers: not for
