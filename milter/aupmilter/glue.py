@@ -248,7 +248,9 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         recipients = list(gate.accepted.values()) if gate else self.recipients
         txn = txn.with_recipients(recipients).with_queue_id(self.getsymval("i"))
         # The pure checks first: a message they refuse is not charged to the windows.
-        result = checks.at_end_of_message(verdict, datetime.now(UTC), self.mta_host)
+        result = checks.at_end_of_message(
+            verdict, datetime.now(UTC), self.mta_host, bulk_stream=txn.stream == "bulk"
+        )
         verdict = result.verdict
         if not verdict.refuses and gate is not None:
             verdict = self._charge(txn, gate, verdict)

@@ -211,8 +211,9 @@ class MessageChecks:
         return BounceRoute(domain, mx, (a, self.resolver.query(domain, "AAAA")))
 
     def at_end_of_message(
-        self, passed: Verdict, now: datetime, mta_host: str | None
+        self, passed: Verdict, now: datetime, mta_host: str | None, *, bulk_stream: bool = False
     ) -> EndOfMessage:
+        """`bulk_stream`: the sender's stream is `bulk` (Redis); list headers also make bulk."""
         collected = self.collected
         if collected.body_fault is not None:
             fault = collected.body_fault
@@ -228,7 +229,8 @@ class MessageChecks:
             missing = missing_message_id(block)
             if missing is not None:
                 findings.append(missing)
-        findings += check_subject(block, bulk=bulk_by_headers(block), plan=plan)
+        bulk = bulk_stream or bulk_by_headers(block)
+        findings += check_subject(block, bulk=bulk, plan=plan)
         dkim_domains: frozenset[str] = frozenset()
         if not _refused_for_good(findings, plan):
             dkim_findings, dkim_domains = self._dkim(block)

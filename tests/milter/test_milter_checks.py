@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dkim
+import redis
 
 from testbed.zones import RELAY_IP, private_key_path
 from tests.messages import split_message
@@ -105,3 +106,16 @@ def test_dkim_is_verified_from_the_collected_headers_and_body(daemon: Daemon, ac
     assert good.eom is not None and good.eom.response.kind is Kind.CONTINUE, good.eom
     assert bad.eom is not None and bad.eom.response.reply == "550 5.7.1"
     assert bad.eom.response.text is not None and "body hash" in bad.eom.response.text
+
+
+def test_a_bulk_stream_makes_a_fake_reply_subject_misleading(
+    daemon: Daemon, acme: str, redis_db: redis.Redis
+) -> None:
+    headers = compliant_headers("a@acme.example", RCPTS, subject="Re: your account")
+    with daemon.client() as client:
+        plain = client.send_message("a@acme.example", RCPTS, headers=headers, queue_id="ST1")
+        assert plain.eom is not None and plain.eom.response.kind is Kind.CONTINUE
+        redis_db.hset("aup:tenant:acme:streams", "a@acme.example", "bulk")
+        bulk = client.send_message("a@acme.example", RCPTS, headers=headers, queue_id="ST2")
+    assert bulk.eom is not None and bulk.eom.response.reply == "550 5.7.1"
+    assert bulk.eom.response.text is not None and "poses as a reply" in bulk.eom.response.text
