@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.utils import formatdate
 from types import TracebackType
 from typing import Literal
 
@@ -80,6 +81,7 @@ def make_message(
     message["From"] = sender
     message["To"] = ", ".join(recipients)
     message["Subject"] = f"{subject} [{token[:8]}]"
+    message["Date"] = formatdate(localtime=True)
     message["Message-ID"] = f"<{token}@client.testbed.invalid>"
     message[TOKEN_HEADER] = token
     message.set_content(body)

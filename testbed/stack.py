@@ -30,6 +30,7 @@ from typing import Any, Literal, get_args
 from testbed import postfix as pf
 from testbed import toml
 from testbed.client import TOKEN_HEADER
+from testbed.dnsserver import answers as dns_answers
 from testbed.proc import (
     TestbedError,
     cmdline,
@@ -117,8 +118,11 @@ class Stack:
     ``postfix_overrides`` are main.cf settings applied last;
     ``milter_command`` replaces the real daemon (argv; ``{config}`` and
     ``{socket}`` are substituted), and ``with_milter=False`` runs Postfix
-    without any milter. ``sink="smtp-sink"`` runs Postfix's ``smtp-sink``
-    (which keeps nothing) instead of the file-writing ``testbed.sink``.
+    without any milter. With a milter, a ``testbed.dnsserver`` serving
+    ``testbed.zones`` (plus ``dns_records``, zone-file lines) listens on
+    ``dns_port`` (default: the sink's port + 1) and the milter resolves with it.
+    ``sink="smtp-sink"`` runs Postfix's ``smtp-sink`` (which keeps nothing)
+    instead of the file-writing ``testbed.sink``.
     ``extra_plans`` is a plan file (TOML) served beside the shipped ones.
     """
 
@@ -136,6 +140,8 @@ class Stack:
         postfix_overrides: Mapping[str, str] | None = None,
         milter_command: Sequence[str] | None = None,
         with_milter: bool = True,
+        dns_port: int | None = None,
+        dns_records: Sequence[str] = (),
         sink: SinkKind = "files",
         python: str = sys.executable,
         timeout: float = 30.0,
@@ -153,6 +159,8 @@ class Stack:
         self.postfix_overrides = dict(postfix_overrides or {})
         self.milter_command = list(milter_command) if milter_command is not None else None
         self.with_milter = with_milter
+        self.dns_port = dns_port if dns_port is not None else sink_port + 1
+        self.dns_records = list(dns_records)
         self.sink = sink
         self.python = python
         self.timeout = timeout
@@ -203,6 +211,18 @@ class Stack:
         return self.run_dir / "sink.log"
 
     @property
+    def dns_pidfile(self) -> Path:
+        return self.run_dir / "dns.pid"
+
+    @property
+    def dns_log(self) -> Path:
+        return self.run_dir / "dns.log"
+
+    @property
+    def dns_records_file(self) -> Path:
+        return self.run_dir / "dns-records.txt"
+
+    @property
     def mail_dir(self) -> Path:
         return self.run_dir / "mail"
 
@@ -229,6 +249,7 @@ class Stack:
             self.start_redis()
             self.start_sink()
             if self.with_milter:
+                self.start_dns()
                 self.start_milter()
             self.start_postfix()
         except BaseException:
@@ -238,7 +259,14 @@ class Stack:
     def stop(self) -> None:
         """Stop every component this run folder started. Idempotent."""
         errors: list[str] = []
-        for stop in (self.stop_postfix, self.stop_milter, self.stop_sink, self.stop_redis):
+        stops = (
+            self.stop_postfix,
+            self.stop_milter,
+            self.stop_dns,
+            self.stop_sink,
+            self.stop_redis,
+        )
+        for stop in stops:
             try:
                 stop()
             except TestbedError as exc:
@@ -272,6 +300,7 @@ class Stack:
         return {
             "redis": self._redis_pid(),
             "sink": self._sink_pid(),
+            "dns": self._dns_pid(),
             "milter": self._milter_pid(),
             "postfix": self._postfix_pid(),
         }
@@ -483,6 +512,49 @@ class Stack:
         for path in self.mail_dir.glob("*.eml"):
             path.unlink(missing_ok=True)
 
+    # ---- dns -----------------------------------------------------------------
+
+    def _dns_pid(self) -> int | None:
+        return self._owned(self.dns_pidfile, "testbed.dnsserver")
+
+    def start_dns(self) -> None:
+        """The test zones on ``dns_port`` (UDP and TCP); kept if already running from here.
+
+        A running server keeps the records it started with: restart it (``stop_dns``)
+        after changing ``dns_records``.
+        """
+        self._prepare_run_dir()
+        if self._dns_pid() is not None:
+            return
+        self._require_free_port(self.dns_port, "the DNS server")
+        self.dns_pidfile.unlink(missing_ok=True)
+        self.dns_records_file.write_text("".join(f"{line}\n" for line in self.dns_records))
+        pid = self._spawn(
+            _argv(
+                self.python,
+                "-m",
+                "testbed.dnsserver",
+                host=HOST,
+                port=self.dns_port,
+                pidfile=self.dns_pidfile,
+                records=self.dns_records_file,
+            ),
+            self.dns_log,
+            env=self._python_env(),
+        )
+        self._wait_ready(
+            "DNS server",
+            pid,
+            lambda: self.dns_pidfile.exists() and dns_answers(HOST, self.dns_port),
+            self.dns_log,
+        )
+
+    def stop_dns(self) -> None:
+        pid = self._dns_pid()
+        if pid is not None:
+            self._terminate(pid, "DNS server")
+        self.dns_pidfile.unlink(missing_ok=True)
+
     # ---- milter --------------------------------------------------------------
 
     def _milter_pid(self) -> int | None:
@@ -500,6 +572,8 @@ class Stack:
         base["milter"]["listen"] = f"unix:{self.milter_socket}"
         base["redis"]["url"] = self.redis_url
         base["policy"]["plans_dir"] = str(self.plans_dir)
+        # The stack's own DNS server: short timeouts keep the failure cases quick.
+        base["dns"] = {"nameservers": [f"{HOST}:{self.dns_port}"], "timeout": 1.0, "lifetime": 2.0}
         return toml.merged(base, self.milter_config_extra)
 
     @property

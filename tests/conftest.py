@@ -7,7 +7,15 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from testbed.dnsserver import DnsServer
 from tests.support import RedisServer
+
+
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[DnsServer]:
+    """The test zones (testbed.zones) served over real DNS on a loopback port."""
+    with DnsServer() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

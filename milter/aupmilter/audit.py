@@ -24,6 +24,7 @@ def verdict_event(
         "verdict": verdict.action.value,
         "reply": f"{verdict.reply.code} {verdict.reply.status}" if verdict.reply else None,
         "reason": verdict.reason,
+        "warnings": list(verdict.warnings),
     }
 
 

@@ -7,17 +7,30 @@ of frozen objects; a reload builds a new tree and swaps it in whole.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 from aupmilter.dkimkey import SigningKey
+from aupmilter.dns import DnsSettings, Nameserver, parse_nameserver
+from aupmilter.policy.findings import (
+    DEFAULT_MODES,
+    AlignmentMode,
+    Check,
+    Mode,
+    PlanChecks,
+)
+from aupmilter.policy.headers import HeaderRules
 from aupmilter.policy.limits import Limits, Scope, Unit, Window
+from aupmilter.policy.tenancy import normalize_domain
+from aupmilter.spool import SpoolLimits
 
 T = TypeVar("T")
 
@@ -94,11 +107,24 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageSettings:
+    """`[messages]`: daemon-wide limits and settings of the end-of-message checks."""
+
+    header_rules: HeaderRules = field(default_factory=HeaderRules)
+    add_message_id: bool = True
+    message_id_domain: str | None = None
+    """None: the MTA's host name (macro `j`), else this machine's name."""
+    relay_ips: tuple[str, ...] = ()
+    spool: SpoolLimits = field(default_factory=SpoolLimits)
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     name: str
     description: str
     source: Path
     limits: Limits
+    checks: PlanChecks = field(default_factory=PlanChecks)
     unsubscribe: UnsubscribePlan = field(default_factory=lambda: UnsubscribePlan())
 
 
@@ -110,6 +136,8 @@ class Config:
     policy: PolicySettings
     log: LogSettings
     plans: Mapping[str, Plan]
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    messages: MessageSettings = field(default_factory=MessageSettings)
     unsubscribe: UnsubscribeSettings | None = None
     """None without an [unsubscribe] section: bulk mail then gets no List-Unsubscribe."""
     web: WebSettings = field(default_factory=lambda: WebSettings())
@@ -301,6 +329,10 @@ def load_config(path: Path) -> Config:
         level=log.get("level", "info", " or ".join(map(repr, LOG_LEVELS)), _choice(*LOG_LEVELS)),
     )
     log.reject_unknown()
+    dns_settings = parse_dns_section(_Section(path, "dns", root.subtable("dns"), problems))
+    message_settings = parse_messages_section(
+        _Section(path, "messages", root.subtable("messages"), problems)
+    )
     unsubscribe_settings, web_settings, dkim_settings = load_unsubscribe_sections(
         path, root, problems
     )
@@ -327,6 +359,8 @@ def load_config(path: Path) -> Config:
         ),
         log=log_settings,
         plans=plans,
+        dns=dns_settings,
+        messages=message_settings,
         unsubscribe=unsubscribe_settings,
         web=web_settings,
         dkim=dkim_settings,
@@ -373,6 +407,9 @@ def load_plans(plans_dir: Path, problems: list[str]) -> dict[str, Plan]:
                 _integer(1, 100_000),
             )
             windows = _windows(file, f"plan.{name}.windows", section.subtable("windows"), problems)
+            checks = parse_plan_checks(
+                _Section(file, f"plan.{name}.checks", section.subtable("checks"), problems)
+            )
             unsubscribe_plan = load_unsubscribe_plan(section)
             section.reject_unknown()
             plans[name] = Plan(
@@ -380,6 +417,7 @@ def load_plans(plans_dir: Path, problems: list[str]) -> dict[str, Plan]:
                 description=description,
                 source=file,
                 limits=Limits(max_recipients=max_recipients, windows=windows),
+                checks=checks,
                 unsubscribe=unsubscribe_plan,
             )
     return plans
@@ -434,6 +472,192 @@ def _windows(
                 f" {window.unit} per {window.scope} over the same period; keep one"
             )
     return tuple(windows)
+
+
+# --- message checks: [dns], [messages], [plan.NAME.checks] -----------------------------
+
+
+def parse_dns_section(section: _Section) -> DnsSettings:
+    defaults = DnsSettings()
+    timeout = section.get("timeout", defaults.timeout, "seconds from 0.05 to 30", _number(0.05, 30))
+    settings = DnsSettings(
+        nameservers=section.get(
+            "nameservers",
+            defaults.nameservers,
+            "a list of IP addresses, each optionally with a port: '127.0.0.1:5353', '[::1]:53'",
+            _nameservers,
+        ),
+        timeout=timeout,
+        lifetime=section.get(
+            "lifetime", defaults.lifetime, "seconds from 0.05 to 60", _number(0.05, 60)
+        ),
+        cache_entries=section.get(
+            "cache_entries", defaults.cache_entries, "a number from 0 to 1000000",
+            _integer(0, 1_000_000),
+        ),
+        min_ttl=section.get("min_ttl", defaults.min_ttl, "seconds from 0 to 86400",
+                            _integer(0, 86400)),
+        max_ttl=section.get("max_ttl", defaults.max_ttl, "seconds from 0 to 604800",
+                            _integer(0, 604800)),
+        negative_ttl=section.get(
+            "negative_ttl", defaults.negative_ttl, "seconds from 0 to 86400", _integer(0, 86400)
+        ),
+    )  # fmt: skip
+    section.reject_unknown()
+    if settings.lifetime < settings.timeout:
+        section.fail("lifetime", f"at least dns.timeout ({settings.timeout:g})", settings.lifetime)
+    if settings.max_ttl < settings.min_ttl:
+        section.fail("max_ttl", f"at least dns.min_ttl ({settings.min_ttl})", settings.max_ttl)
+    return settings
+
+
+def parse_messages_section(section: _Section) -> MessageSettings:
+    rules = HeaderRules()
+    spool = SpoolLimits()
+    header_rules = HeaderRules(
+        max_fields=section.get(
+            "max_header_fields", rules.max_fields, "a number from 10 to 100000",
+            _integer(10, 100_000),
+        ),
+        max_bytes=section.get(
+            "max_header_bytes", rules.max_bytes, "bytes from 1024 to 16777216",
+            _integer(1024, 16 << 20),
+        ),
+        date_max_age=timedelta(seconds=section.get(
+            "date_max_age", int(rules.date_max_age.total_seconds()),
+            "seconds from 60 to 31536000", _integer(60, 31_536_000),
+        )),
+        date_max_ahead=timedelta(seconds=section.get(
+            "date_max_ahead", int(rules.date_max_ahead.total_seconds()),
+            "seconds from 0 to 604800", _integer(0, 604_800),
+        )),
+    )  # fmt: skip
+    memory = section.get(
+        "spool_memory_bytes", spool.memory_limit, "bytes from 4096 to 1073741824",
+        _integer(4096, 1 << 30),
+    )  # fmt: skip
+    hard = section.get(
+        "max_message_bytes", spool.hard_limit, "bytes from 65536 to 4294967296",
+        _integer(1 << 16, 1 << 32),
+    )  # fmt: skip
+    spool_dir = section.get("spool_dir", cast(str | None, None), "an absolute directory", _string)
+    if spool_dir is not None and not Path(spool_dir).is_absolute():
+        section.fail("spool_dir", "an absolute directory", spool_dir)
+        spool_dir = None
+    if memory > hard:
+        section.fail("spool_memory_bytes", f"at most messages.max_message_bytes ({hard})", memory)
+        memory = hard
+    settings = MessageSettings(
+        header_rules=header_rules,
+        add_message_id=section.get("add_message_id", True, "true or false", _boolean),
+        message_id_domain=section.get(
+            "message_id_domain", cast(str | None, None), "a host name", _host_name
+        ),
+        relay_ips=section.get(
+            "relay_ips", cast(tuple[str, ...], ()), "a list of IP addresses", _ip_list
+        ),
+        spool=SpoolLimits(
+            memory_limit=memory,
+            hard_limit=hard,
+            directory=Path(spool_dir) if spool_dir else None,
+        ),
+    )
+    section.reject_unknown()
+    return settings
+
+
+MODE_FORM = "'enforce', 'warn' or 'off'"
+
+
+def parse_plan_checks(section: _Section) -> PlanChecks:
+    """`[plan.NAME.checks]`: a mode per check, alignment, allowed domains, subject patterns."""
+    modes = dict(DEFAULT_MODES)
+    for check in Check:
+        modes[check] = Mode(
+            section.get(check.value, DEFAULT_MODES[check].value, MODE_FORM, _choice(*Mode))
+        )
+    defaults = PlanChecks()
+    checks = PlanChecks(
+        modes=modes,
+        alignment=AlignmentMode(
+            section.get(
+                "alignment_mode", defaults.alignment.value, "'relaxed' or 'strict'",
+                _choice(*AlignmentMode),
+            )
+        ),
+        dkim_satisfies_alignment=section.get(
+            "dkim_satisfies_alignment", defaults.dkim_satisfies_alignment, "true or false",
+            _boolean,
+        ),
+        allowed_reply_to_domains=section.get(
+            "allowed_reply_to_domains", frozenset(), "a list of domain names", _domain_set
+        ),
+        allowed_sender_domains=section.get(
+            "allowed_sender_domains", frozenset(), "a list of domain names", _domain_set
+        ),
+        forbidden_subjects=section.get(
+            "forbidden_subjects", (), "a list of regular expressions (Python syntax)",
+            _patterns,
+        ),
+    )  # fmt: skip
+    section.reject_unknown()
+    return checks
+
+
+def _boolean(raw: Any) -> bool | None:
+    return raw if isinstance(raw, bool) else None
+
+
+def _nameservers(raw: Any) -> tuple[Nameserver, ...] | None:
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        return None
+    parsed = [parse_nameserver(x) for x in raw]
+    if any(ns is None for ns in parsed):
+        return None
+    return tuple(ns for ns in parsed if ns is not None)
+
+
+def _ip_list(raw: Any) -> tuple[str, ...] | None:
+    if not isinstance(raw, list):
+        return None
+    try:
+        return (
+            tuple(str(ipaddress.ip_address(x)) for x in raw if isinstance(x, str))
+            if all(isinstance(x, str) for x in raw)
+            else None
+        )
+    except ValueError:
+        return None
+
+
+def _host_name(raw: Any) -> str | None:
+    if not isinstance(raw, str):
+        return None
+    name = normalize_domain(raw)
+    return name if name and "." in name else None
+
+
+def _domain_set(raw: Any) -> frozenset[str] | None:
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        return None
+    names = [normalize_domain(x) for x in raw]
+    if any(n is None for n in names):
+        return None
+    return frozenset(n for n in names if n is not None)
+
+
+MAX_PATTERN_LENGTH = 500
+
+
+def _patterns(raw: Any) -> tuple[re.Pattern[str], ...] | None:
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        return None
+    if any(not x or len(x) > MAX_PATTERN_LENGTH for x in raw):
+        return None
+    try:
+        return tuple(re.compile(x, re.IGNORECASE) for x in raw)
+    except re.error:
+        return None
 
 
 def _table(raw: Any) -> dict[str, Any] | None:
@@ -805,14 +1029,3 @@ def _host_port(raw: Any) -> tuple[str, int] | None:
     elif ":" in host:
         return None  # an IPv6 address needs brackets
     return host, int(port_text)
-
-
-def _ip_list(raw: Any) -> tuple[str, ...] | None:
-    import ipaddress
-
-    if not isinstance(raw, list):
-        return None
-    try:
-        return tuple(str(ipaddress.ip_address(item)) for item in raw)
-    except (TypeError, ValueError):
-        return None

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import Milter
@@ -22,6 +23,7 @@ from aupmilter import audit, replies
 from aupmilter.config import UnsubscribePlan
 from aupmilter.facts import Connection, Transaction
 from aupmilter.logs import ConnectionLog
+from aupmilter.message_checks import MessageChecks, sender_for
 from aupmilter.policy.limits import RecipientGate, open_gate, recipient_key, sender_identity
 from aupmilter.policy.tenancy import (
     decide_sender,
@@ -45,6 +47,7 @@ CONTINUE: int = Milter.CONTINUE
 REJECT: int = Milter.REJECT
 TEMPFAIL: int = Milter.TEMPFAIL
 noreply: Callable[[F], F] = Milter.noreply
+P_HDR_LEADSPC: int = Milter.P_HDR_LEADSPC
 
 
 class Lifecycle:
@@ -95,6 +98,10 @@ def guarded(stage: str) -> Callable[[F], F]:
     return wrap
 
 
+# Header values arrive with their leading white space, so DKIM's "simple" header
+# canonicalization sees the bytes that were signed. The flip side: a header the milter
+# adds must bring its own leading space (`_add_header`).
+@Milter.header_leading_space
 class AupMilter(Milter.Base):  # type: ignore[misc]
     """One instance per MTA connection; many transactions per instance."""
 
@@ -112,6 +119,8 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         self.unsubscribe_plan: UnsubscribePlan | None = None
         self.pending: Verdict | None = None
         self.clock: Callable[[], float] = time.time
+        self.checks: MessageChecks | None = None
+        self.mta_host: str | None = None
 
     # --- callbacks -----------------------------------------------------------
 
@@ -125,6 +134,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             client_addr=address,
             daemon_name=self.getsymval("{daemon_name}"),
         )
+        self.mta_host = self.getsymval("j") or None
         self.log.debug("connect from %s [%s]", hostname, address)
         return CONTINUE
 
@@ -146,6 +156,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         lookup = tenant_lookup(txn.auth_login, txn.sender)
         now_ms = int(self.clock() * 1000)
         sender_id = sender_identity(txn.auth_login, txn.sender)
+        state = None
         try:
             state = runtime.store.sender_state(
                 lookup,
@@ -175,6 +186,12 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
                 else:
                     self.gate = opened
                     self.unsubscribe_plan = plan.unsubscribe
+        if not verdict.refuses:
+            smtputf8 = any(p.upper() == "SMTPUTF8" for p in esmtp_params)
+            record = state.record if state is not None else None
+            sender = sender_for(txn.sender, record, runtime.config, smtputf8)
+            self.checks = MessageChecks(sender, runtime.config, runtime.resolver)
+            verdict = self.checks.at_mail_from(verdict)
         if verdict.refuses:
             audit.record(self.conn.conn_id, txn, verdict, "mail")
             self._end_transaction()
@@ -198,22 +215,57 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         self.log.info("recipient %s refused: %s", rcpt_to, refusal)
         return self._reply(refusal)
 
+    def header_bytes(self, name: str, value: bytes) -> int:
+        # The raw bytes, not pymilter's decoded text: the checks look for NUL, bare CR
+        # and 8-bit bytes, and DKIM needs the exact value.
+        return self.header(name, value)
+
+    @noreply
+    def header(self, name: str, value: bytes) -> int:
+        self._collect(lambda checks: checks.collected.add_header(name, value), "header")
+        return CONTINUE
+
+    @noreply
+    def body(self, chunk: bytes) -> int:
+        self._collect(lambda checks: checks.collected.add_body(chunk), "body")
+        return CONTINUE
+
+    def _collect(self, step: Callable[[MessageChecks], None], stage: str) -> None:
+        """No reply is possible here (no-reply steps): a failure is answered at end of message."""
+        checks = self.checks
+        if checks is None or self.txn is None:
+            return
+        try:
+            step(checks)
+        except Exception:
+            self.log.exception("unexpected error in %s callback; the message gets 451", stage)
+            checks.close()
+            self.checks = None
+
     @guarded("eom")
     def eom(self) -> int:
-        txn, verdict = self.txn, self.pending
-        if txn is None or verdict is None:
-            # MAIL FROM was never seen by this instance: refuse rather than guess.
+        txn, verdict, checks = self.txn, self.pending, self.checks
+        if txn is None or verdict is None or checks is None:
+            # MAIL FROM was never seen by this instance, or collecting failed: refuse.
             self.log.error("end of message without an open transaction; answering 451")
+            self._end_transaction()
             return self._refuse(replies.INTERNAL_ERROR)
         gate = self.gate
         recipients = list(gate.accepted.values()) if gate else self.recipients
         txn = txn.with_recipients(recipients).with_queue_id(self.getsymval("i"))
-        if gate is not None:
+        # The pure checks first: a message they refuse is not charged to the windows.
+        result = checks.at_end_of_message(
+            verdict, datetime.now(UTC), self.mta_host, bulk_stream=txn.stream == "bulk"
+        )
+        verdict = result.verdict
+        if not verdict.refuses and gate is not None:
             verdict = self._charge(txn, gate, verdict)
-            if verdict.refuses:
-                audit.record(self.conn.conn_id, txn, verdict, "eom")
-                self._end_transaction()
-                return self._refuse(verdict.reply)
+        if verdict.refuses:
+            audit.record(self.conn.conn_id, txn, verdict, "eom")
+            self._end_transaction()
+            return self._refuse(verdict.reply)
+        for name, value in result.add_headers:
+            self._add_header(name, value)
         if verdict.action is Action.QUARANTINE:
             self.quarantine(f"aup-milter: {verdict.reason}")
         audit.record(self.conn.conn_id, txn, verdict, "eom")
@@ -285,6 +337,9 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         return replies.recipient_unsubscribed(gate.tenant)
 
     def _end_transaction(self) -> None:
+        if self.checks is not None:
+            self.checks.close()
+            self.checks = None
         if self.txn is not None:
             self.txn = None
             self.recipients = []
@@ -292,6 +347,11 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             self.unsubscribe_plan = None
             self.pending = None
             self.lifecycle.end()
+
+    def _add_header(self, name: str, value: str) -> None:
+        # With leading space negotiated, the MTA inserts the value exactly as given.
+        spaced = f" {value}" if self._protocol & P_HDR_LEADSPC else value
+        self.addheader(name, spaced)
 
     def _refuse(self, reply: Reply | None) -> int:
         return self._reply(reply or replies.INTERNAL_ERROR)

@@ -145,6 +145,82 @@ def recipients_unsubscribed(tenant: str) -> Reply:
     )
 
 
+# --- message checks (issue 4): each is used with the exact fault in front of its text ---
+
+MALFORMED_HEADER = Reply(
+    "550",
+    "5.6.0",
+    "Message header does not follow RFC 5322; correct the sending software and send it again",
+)
+FOREIGN_DOMAIN = Reply(
+    "553",
+    "5.7.1",
+    "Sender addresses must use a domain registered to your account; "
+    "send from one of your domains or ask the relay's administrator to add this one",
+)
+MISALIGNED_SENDER = Reply(
+    "553",
+    "5.7.1",
+    "The From domain and the envelope sender (Return-Path) domain must match; "
+    "send with a MAIL FROM address in the same domain as From",
+)
+FOREIGN_REPLY_DOMAIN = Reply(
+    "553",
+    "5.7.1",
+    "Reply-To and Sender must use your account's domains or domains allowed for it; "
+    "change the address or ask the relay's administrator to allow the domain",
+)
+NULL_SENDER_NOT_REPORT = Reply(
+    "553",
+    "5.7.1",
+    "The empty envelope sender <> is only for delivery status and other report messages "
+    "(multipart/report); send this message with your own address in MAIL FROM",
+)
+SENDER_DOMAIN_UNROUTABLE = Reply(
+    "550",
+    "5.1.8",
+    "The envelope sender domain cannot receive bounces: it has no MX or address record; "
+    "publish one or send from a domain that receives mail",
+)
+SENDER_DOMAIN_NULL_MX = Reply(
+    "550",
+    "5.7.27",
+    "The envelope sender domain publishes a null MX (RFC 7505) and cannot receive bounces; "
+    "send from a domain that receives mail",
+)
+DNS_TEMPORARY_FAILURE = Reply(
+    "451",
+    "4.4.3",
+    "A DNS lookup for this message failed temporarily; please try again later",
+)
+DKIM_FAILED = Reply(
+    "550",
+    "5.7.1",
+    "A DKIM signature of your domain does not verify; check the public key in DNS and "
+    "that nothing changes the signed headers or body after signing",
+)
+SPF_NOT_AUTHORIZED = Reply(
+    "550",
+    "5.7.23",
+    "The SPF record of your envelope sender domain does not authorize this relay; "
+    "add the relay's addresses (or its include) to the record",
+)
+MISLEADING_SUBJECT = Reply(
+    "550",
+    "5.7.1",
+    "The subject line is misleading; change it and send the message again",
+)
+MESSAGE_TOO_LARGE = Reply(
+    "552",
+    "5.3.4",
+    "Message is larger than this relay accepts; send a smaller message",
+)
+SPOOL_UNAVAILABLE = Reply(
+    "452",
+    "4.3.1",
+    "The relay cannot store the message right now; please try again later",
+)
+
 ALL_REPLIES: tuple[Reply, ...] = (
     STORE_UNAVAILABLE,
     SHUTTING_DOWN,
@@ -156,6 +232,19 @@ ALL_REPLIES: tuple[Reply, ...] = (
     WINDOW_FULL,
     WINDOW_TAKEN,
     RECIPIENTS_UNSUBSCRIBED,
+    MALFORMED_HEADER,
+    FOREIGN_DOMAIN,
+    MISALIGNED_SENDER,
+    FOREIGN_REPLY_DOMAIN,
+    NULL_SENDER_NOT_REPORT,
+    SENDER_DOMAIN_UNROUTABLE,
+    SENDER_DOMAIN_NULL_MX,
+    DNS_TEMPORARY_FAILURE,
+    DKIM_FAILED,
+    SPF_NOT_AUTHORIZED,
+    MISLEADING_SUBJECT,
+    MESSAGE_TOO_LARGE,
+    SPOOL_UNAVAILABLE,
     UNSUBSCRIBE_NONCOMPLIANT,
     RECIPIENT_UNSUBSCRIBED,
     BULK_ONE_RECIPIENT,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from aupmilter import logs
 from aupmilter.config import Config, ConfigError, load_config, plan_files
+from aupmilter.dns import Resolver
 from aupmilter.policy.tenancy import SenderPolicy
 from aupmilter.store.client import Store, WindowCatalog
 
@@ -29,6 +30,8 @@ class Runtime:
     store: Store
     sender_policy: SenderPolicy = field(init=False)
     """Built once per configuration, not once per MAIL FROM."""
+    resolver: Resolver = field(init=False)
+    """DNS for the message checks, with its TTL cache; one per configuration."""
     windows: WindowCatalog = field(init=False)
 
     def __post_init__(self) -> None:
@@ -38,6 +41,7 @@ class Runtime:
             known_plans=self.config.plan_names,
         )
         object.__setattr__(self, "sender_policy", policy)
+        object.__setattr__(self, "resolver", Resolver(self.config.dns))
         object.__setattr__(self, "windows", WindowCatalog(self.config.plans))
 
 

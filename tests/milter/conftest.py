@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from testbed.dnsserver import DnsServer
 from tests.milter.harness import (
     Daemon,
     StartDaemon,
@@ -57,7 +58,9 @@ def acme(tenants: Tenants) -> str:
 
 
 @pytest.fixture
-def start_daemon(shared_redis: RedisServer, tmp_path: Path) -> Iterator[StartDaemon]:
+def start_daemon(
+    shared_redis: RedisServer, dns_server: DnsServer, tmp_path: Path
+) -> Iterator[StartDaemon]:
     """Start a daemon: ``start_daemon(policy={...}, milter={...}, redis_url=..., listen=...)``.
 
     Config and log live in the test's tmp_path (kept by pytest for inspection);
@@ -83,7 +86,9 @@ def start_daemon(shared_redis: RedisServer, tmp_path: Path) -> Iterator[StartDae
         socket_dir = short_tempdir()
         dirs.append(socket_dir)
         listen = listen or f"unix:{socket_dir / 'milter.sock'}"
-        settings = daemon_settings(listen, redis_url or shared_redis.url, **overrides)
+        settings = daemon_settings(
+            listen, redis_url or shared_redis.url, dns_server.address, **overrides
+        )
         daemon = Daemon(workdir, settings, address or listen, wrapper, pass_fds, env, umask)
         started.append(daemon)
         if wait:

@@ -60,9 +60,15 @@ def child_env() -> dict[str, str]:
     return env
 
 
+DNS_TIMEOUT = 0.5
+DNS_LIFETIME = 1.0
+"""Short, so the tests of names that never answer stay quick."""
+
+
 def daemon_settings(
     listen: str,
     redis_url: str,
+    dns_address: str | None = None,
     **overrides: Mapping[str, object],
 ) -> dict[str, dict[str, object]]:
     settings: dict[str, dict[str, object]] = {
@@ -75,6 +81,12 @@ def daemon_settings(
         },
         "log": {"format": "json", "level": "debug"},
     }
+    if dns_address is not None:
+        settings["dns"] = {
+            "nameservers": [dns_address],
+            "timeout": DNS_TIMEOUT,
+            "lifetime": DNS_LIFETIME,
+        }
     for table, values in overrides.items():
         settings.setdefault(table, {}).update(values)
     return settings

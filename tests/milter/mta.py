@@ -20,8 +20,10 @@ import re
 import socket
 import struct
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from enum import StrEnum
 from types import TracebackType
 
@@ -488,8 +490,20 @@ class MilterClient:
     def data(self, macros: Mapping[str, str] | None = None) -> Response:
         return self.command(CMD_DATA, b"", macros)
 
-    def header(self, name: str, value: str, macros: Mapping[str, str] | None = None) -> Response:
-        return self.command(CMD_HEADER, _cstr(name) + _cstr(value), macros)
+    def header(
+        self, name: str, value: str | bytes, macros: Mapping[str, str] | None = None
+    ) -> Response:
+        """One header field; ``value`` as it follows ``Name: `` in the message (bytes: raw).
+
+        Like Postfix, the leading space goes with the value only when the milter asked
+        for it (P_HDR_LEADSPC); folds travel as LF + white space.
+        """
+        raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+        if self._need().protocol & P_HDR_LEADSPC:
+            raw = b" " + raw
+        if b"\0" in raw:
+            raise ValueError(f"NUL in a milter protocol string: {raw!r}")
+        return self.command(CMD_HEADER, _cstr(name) + raw + b"\0", macros)
 
     def eoh(self, macros: Mapping[str, str] | None = None) -> Response:
         return self.command(CMD_EOH, b"", macros)
@@ -548,6 +562,26 @@ class MilterClient:
                     progress=progress,
                 )
 
+    def content(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        headers: Iterable[tuple[str, str | bytes]] | None = None,
+        body: bytes = b"Hello.\r\n",
+        macros: Mapping[str, str] | None = None,
+    ) -> list[Response]:
+        """DATA, the header fields (compliant ones by default), EOH and the body: the steps
+        between the last RCPT and EOM, for tests that drive a transaction by hand."""
+        responses = [self.data(macros=macros)]
+        for name, value in (
+            headers if headers is not None else compliant_headers(sender, recipients)
+        ):
+            responses.append(self.header(name, value, macros=macros))
+        responses.append(self.eoh(macros=macros))
+        if body:
+            responses.append(self.body(body, macros=macros))
+        return responses
+
     def abort(self) -> None:
         """End the current transaction (no reply)."""
         self._need()
@@ -588,11 +622,7 @@ class MilterClient:
         sender: str,
         recipients: Sequence[str],
         auth_login: str | None = None,
-        headers: Iterable[tuple[str, str]] = (
-            ("From", "sender@example.com"),
-            ("To", "rcpt@example.net"),
-            ("Subject", "test"),
-        ),
+        headers: Iterable[tuple[str, str | bytes]] | None = None,
         body: bytes = b"Hello.\r\n",
         queue_id: str | None = None,
         abort_on_refusal: bool = True,
@@ -607,6 +637,8 @@ class MilterClient:
         (as Postfix does when it resets the transaction), so the connection can
         carry the next one.
         """
+        if headers is None:
+            headers = compliant_headers(sender, recipients)
         mail_macros = {"{mail_addr}": sender}
         if auth_login is not None:
             mail_macros.update({"{auth_type}": "PLAIN", "{auth_authen}": auth_login})
@@ -642,6 +674,42 @@ class MilterClient:
         if abort:
             self.abort()
         return done.result(stage)
+
+
+def header_address(address: str) -> str:
+    """An envelope address as a header may carry it without SMTPUTF8 (IDNA domain)."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address
+    try:
+        return f"{local}@{domain.rstrip('.').encode('idna').decode('ascii')}"
+    except UnicodeError:
+        return address
+
+
+def compliant_headers(
+    sender: str, recipients: Sequence[str], subject: str = "test", author: str | None = None
+) -> list[tuple[str, str]]:
+    """Headers that pass the milter's message checks for a tenant sending as ``sender``.
+
+    The null sender gets a delivery report (multipart/report) from the MAILER-DAEMON
+    of a domain no tenant owns: pass ``headers`` to send a tenant's own report.
+    """
+    if author is None:
+        author = header_address(sender) if sender else "MAILER-DAEMON@reports.example"
+    headers = [
+        ("From", author),
+        ("To", ", ".join(header_address(r) for r in recipients) or "undisclosed-recipients:;"),
+        ("Subject", subject),
+        ("Date", formatdate(localtime=True)),
+        ("Message-ID", f"<{uuid.uuid4().hex}@client.example>"),
+    ]
+    if not sender:
+        headers += [
+            ("MIME-Version", "1.0"),
+            ("Content-Type", 'multipart/report; report-type=delivery-status; boundary="b1"'),
+        ]
+    return headers
 
 
 @dataclass(slots=True)

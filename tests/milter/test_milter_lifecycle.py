@@ -40,6 +40,7 @@ def test_sigterm_drains_the_open_transaction_and_refuses_new_ones(
         assert late.reply == "421 4.3.2", late
 
         # The open one is still served to the end.
+        open_txn.content("a@acme.example", ["r1@d.example"])
         eom = open_txn.eom(macros={"i": "SD1"})
         assert eom.response.kind is Kind.CONTINUE
         assert eom.quarantine_reason is None

@@ -15,6 +15,7 @@ from tests.milter.mta import (
     Kind,
     Response,
     TransactionResult,
+    compliant_headers,
 )
 
 RCPTS = ["r1@dest.example", "r2@dest.example"]
@@ -85,6 +86,7 @@ def test_queue_id_known_only_at_end_of_message(daemon: Daemon, acme: str) -> Non
             Kind.CONTINUE
         )
         client.rcpt("r1@dest.example")
+        client.content("alice@acme.example", ["r1@dest.example"])
         eom = client.eom(macros={"i": "5LateQid"})
     assert eom.response.kind is Kind.CONTINUE and eom.quarantine_reason is None
     verdict = daemon.log.verdict("5LateQid")
@@ -175,7 +177,8 @@ def test_null_sender_without_auth_is_rejected(daemon: Daemon, acme: str) -> None
 def test_null_sender_of_an_authenticated_tenant_is_accepted(daemon: Daemon, acme: str) -> None:
     """Bounces and DSNs a tenant's own server relays: the login decides, not the (empty) domain."""
     with daemon.client() as client:
-        result = client.send_message("", RCPTS, auth_login="acme", queue_id="NULL2")
+        report = compliant_headers("", RCPTS, author="MAILER-DAEMON@acme.example")
+        result = client.send_message("", RCPTS, auth_login="acme", queue_id="NULL2", headers=report)
     assert_delivered(result)
     assert daemon.log.verdict("NULL2")["tenant"] == "acme"
 

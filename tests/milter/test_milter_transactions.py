@@ -90,6 +90,8 @@ def test_connections_are_independent(daemon: Daemon, acme: str, tenants: Tenants
         one.rcpt("r1@d.example")
         two.rcpt("r2@d.example")
         two.rcpt("r3@d.example")
+        two.content("b@beta.example", ["r2@d.example", "r3@d.example"])
+        one.content("a@acme.example", ["r1@d.example"])
         eom_two = two.eom(macros={"i": "IND2"})
         eom_one = one.eom(macros={"i": "IND1"})
     assert eom_one.quarantine_reason is None

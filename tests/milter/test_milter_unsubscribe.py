@@ -126,19 +126,19 @@ def test_one_recipient_per_bulk_message(
     start_daemon: StartDaemon, unsub_dir: Path, tenants: Tenants, redis_db: redis.Redis
 ) -> None:
     daemon = start(start_daemon, unsub_dir, "eom")
-    tenants.add("lists", plan="lists", logins=["news", "billing"], domains=["lists.example"])
+    tenants.add("lists", plan="lists", logins=["news", "billing"], domains=["beta.example"])
     redis_db.hset(
         keys.tenant_streams("lists"), mapping={"news": "bulk", "billing": "transactional"}
     )
     with daemon.client() as client:
         bulk = client.send_message(
-            "n@lists.example", ["a@d.example", "a@D.example", "b@d.example"], auth_login="news"
+            "n@beta.example", ["a@d.example", "a@D.example", "b@d.example"], auth_login="news"
         )
         replies = [response.reply for _, response in bulk.rcpts]
         assert replies == [None, None, "452 4.5.3"], "a repeated recipient is no second one"
         assert "one recipient per message" in (bulk.rcpts[2][1].text or "")
         assert bulk.eom is not None and bulk.eom.response.kind is Kind.CONTINUE
         billing = client.send_message(
-            "b@lists.example", ["a@d.example", "b@d.example"], auth_login="billing"
+            "b@beta.example", ["a@d.example", "b@d.example"], auth_login="billing"
         )
         assert [response.reply for _, response in billing.rcpts] == [None, None]

@@ -44,6 +44,8 @@ class TenantRecord:
     tenant_id: str
     fields: Mapping[str, str]
     """The tenant hash as stored; empty when the mapping points at a missing hash."""
+    domains: frozenset[str] = frozenset()
+    """The tenant's domains (`aup:tenant:<id>:domains`), for the message checks."""
 
     @property
     def exists(self) -> bool:

@@ -21,6 +21,8 @@ class Verdict:
     reason: str
     tenant: str | None = None
     reply: Reply | None = None
+    warnings: tuple[str, ...] = ()
+    """Findings of checks a plan sets to `warn`: the message goes on, the audit line keeps them."""
 
     def __post_init__(self) -> None:
         refuses = self.action in (Action.REJECT, Action.TEMPFAIL)

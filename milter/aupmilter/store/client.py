@@ -186,14 +186,17 @@ class Store:
             auth_login or "",
             sender,
             *(catalog.script_args(sender_id) if catalog else ["0"]),
+            keys.DOMAINS_SUFFIX,  # last: the message checks' tenant domains (issue 4)
         ]
         reply = self._call(self._sender_state, mapping_keys, args)
         if not reply:
             return None
-        _index, tenant_id, stream, fills, flat = reply
+        _index, tenant_id, stream, fills, flat, domains = reply
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         return SenderState(
-            record=TenantRecord(tenant_id=str(tenant_id), fields=fields),
+            record=TenantRecord(
+                tenant_id=str(tenant_id), fields=fields, domains=frozenset(map(str, domains))
+            ),
             stream=str(stream) or None,
             fills=tuple(parse_fill(fill) for fill in fills),
         )

@@ -47,8 +47,11 @@ def tenant_logins(tenant_id: str) -> str:
     return f"{TENANT_PREFIX}{tenant_id}:logins"
 
 
+DOMAINS_SUFFIX = ":domains"
+
+
 def tenant_domains(tenant_id: str) -> str:
-    return f"{TENANT_PREFIX}{tenant_id}:domains"
+    return f"{TENANT_PREFIX}{tenant_id}{DOMAINS_SUFFIX}"
 
 
 def login(name: str) -> str:

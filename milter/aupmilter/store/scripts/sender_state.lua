@@ -17,6 +17,8 @@
 --             the stream is the login's, else the sender's
 -- ARGV[8]     number of plans P; then per plan: name, window count W, and W
 --             triples (key suffix, bucket length in ms, buckets per window)
+-- ARGV[#ARGV] (last) tail of the tenant's domains set key after the tenant id
+--             (":domains"), for the end-of-message checks (issue 4)
 --
 -- Returns     {} when no mapping exists; otherwise
 --             {matched_index, tenant_id, stream, fills, fields} where
@@ -26,6 +28,8 @@
 --             used being the sum over the current bucket and the `buckets`
 --             before it, the pairs the buckets that make it up,
 --             fields is HGETALL of the tenant hash (empty when missing).
+--             A sixth element, domains, is SMEMBERS of the tenant's domains
+--             set (issue 4: From, Reply-To and Sender are checked against it).
 --
 -- Not Redis-Cluster-safe: the tenant id is only known after the lookup, so
 -- the tenant, stream and window keys cannot be passed in KEYS. The daemon
@@ -83,7 +87,9 @@ for i, key in ipairs(KEYS) do
       end
       at = at + 3 * count
     end
-    return {i, tenant_id, stream, fills, fields}
+    -- issue 4: the tenant's domains, read in this same round trip
+    local domains = redis.call('SMEMBERS', ARGV[1] .. tenant_id .. ARGV[#ARGV])
+    return {i, tenant_id, stream, fills, fields, domains}
   end
 end
 return {}

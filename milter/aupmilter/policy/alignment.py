@@ -1,0 +1,185 @@
+"""Envelope and header domains: they must be the tenant's, and From must align with MAIL FROM.
+
+- the MAIL FROM domain and every From domain belong to the tenant (one of its
+  domains or a subdomain of one);
+- From aligns with MAIL FROM, DMARC style: `relaxed` = the same
+  organizational domain by the Public Suffix List, `strict` = the same domain;
+  a passing DKIM signature whose d= aligns with From may stand in (per plan);
+- Reply-To and Sender use the tenant's domains or domains its plan (or the
+  tenant hash) allows;
+- the null sender `<>` is only for reports (`multipart/report`: DSNs, MDNs,
+  feedback reports).
+
+Domains are compared in lower-case A-label form. The PSL comes from the
+`publicsuffixlist` package (it ships the list and is released as the list
+changes); where only Debian's `python3-publicsuffix2` is installed, that one
+is used with the system's list (`/usr/share/publicsuffix`, package
+`publicsuffix`, kept current by Debian) when present.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aupmilter import replies
+from aupmilter.policy.findings import AlignmentMode, Check, Finding, PlanChecks, quoted
+from aupmilter.policy.headers import HeaderBlock, parse_addresses
+from aupmilter.policy.tenancy import normalize_domain, sender_domain
+
+SYSTEM_PSL = Path("/usr/share/publicsuffix/public_suffix_list.dat")
+
+
+@functools.cache
+def _registrable() -> Callable[[str], str | None]:
+    """The PSL lookup, loaded once per process (parsing the list takes ~50 ms)."""
+    try:
+        from publicsuffixlist import PublicSuffixList
+    except ImportError:
+        return _publicsuffix2()
+    psl = PublicSuffixList()
+    return lambda domain: psl.privatesuffix(domain)
+
+
+def _publicsuffix2() -> Callable[[str], str | None]:
+    from publicsuffix2 import PublicSuffixList as DebianList
+
+    psl = DebianList(psl_file=str(SYSTEM_PSL) if SYSTEM_PSL.exists() else None)
+
+    def registrable(domain: str) -> str | None:
+        found = psl.get_sld(domain, strict=False)
+        labels = domain.split(".")
+        if found and "." not in found and len(labels) >= 2:
+            # An unlisted TLD: the PSL's default rule "*" makes it the public suffix.
+            return ".".join(labels[-2:])
+        return found if isinstance(found, str) and found else None
+
+    return registrable
+
+
+def organizational_domain(domain: str) -> str:
+    """The registrable domain (public suffix + one label); the domain itself if it has none."""
+    return _registrable()(domain) or domain
+
+
+def aligned(author_domain: str, other_domain: str, mode: AlignmentMode) -> bool:
+    if mode is AlignmentMode.STRICT:
+        return author_domain == other_domain
+    return organizational_domain(author_domain) == organizational_domain(other_domain)
+
+
+def within(domain: str, parents: Iterable[str]) -> bool:
+    """`domain` is one of `parents` or a subdomain of one."""
+    return any(domain == p or domain.endswith("." + p) for p in parents)
+
+
+@dataclass(frozen=True, slots=True)
+class DomainFacts:
+    sender: str
+    """MAIL FROM without brackets; empty for `<>`."""
+    tenant_domains: frozenset[str] | None
+    """The tenant's domains (A-labels); None when no tenant is known (nothing to own)."""
+    tenant_allowed_domains: frozenset[str] = frozenset()
+    """Extra Reply-To/Sender domains from the tenant hash (`allowed_domains`)."""
+    dkim_domains: frozenset[str] = frozenset()
+    """d= of every DKIM signature that verified."""
+
+
+def is_report(block: HeaderBlock) -> bool:
+    content_type = (block.text("content-type") or "").lower()
+    return content_type.split(";", 1)[0].strip() == "multipart/report"
+
+
+def address_domains(block: HeaderBlock, name: str) -> list[str] | None:
+    """Normalized domains of the mailboxes in every `name` field; None if one does not parse."""
+    domains: list[str] = []
+    for field in block.all(name):
+        parsed = parse_addresses(field)
+        if parsed is None:
+            return None
+        for address in parsed.addresses:
+            domain = normalize_domain(address.domain)
+            if domain is None:
+                return None
+            domains.append(domain)
+    return domains
+
+
+def check_domains(block: HeaderBlock, facts: DomainFacts, plan: PlanChecks) -> list[Finding]:
+    findings = list(_null_sender(block, facts))
+    envelope = sender_domain(facts.sender) if facts.sender else None
+    authors = address_domains(block, "from") or []  # unparsable From: headers.py reports it
+    owned = facts.tenant_domains
+    if owned is not None:
+        if envelope is not None and not within(envelope, owned):
+            findings.append(
+                Finding(
+                    Check.ENVELOPE_DOMAIN,
+                    replies.FOREIGN_DOMAIN,
+                    f"envelope sender domain {quoted(envelope)} is not one of your account's",
+                )
+            )
+        for domain in dict.fromkeys(authors):
+            if not within(domain, owned):
+                findings.append(
+                    Finding(
+                        Check.FROM_DOMAIN,
+                        replies.FOREIGN_DOMAIN,
+                        f"From domain {quoted(domain)} is not one of your account's",
+                    )
+                )
+    if envelope is not None:
+        findings += _alignment(authors, envelope, facts, plan)
+    findings += _other_senders(block, "reply-to", Check.REPLY_TO, facts, plan)
+    findings += _other_senders(block, "sender", Check.SENDER_HEADER, facts, plan)
+    return findings
+
+
+def _null_sender(block: HeaderBlock, facts: DomainFacts) -> Iterator[Finding]:
+    if facts.sender == "" and not is_report(block):
+        yield Finding(
+            Check.NULL_SENDER,
+            replies.NULL_SENDER_NOT_REPORT,
+            "null envelope sender on a message that is not a report",
+        )
+
+
+def _alignment(
+    authors: list[str], envelope: str, facts: DomainFacts, plan: PlanChecks
+) -> Iterator[Finding]:
+    for domain in dict.fromkeys(authors):
+        if aligned(domain, envelope, plan.alignment):
+            continue
+        if plan.dkim_satisfies_alignment and any(
+            aligned(domain, signer, plan.alignment) for signer in facts.dkim_domains
+        ):
+            continue
+        how = "the same domain" if plan.alignment is AlignmentMode.STRICT else "one domain"
+        yield Finding(
+            Check.ALIGNMENT,
+            replies.MISALIGNED_SENDER,
+            f"From domain {quoted(domain)} and envelope sender domain {quoted(envelope)} "
+            f"are not {how} ({plan.alignment.value} alignment)",
+        )
+
+
+def _other_senders(
+    block: HeaderBlock, name: str, check: Check, facts: DomainFacts, plan: PlanChecks
+) -> Iterator[Finding]:
+    if facts.tenant_domains is None:
+        return
+    domains = address_domains(block, name)
+    if not domains:
+        return
+    allowed = plan.allowed_reply_to_domains if name == "reply-to" else plan.allowed_sender_domains
+    acceptable = facts.tenant_domains | allowed | facts.tenant_allowed_domains
+    label = "Reply-To" if name == "reply-to" else "Sender"
+    for domain in dict.fromkeys(domains):
+        if not within(domain, acceptable):
+            yield Finding(
+                check,
+                replies.FOREIGN_REPLY_DOMAIN,
+                f"{label} domain {quoted(domain)} is neither yours nor allowed for your account",
+            )
