@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from aupmilter.facts import Transaction
 from aupmilter.policy.verdict import Verdict
@@ -28,8 +29,17 @@ def verdict_event(
     }
 
 
-def record(conn_id: str, txn: Transaction, verdict: Verdict, stage: str) -> None:
+def record(
+    conn_id: str,
+    txn: Transaction,
+    verdict: Verdict,
+    stage: str,
+    extra: Mapping[str, object] | None = None,
+) -> None:
+    """`extra`: more facts for the line (e.g. the bulk/transactional class)."""
     event = verdict_event(conn_id, txn, verdict, stage)
+    if extra:
+        event.update(extra)
     if log.isEnabledFor(logging.INFO):
         # JSON output flattens `event` fields into the line; text output appends it as JSON.
         log.info("verdict %s", verdict.action.value, extra={"conn": conn_id, "event": event})

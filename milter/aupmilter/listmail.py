@@ -20,12 +20,14 @@ in), and what the tokens stand for is returned for the glue to store.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from aupmilter.config import SigningIdentity, UnsubscribePlan, UnsubscribeSettings
+from aupmilter.config import Config, Plan, SigningIdentity, UnsubscribePlan, UnsubscribeSettings
+from aupmilter.facts import Transaction
 from aupmilter.policy.classify import Classification, MailClass, classify, header_values
 from aupmilter.policy.fingerprint import body_fingerprint
+from aupmilter.policy.headers import HeaderField
 from aupmilter.policy.limits import Scope, Unit, Window
 from aupmilter.policy.unsubscribe import (
     UnsubscribeAction,
@@ -145,3 +147,26 @@ def message_fingerprint(headers: Headers, body: bytes) -> str:
     content_type = next(iter(header_values(headers, "Content-Type")), None)
     encoding = next(iter(header_values(headers, "Content-Transfer-Encoding")), None)
     return body_fingerprint(content_type, encoding, body)
+
+
+def list_mail_for(config: Config, tenant: str, txn: Transaction, plan: Plan) -> ListMail:
+    """The tenant's list-mail settings for one transaction (built at MAIL FROM)."""
+    return ListMail(
+        tenant=tenant,
+        stream=txn.stream,
+        plan=plan.unsubscribe,
+        settings=config.unsubscribe,
+        identity=config.dkim.identity_for(tenant),
+    )
+
+
+def header_pairs(fields: Iterable[HeaderField]) -> list[tuple[str, str]]:
+    """(name, value) with the value's raw bytes kept (surrogate escapes), leading space and all."""
+    return [(f.name, f.raw.decode("utf-8", "surrogateescape")) for f in fields]
+
+
+def message_id_of(headers: Headers, added: Headers) -> str | None:
+    for name, value in [*headers, *added]:
+        if name.lower() == "message-id" and value.strip():
+            return value.strip()
+    return None
