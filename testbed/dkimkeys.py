@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import base64
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+import dns.message
+import dns.query
 
 KeyType = Literal["rsa", "ed25519"]
 ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
@@ -53,3 +57,21 @@ def make_key(folder: Path, name: str, kind: KeyType = "rsa", bits: int = 2048) -
         public = public_der
     record = f"v=DKIM1; k={kind}; p={base64.b64encode(public).decode('ascii')}"
     return KeyPair(path, record)
+
+
+def dns_txt_lookup(host: str, port: int) -> Callable[..., bytes]:
+    """A dkimpy ``dnsfunc`` that asks the DNS server at host:port over the real protocol.
+
+    UDP first, TCP when the answer is truncated (long RSA keys), as a resolver does.
+    """
+
+    def lookup(name: bytes | str, timeout: float = 5.0) -> bytes:
+        qname = name.decode("ascii") if isinstance(name, bytes) else name
+        query = dns.message.make_query(qname, "TXT")
+        answer, _tcp = dns.query.udp_with_fallback(query, host, timeout=timeout, port=port)
+        for rrset in answer.answer:
+            for rdata in rrset:
+                return b"".join(rdata.strings)
+        return b""
+
+    return lookup

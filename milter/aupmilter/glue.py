@@ -432,7 +432,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         if signature is not None:
             name, value = signature
             spaced = f" {value}" if self._protocol & P_HDR_LEADSPC else value
-            self.insheader(0, name, spaced)
+            self.addheader(name, spaced, 0)  # idx 0: smfi_insheader at the top
 
     def _unsubscribe_at_rcpt(
         self, txn: Transaction, gate: RecipientGate, recipient: str
