@@ -75,10 +75,17 @@ class ListMail:
     identity: SigningIdentity | None
 
     @property
+    def acts(self) -> bool:
+        """The class changes something only with unsubscribe links or a signing identity."""
+        return self.settings is not None or self.identity is not None
+
+    @property
     def counts_fingerprints(self) -> bool:
         """The content counter matters only when no stream decides and the plan has a threshold."""
-        return self.stream not in (MailClass.BULK, MailClass.TRANSACTIONAL) and (
-            self.plan.bulk_fingerprint_recipients is not None
+        return (
+            self.acts
+            and self.stream not in (MailClass.BULK, MailClass.TRANSACTIONAL)
+            and self.plan.bulk_fingerprint_recipients is not None
         )
 
     @property
