@@ -84,7 +84,7 @@ def unsubscribe_lines(stack: Stack) -> list[str]:
         f"--auth-password {acme.password} --from news@{acme.tenant.domains[0]} "
         "--to x@example.net --add-header 'Precedence: bulk'",
         f"  grep -h '^List-Unsubscribe' {_rel(stack.mail_dir)}/*.eml | tail -2",
-        "  curl -i -d List-Unsubscribe=One-Click URL   # URL: the http:// link; x@example.net leaves",
+        "  curl -i -d List-Unsubscribe=One-Click URL   # the http:// link: x@example.net leaves",
         f"  {python} -m aupmilter suppress -c {_rel(stack.milter_config)} list --tenant acme",
         "  (the next mail from acme to x@example.net gets 550 5.7.1)",
     ]

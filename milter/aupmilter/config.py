@@ -94,6 +94,8 @@ class PolicySettings:
     on_store_error: Literal["tempfail", "accept"]
     unknown_sender: Literal["reject", "accept"]
     plans_dir: Path
+    suppression_check: Literal["eom", "rcpt"] = "eom"
+    """Where suppressed recipients are stopped: in the end-of-message script, or at each RCPT."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +319,9 @@ def load_config(path: Path) -> Config:
     plans_dir_text = policy.get(
         "plans_dir", "policies", "a directory path (relative to this file)", _string
     )
+    suppression_check = policy.get(
+        "suppression_check", "eom", "'eom' or 'rcpt'", _choice(*SUPPRESSION_CHECKS)
+    )
     policy.reject_unknown()
     plans_dir = (path.parent / plans_dir_text).resolve()
 
@@ -356,6 +361,7 @@ def load_config(path: Path) -> Config:
             on_store_error=cast(Literal["tempfail", "accept"], on_store_error),
             unknown_sender=cast(Literal["reject", "accept"], unknown_sender),
             plans_dir=plans_dir,
+            suppression_check=cast(Literal["eom", "rcpt"], suppression_check),
         ),
         log=log_settings,
         plans=plans,
@@ -714,7 +720,6 @@ class UnsubscribeSettings:
     mailto_domain: str
     secrets_file: Path
     token_lifetime_days: int
-    suppression_check: Literal["eom", "rcpt"]
     secrets: tuple[bytes, ...] = field(repr=False, default=())
     """From secrets_file: the first signs, all verify."""
 
@@ -804,7 +809,6 @@ def _unsubscribe_section(path: Path, root: _Section, problems: list[str]) -> Uns
     lifetime = section.get(
         "token_lifetime_days", 60, "whole days from 1 to 3650", _integer(1, 3650)
     )
-    check = section.get("suppression_check", "eom", "'eom' or 'rcpt'", _choice(*SUPPRESSION_CHECKS))
     for key in ("url_base", "mailto_domain", "secrets_file"):
         if key not in section.table:
             section.fail(key, "a value (the key is required)", None)
@@ -819,7 +823,6 @@ def _unsubscribe_section(path: Path, root: _Section, problems: list[str]) -> Uns
         mailto_domain=mailto_domain,
         secrets_file=secrets_file,
         token_lifetime_days=lifetime,
-        suppression_check=cast(Literal["eom", "rcpt"], check),
         secrets=secrets,
     )
 

@@ -447,8 +447,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             refusal = one_recipient_per_bulk_message(txn.stream, plan, len(gate.accepted))
             if refusal is not None:
                 return refusal
-        settings = runtime.config.unsubscribe
-        if settings is None or settings.suppression_check != "rcpt":
+        if runtime.config.policy.suppression_check != "rcpt":
             return None
         try:
             suppressed = runtime.store.is_suppressed(gate.tenant, key)

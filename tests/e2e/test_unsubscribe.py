@@ -161,7 +161,7 @@ def test_one_click_post_stops_the_next_message_within_a_second(
 
 def set_suppression_check(stack: Stack, mode: str) -> None:
     """Switch the running milter (it reloads its config file within about a second)."""
-    stack.milter_config_extra = f'[unsubscribe]\nsuppression_check = "{mode}"\n'
+    stack.milter_config_extra = f'[policy]\nsuppression_check = "{mode}"\n'
     stack.write_milter_config()
     stack.redis_cli("HSET", "aup:{acme}:suppressed", "probe@example.net", "manual 1")
 

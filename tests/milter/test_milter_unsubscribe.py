@@ -39,12 +39,11 @@ def unsub_dir(tmp_path: Path) -> Path:
 
 def start(start_daemon: StartDaemon, unsub_dir: Path, check: str) -> Daemon:
     return start_daemon(
-        policy={"plans_dir": str(unsub_dir / "policies")},
+        policy={"plans_dir": str(unsub_dir / "policies"), "suppression_check": check},
         unsubscribe={
             "url_base": "https://unsub.relay.example",
             "mailto_domain": "unsub.relay.example",
             "secrets_file": str(unsub_dir / "unsubscribe.secrets"),
-            "suppression_check": check,
         },
     )
 
@@ -107,13 +106,7 @@ def test_rcpt_mode_with_redis_down_tempfails_the_rcpt(
     Tenants(private_redis).add("acme", logins=["acme"], domains=["acme.example"])
     daemon = start_daemon(
         redis_url=private_redis.url,
-        policy={"plans_dir": str(unsub_dir / "policies")},
-        unsubscribe={
-            "url_base": "https://unsub.relay.example",
-            "mailto_domain": "unsub.relay.example",
-            "secrets_file": str(unsub_dir / "unsubscribe.secrets"),
-            "suppression_check": "rcpt",
-        },
+        policy={"plans_dir": str(unsub_dir / "policies"), "suppression_check": "rcpt"},
     )
     with daemon.client() as client:
         assert client.mail("a@acme.example", macros={"{auth_authen}": "acme"}).kind is Kind.CONTINUE

@@ -70,7 +70,7 @@ def test_unsubscribe_section(confdir: Path) -> None:
     assert unsub.mailto("abc") == "mailto:unsubscribe+abc@unsub.relay.example"
     assert unsub.secrets == (SECRET.encode(), b"f" * 40)
     assert unsub.token_lifetime_days == 60
-    assert unsub.suppression_check == "eom"
+    assert config.policy.suppression_check == "eom"
     assert SECRET not in repr(unsub), "secrets stay out of logs"
 
 
@@ -87,13 +87,20 @@ def test_unsubscribe_section(confdir: Path) -> None:
         ("mailto_local", '"two words"'),
         ("mailto_domain", '"localhost"'),
         ("token_lifetime_days", "0"),
-        ("suppression_check", '"never"'),
         ("colour", '"blue"'),
     ],
 )
 def test_bad_unsubscribe_values_name_the_key(confdir: Path, key: str, value: str) -> None:
     found = problems(confdir, unsub(**{key: value}))
     assert len(found) == 1 and f"'unsubscribe.{key}'" in found[0], found
+
+
+def test_suppression_check_is_a_policy_key(confdir: Path) -> None:
+    config = load_config(write(confdir, '[policy]\nsuppression_check = "rcpt"\n'))
+    assert config.policy.suppression_check == "rcpt"
+    found = problems(confdir, '[policy]\nsuppression_check = "never"\n')
+    assert len(found) == 1 and "'policy.suppression_check'" in found[0]
+    assert "'eom' or 'rcpt'" in found[0]
 
 
 def test_http_is_allowed_for_a_loopback_demo(confdir: Path) -> None:

@@ -27,7 +27,6 @@ SETTINGS = UnsubscribeSettings(
     mailto_domain="unsub.relay.example",
     secrets_file=Path("/dev/null"),
     token_lifetime_days=60,
-    suppression_check="eom",
     secrets=(b"s" * 32,),
 )
 SIGNER = TokenSigner(SETTINGS.secrets, 60)
