@@ -119,7 +119,27 @@ def cmd_check(path: Path) -> int:
         print(f"  plan {name}: at most {limits.max_recipients} recipients per message")
         for window in limits.windows:
             print(f"    window {window.name}: {window.rule}")
+    _print_unsubscribe(config)
     return EX_OK
+
+
+def _print_unsubscribe(config: Config) -> None:
+    unsubscribe = config.unsubscribe
+    if unsubscribe is not None:
+        print(
+            f"  unsubscribe: {unsubscribe.url('TOKEN')}, {unsubscribe.mailto('TOKEN')};"
+            f" {len(unsubscribe.secrets)} secret(s), links live {unsubscribe.token_lifetime_days}"
+            f" days; web service on {config.web.listen}"
+        )
+    identities = sorted(config.dkim.tenants.items())
+    if config.dkim.default is not None:
+        identities.append(("(default)", config.dkim.default))
+    for tenant, identity in identities:
+        key = identity.key
+        print(
+            f"  dkim {tenant}: d={identity.domain} s={identity.selector}"
+            f" ({key.algorithm}, {key.bits} bits, {key.path})"
+        )
 
 
 def cmd_run(path: Path) -> int:
