@@ -52,7 +52,6 @@ EX_CONFIG = 78
 MAX_KEPT_BYTES = 256 * 1024
 """Only the header is used; the rest of a (possibly huge) message is read and dropped."""
 MAX_DRAINED_BYTES = 64 * 1024 * 1024
-RECIPIENT_HEADERS = ("Delivered-To", "X-Original-To", "To", "Cc")
 
 
 class IntakeRefusal(Exception):
@@ -90,7 +89,17 @@ def token_of(address: str, settings: UnsubscribeSettings) -> str:
 
 
 def find_recipient(headers: email.message.Message, settings: UnsubscribeSettings) -> str:
-    for name in RECIPIENT_HEADERS:
+    """The envelope recipient as the MTA recorded it on top of the message.
+
+    Postfix's pipe flag D prepends Delivered-To (O: X-Original-To): only the first
+    one counts, because lower ones come from the sender. Without either, the first
+    unsubscribe address in To or Cc.
+    """
+    for name in ("Delivered-To", "X-Original-To"):
+        found = email.utils.getaddresses(headers.get_all(name, [])[:1])
+        if found and found[0][1]:
+            return found[0][1]
+    for name in ("To", "Cc"):
         for _display, address in email.utils.getaddresses(headers.get_all(name, [])):
             try:
                 token_of(address, settings)

@@ -104,6 +104,17 @@ def test_bad_addresses_and_tokens_bounce(config: Path, redis_client: redis.Redis
     assert redis_client.exists(SUPPRESSED) == 0
 
 
+def test_only_the_mta_s_delivered_to_counts(config: Path, redis_client: redis.Redis) -> None:
+    """A Delivered-To the sender wrote sits below the one Postfix prepends: it is not used."""
+    token = issue(redis_client).token
+    forged_below = (
+        f"Delivered-To: bounces@{DOMAIN}\r\nDelivered-To: unsubscribe+{token}@{DOMAIN}\r\n"
+    )
+    done = intake(config, forged_below.encode() + message("x@y.example"), None)
+    assert done.returncode == 67, done.stderr
+    assert redis_client.exists(SUPPRESSED) == 0
+
+
 def test_no_recipient_at_all(config: Path) -> None:
     done = intake(config, message("x@y.example"), None)
     assert done.returncode == 64 and "no unsubscribe address" in done.stderr
