@@ -24,6 +24,7 @@ from testbed.dnsserver import DnsServer
 from testbed.zones import private_key_path
 from tests.milter.harness import PLANS_DIR, Daemon, StartDaemon, Tenants
 from tests.milter.mta import EomResult, Kind
+from tests.support import RedisServer, client_commands
 
 SECRET = "milter-listmail-secret-0123456789abcdef0123"
 SIGNER = TokenSigner([SECRET.encode()], 60)
@@ -257,3 +258,26 @@ def test_repeated_content_becomes_bulk(daemon: Daemon, tenants: Tenants) -> None
     assert "List-Unsubscribe" in dict(again.added_headers)
     line = daemon.log.matching("verdict accept")[-1]
     assert "same content went to 3 recipients" in line["class_reason"]
+
+
+def test_round_trips_bulk_mail_with_relay_links(
+    daemon: Daemon, acme: str, shared_redis: RedisServer
+) -> None:
+    """The token reference is one SET more, on bulk mail that gets the relay's links only."""
+    send(daemon, ["x@d.example"], message_headers(["x@d.example"], ("Precedence", "bulk")))
+
+    def bulk() -> None:
+        send(daemon, ["y@d.example"], message_headers(["y@d.example"], ("Precedence", "bulk")))
+
+    def transactional() -> None:
+        send(daemon, ["y@d.example"], message_headers(["y@d.example"]))
+
+    assert [c.split()[0] for c in client_commands(shared_redis, bulk)] == [
+        "EVALSHA",
+        "EVALSHA",
+        "SET",
+    ]
+    assert [c.split()[0] for c in client_commands(shared_redis, transactional)] == [
+        "EVALSHA",
+        "EVALSHA",
+    ]

@@ -309,3 +309,16 @@ def test_bad_dkim_tables(confdir: Path) -> None:
         "dkim.tenant.ok.key_file",
         "dkim.tenant.ok.selector",
     ], found
+
+
+def test_check_lists_unsubscribe_and_signing(
+    confdir: Path, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aupmilter.cli import main
+
+    path = write(confdir, UNSUB + dkim_config(confdir, keys, "ed25519.pem"))
+    assert main(["check", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "unsubscribe: https://unsub.relay.example/u/TOKEN" in out
+    assert "2 secret(s)" in out
+    assert "dkim acme: d=acme.example s=aup2024 (ed25519-sha256" in out
