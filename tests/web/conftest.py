@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,8 +21,3 @@ def service(
     web.start()
     yield web
     web.stop()
-
-
-@pytest.fixture
-def web_folder(tmp_path: Path) -> Path:
-    return tmp_path
