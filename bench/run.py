@@ -142,6 +142,7 @@ class Options:
     run_dir: Path
     redis_port: int
     smtp_port: int
+    suppression_check: str = "eom"
 
 
 @dataclass(frozen=True)
@@ -418,12 +419,12 @@ def run_workload(bare: Side, milter: Side, workload: Workload, options: Options)
         "(commands run inside scripts included)"
     )
     # What the milter itself sends: one script call per round trip (the rest ran inside).
-    round_trips = calls["evalsha"] + calls["eval"]
+    round_trips = calls["evalsha"] + calls["eval"] + calls["hexists"]
     say(
         f"{name}: Redis round trips per message: "
         f"{round_trips / max(1, summary.milter_messages):.2f} (EVALSHA at MAIL FROM and at end"
-        f" of message; plus {calls['hello'] + calls['client|setname']} connection set-up"
-        " commands in all)"
+        f" of message, HEXISTS per RCPT with suppression_check = rcpt; plus"
+        f" {calls['hello'] + calls['client|setname']} connection set-up commands in all)"
     )
     return summary
 
@@ -439,6 +440,8 @@ def make_sides(options: Options) -> tuple[Side, Side]:
             sink="smtp-sink",
             postfix_overrides=POSTFIX_TUNING,
             extra_plans=BENCH_PLANS if with_milter else "",
+            # "rcpt" costs one Redis call per RCPT (the default "eom" none).
+            milter_config_extra=f'[policy]\nsuppression_check = "{options.suppression_check}"\n',
         )
 
     bare = Side("bare", stack("bare", options.redis_port, options.smtp_port, False))
@@ -635,6 +638,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         help="SMTP and sink ports: bare on this one and +1, milter on +2 and +3 "
         f"(default {DEFAULT_SMTP_PORT})",
     )
+    parser.add_argument(
+        "--suppression-check",
+        choices=("eom", "rcpt"),
+        default="eom",
+        help="the milter's policy.suppression_check: 'rcpt' adds one Redis call per RCPT",
+    )
     args = parser.parse_args(argv)
     counts = QUICK_MESSAGES if args.quick else DEFAULT_MESSAGES
     workloads = tuple(
@@ -654,6 +663,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         run_dir=(args.run_dir or default_run_dir("bench")).resolve(),
         redis_port=args.redis_port,
         smtp_port=args.smtp_port,
+        suppression_check=args.suppression_check,
     )
 
 

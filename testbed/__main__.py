@@ -17,7 +17,7 @@ from testbed.stack import REPO_ROOT, Stack
 from testbed.tenants import DEMO_ACCOUNTS
 
 DEFAULT_RUN_DIR = REPO_ROOT / "run" / "demo"
-DEFAULT_PORTS = {"redis": 6390, "smtp": 2525, "sink": 2526}
+DEFAULT_PORTS = {"redis": 6390, "smtp": 2525, "sink": 2526, "web": 8895}
 
 
 def build_stack(args: argparse.Namespace) -> Stack:
@@ -27,6 +27,8 @@ def build_stack(args: argparse.Namespace) -> Stack:
         smtp_port=args.smtp_port,
         sink_port=args.sink_port,
         with_milter=not args.without_milter,
+        unsubscribe=True,
+        web_port=args.web_port,
     )
 
 
@@ -62,11 +64,30 @@ def try_it(stack: Stack) -> str:
         f"  postqueue -c {config} -p",
         f"  postsuper -c {config} -H ALL && postqueue -c {config} -f",
         f"  postsuper -c {config} -d ALL hold",
+        *unsubscribe_lines(stack),
         "Logs:",
         f"  {_rel(stack.milter_log)}  {_rel(stack.postfix.log_file)}  {_rel(stack.sink_log)}",
         f"Stop it all:  {_rel(Path(sys.executable))} -m testbed demo-down",
     ]
     return "\n".join(lines)
+
+
+def unsubscribe_lines(stack: Stack) -> list[str]:
+    if not stack.unsubscribe:
+        return []
+    smtp = f"{stack.host}:{stack.smtp_port}"
+    acme = DEMO_ACCOUNTS[0]
+    python = _rel(Path(sys.executable))
+    return [
+        f"Bulk mail gets a one-click unsubscribe served on {stack.web_url}, DKIM-signed:",
+        f"  swaks --server {smtp} --auth-user {acme.tenant.logins[0]} "
+        f"--auth-password {acme.password} --from news@{acme.tenant.domains[0]} "
+        "--to x@example.net --add-header 'Precedence: bulk'",
+        f"  grep -h '^List-Unsubscribe' {_rel(stack.mail_dir)}/*.eml | tail -2",
+        "  curl -i -d List-Unsubscribe=One-Click URL   # the http:// link: x@example.net leaves",
+        f"  {python} -m aupmilter suppress -c {_rel(stack.milter_config)} list --tenant acme",
+        "  (the next mail from acme to x@example.net gets 550 5.7.1)",
+    ]
 
 
 def demo_up(stack: Stack) -> int:
@@ -110,6 +131,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-port", type=int, default=DEFAULT_PORTS["redis"])
     parser.add_argument("--smtp-port", type=int, default=DEFAULT_PORTS["smtp"])
     parser.add_argument("--sink-port", type=int, default=DEFAULT_PORTS["sink"])
+    parser.add_argument(
+        "--web-port",
+        type=int,
+        default=DEFAULT_PORTS["web"],
+        help="the one-click unsubscribe service (links in the demo's mail point there)",
+    )
     parser.add_argument(
         "--without-milter",
         action="store_true",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import http.client
 import os
 import shlex
 import signal
@@ -202,6 +203,18 @@ def smtp_banner(host: str, port: int, timeout: float = 2.0) -> str | None:
         return None
     line = data.decode(errors="replace").strip()
     return line if line.startswith("220") else None
+
+
+def http_answers(host: str, port: int, path: str, timeout: float = 2.0) -> bool:
+    """True if an HTTP server on host:port answers GET path with 200."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
 
 
 # Milter protocol v6 option negotiation, as Postfix sends it (see libmilter's mfdef.h).

@@ -29,11 +29,13 @@ from typing import Any, Literal, get_args
 
 from testbed import postfix as pf
 from testbed import toml
+from testbed import unsubscribe as unsub
 from testbed.client import TOKEN_HEADER
 from testbed.dnsserver import answers as dns_answers
 from testbed.proc import (
     TestbedError,
     cmdline,
+    http_answers,
     is_alive,
     milter_answers,
     read_pidfile,
@@ -124,6 +126,12 @@ class Stack:
     ``sink="smtp-sink"`` runs Postfix's ``smtp-sink`` (which keeps nothing)
     instead of the file-writing ``testbed.sink``.
     ``extra_plans`` is a plan file (TOML) served beside the shipped ones.
+    ``unsubscribe=True`` (the demo, the end-to-end tests) adds the one-click
+    unsubscribe: ``[unsubscribe]`` and ``[dkim]`` in the milter config, the
+    web service (``aup-milter web``) on ``web_port`` (default: the sink's port
+    + 2), and the mailto intake in Postfix (``postfix-sample/*.intake``) with a
+    milter-free listener on ``intake_port`` (default: the sink's port + 3);
+    see ``testbed.unsubscribe``.
     """
 
     def __init__(
@@ -142,6 +150,9 @@ class Stack:
         with_milter: bool = True,
         dns_port: int | None = None,
         dns_records: Sequence[str] = (),
+        unsubscribe: bool = False,
+        web_port: int | None = None,
+        intake_port: int | None = None,
         sink: SinkKind = "files",
         python: str = sys.executable,
         timeout: float = 30.0,
@@ -161,6 +172,9 @@ class Stack:
         self.with_milter = with_milter
         self.dns_port = dns_port if dns_port is not None else sink_port + 1
         self.dns_records = list(dns_records)
+        self.unsubscribe = unsubscribe and with_milter
+        self.web_port = web_port if web_port is not None else sink_port + 2
+        self.intake_port = intake_port if intake_port is not None else sink_port + 3
         self.sink = sink
         self.python = python
         self.timeout = timeout
@@ -251,6 +265,8 @@ class Stack:
             if self.with_milter:
                 self.start_dns()
                 self.start_milter()
+                if self.unsubscribe:
+                    self.start_web()
             self.start_postfix()
         except BaseException:
             self._stop_quietly()
@@ -261,6 +277,7 @@ class Stack:
         errors: list[str] = []
         stops = (
             self.stop_postfix,
+            self.stop_web,
             self.stop_milter,
             self.stop_dns,
             self.stop_sink,
@@ -302,6 +319,7 @@ class Stack:
             "sink": self._sink_pid(),
             "dns": self._dns_pid(),
             "milter": self._milter_pid(),
+            "web": self._web_pid(),
             "postfix": self._postfix_pid(),
         }
 
@@ -574,6 +592,8 @@ class Stack:
         base["policy"]["plans_dir"] = str(self.plans_dir)
         # The stack's own DNS server: short timeouts keep the failure cases quick.
         base["dns"] = {"nameservers": [f"{HOST}:{self.dns_port}"], "timeout": 1.0, "lifetime": 2.0}
+        if self.unsubscribe:
+            base.update(unsub.milter_sections(self.run_dir, self.web_port))
         return toml.merged(base, self.milter_config_extra)
 
     @property
@@ -625,6 +645,8 @@ class Stack:
 
     def start_milter(self) -> None:
         self._prepare_run_dir()
+        if self.unsubscribe:
+            unsub.prepare_files(self.run_dir)
         self.write_plans()
         self.write_milter_config()
         if self._milter_pid() is not None:
@@ -650,6 +672,45 @@ class Stack:
         self.stop_milter()
         self.start_milter()
 
+    # ---- the unsubscribe web service --------------------------------------------
+
+    @property
+    def web_pidfile(self) -> Path:
+        return self.run_dir / "web.pid"
+
+    @property
+    def web_log(self) -> Path:
+        return self.run_dir / "web.log"
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{HOST}:{self.web_port}"
+
+    def _web_pid(self) -> int | None:
+        return self._owned(self.web_pidfile, "aupmilter")
+
+    def start_web(self) -> None:
+        """``aup-milter web`` with the milter's config; kept if already running from here."""
+        self._prepare_run_dir()
+        if self._web_pid() is not None:
+            return
+        self._require_free_port(self.web_port, "the unsubscribe web service")
+        argv = [self.python, "-m", "aupmilter", "web", "-c", str(self.milter_config)]
+        pid = self._spawn(argv, self.web_log, env=self._python_env())
+        write_pidfile(self.web_pidfile, pid)
+        self._wait_ready(
+            "unsubscribe web service",
+            pid,
+            lambda: http_answers(HOST, self.web_port, "/healthz"),
+            self.web_log,
+        )
+
+    def stop_web(self) -> None:
+        pid = self._web_pid()
+        if pid is not None:
+            self._terminate(pid, "unsubscribe web service")
+        self.web_pidfile.unlink(missing_ok=True)
+
     # ---- postfix -------------------------------------------------------------
 
     def _postfix_pid(self) -> int | None:
@@ -673,9 +734,16 @@ class Stack:
                 milter_socket=self.milter_socket if self.with_milter else None,
                 sasl_realm=self.sasl_realm,
                 overrides=self.postfix_overrides,
+                extra=unsub.main_cf_lines(self.run_dir) if self.unsubscribe else (),
             )
         )
-        (layout.config_dir / "master.cf").write_text(pf.master_cf(self.smtp_port))
+        master_extra: list[str] = []
+        if self.unsubscribe:
+            master_extra = unsub.master_cf_lines(self.milter_config, self.intake_port)
+            unsub.transport_map(self.run_dir).write_text(unsub.transport_lines())
+            map_file = f"hash:{unsub.transport_map(self.run_dir)}"
+            run(["postmap", "-c", str(layout.config_dir), map_file], what="postmap")
+        (layout.config_dir / "master.cf").write_text(pf.master_cf(self.smtp_port, master_extra))
         layout.sasl_conf.write_text(pf.sasl_smtpd_conf(layout))
         for login, password in self.sasl_users.items():
             self.add_sasl_user(login, password)

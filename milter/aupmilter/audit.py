@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from aupmilter.facts import Transaction
 from aupmilter.policy.verdict import Verdict
@@ -28,22 +29,36 @@ def verdict_event(
     }
 
 
-def record(conn_id: str, txn: Transaction, verdict: Verdict, stage: str) -> None:
+def record(
+    conn_id: str,
+    txn: Transaction,
+    verdict: Verdict,
+    stage: str,
+    extra: Mapping[str, object] | None = None,
+) -> None:
+    """`extra`: more facts for the line (e.g. the bulk/transactional class)."""
     event = verdict_event(conn_id, txn, verdict, stage)
+    if extra:
+        event.update(extra)
     if log.isEnabledFor(logging.INFO):
         # JSON output flattens `event` fields into the line; text output appends it as JSON.
         log.info("verdict %s", verdict.action.value, extra={"conn": conn_id, "event": event})
 
 
-def suppressed(conn_id: str, txn: Transaction, tenant: str, recipient: str) -> None:
-    """A recipient removed from a message because it is on the tenant's suppression list."""
+def suppressed(
+    conn_id: str, txn: Transaction, tenant: str, recipient: str, stage: str = "eom"
+) -> None:
+    """A recipient removed from a message (eom), or refused at RCPT (suppression_check = "rcpt"),
+    because it is on the tenant's suppression list."""
     event: dict[str, object] = {
         "conn": conn_id,
         "queue_id": txn.queue_id,
-        "stage": "eom",
+        "stage": stage,
         "tenant": tenant,
         "sender": txn.sender,
-        "event": "suppressed-recipient-removed",
+        "event": "suppressed-recipient-removed"
+        if stage == "eom"
+        else "suppressed-recipient-refused",
         "recipient": recipient,
     }
     log.info("recipient suppressed", extra={"conn": conn_id, "event": event})

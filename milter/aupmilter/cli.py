@@ -1,4 +1,4 @@
-"""The `aup-milter` command line: run, check, tenant."""
+"""The `aup-milter` command line: run, check, tenant, suppress, web, intake."""
 
 from __future__ import annotations
 
@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     remove = actions.add_parser("remove", help="delete a tenant and its mappings")
     remove.add_argument("tenant_id", metavar="ID")
+
+    from aupmilter import unsubcli
+
+    unsubcli.add_parsers(commands, config_option)
     return parser
 
 
@@ -87,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_check(args.config)
     if args.command == "run":
         return cmd_run(args.config)
+    if args.command in ("suppress", "web", "intake"):
+        from aupmilter import unsubcli
+
+        return unsubcli.run(args, lambda: _tenant_redis(args)[0])
     return cmd_tenant(args)
 
 
@@ -111,7 +119,27 @@ def cmd_check(path: Path) -> int:
         print(f"  plan {name}: at most {limits.max_recipients} recipients per message")
         for window in limits.windows:
             print(f"    window {window.name}: {window.rule}")
+    _print_unsubscribe(config)
     return EX_OK
+
+
+def _print_unsubscribe(config: Config) -> None:
+    unsubscribe = config.unsubscribe
+    if unsubscribe is not None:
+        print(
+            f"  unsubscribe: {unsubscribe.url('TOKEN')}, {unsubscribe.mailto('TOKEN')};"
+            f" {len(unsubscribe.secrets)} secret(s), links live {unsubscribe.token_lifetime_days}"
+            f" days; web service on {config.web.listen}"
+        )
+    identities = sorted(config.dkim.tenants.items())
+    if config.dkim.default is not None:
+        identities.append(("(default)", config.dkim.default))
+    for tenant, identity in identities:
+        key = identity.key
+        print(
+            f"  dkim {tenant}: d={identity.domain} s={identity.selector}"
+            f" ({key.algorithm}, {key.bits} bits, {key.path})"
+        )
 
 
 def cmd_run(path: Path) -> int:

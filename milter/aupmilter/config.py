@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
+from aupmilter.dkimkey import SigningKey
 from aupmilter.dns import DnsSettings, Nameserver, parse_nameserver
 from aupmilter.policy.findings import (
     DEFAULT_MODES,
@@ -93,6 +94,8 @@ class PolicySettings:
     on_store_error: Literal["tempfail", "accept"]
     unknown_sender: Literal["reject", "accept"]
     plans_dir: Path
+    suppression_check: Literal["eom", "rcpt"] = "eom"
+    """Where suppressed recipients are stopped: in the end-of-message script, or at each RCPT."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,7 @@ class Plan:
     source: Path
     limits: Limits
     checks: PlanChecks = field(default_factory=PlanChecks)
+    unsubscribe: UnsubscribePlan = field(default_factory=lambda: UnsubscribePlan())
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +140,10 @@ class Config:
     plans: Mapping[str, Plan]
     dns: DnsSettings = field(default_factory=DnsSettings)
     messages: MessageSettings = field(default_factory=MessageSettings)
+    unsubscribe: UnsubscribeSettings | None = None
+    """None without an [unsubscribe] section: bulk mail then gets no List-Unsubscribe."""
+    web: WebSettings = field(default_factory=lambda: WebSettings())
+    dkim: DkimSettings = field(default_factory=lambda: DkimSettings())
 
     @property
     def plan_names(self) -> frozenset[str]:
@@ -311,6 +319,9 @@ def load_config(path: Path) -> Config:
     plans_dir_text = policy.get(
         "plans_dir", "policies", "a directory path (relative to this file)", _string
     )
+    suppression_check = policy.get(
+        "suppression_check", "eom", "'eom' or 'rcpt'", _choice(*SUPPRESSION_CHECKS)
+    )
     policy.reject_unknown()
     plans_dir = (path.parent / plans_dir_text).resolve()
 
@@ -326,6 +337,9 @@ def load_config(path: Path) -> Config:
     dns_settings = parse_dns_section(_Section(path, "dns", root.subtable("dns"), problems))
     message_settings = parse_messages_section(
         _Section(path, "messages", root.subtable("messages"), problems)
+    )
+    unsubscribe_settings, web_settings, dkim_settings = load_unsubscribe_sections(
+        path, root, problems
     )
     root.reject_unknown()
 
@@ -347,11 +361,15 @@ def load_config(path: Path) -> Config:
             on_store_error=cast(Literal["tempfail", "accept"], on_store_error),
             unknown_sender=cast(Literal["reject", "accept"], unknown_sender),
             plans_dir=plans_dir,
+            suppression_check=cast(Literal["eom", "rcpt"], suppression_check),
         ),
         log=log_settings,
         plans=plans,
         dns=dns_settings,
         messages=message_settings,
+        unsubscribe=unsubscribe_settings,
+        web=web_settings,
+        dkim=dkim_settings,
     )
 
 
@@ -398,6 +416,7 @@ def load_plans(plans_dir: Path, problems: list[str]) -> dict[str, Plan]:
             checks = parse_plan_checks(
                 _Section(file, f"plan.{name}.checks", section.subtable("checks"), problems)
             )
+            unsubscribe_plan = load_unsubscribe_plan(section)
             section.reject_unknown()
             plans[name] = Plan(
                 name=name,
@@ -405,6 +424,7 @@ def load_plans(plans_dir: Path, problems: list[str]) -> dict[str, Plan]:
                 source=file,
                 limits=Limits(max_recipients=max_recipients, windows=windows),
                 checks=checks,
+                unsubscribe=unsubscribe_plan,
             )
     return plans
 
@@ -664,3 +684,351 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not valid UTF-8"]) from None
+
+
+# --- unsubscribe, the web service, DKIM signing -----------------------------------
+# Sections [unsubscribe], [web] and [dkim], and the unsubscribe keys of a plan.
+
+SUPPRESSION_CHECKS = ("eom", "rcpt")
+LOCAL_PART_ATOM = re.compile(r"^[A-Za-z0-9!#$&'*/=?^_`{|}~-]+(\.[A-Za-z0-9!#$&'*/=?^_`{|}~-]+)*$")
+DNS_LABELS = re.compile(
+    r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*$"
+)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+MIN_SECRET_LENGTH = 32
+SECRET_FILE_FORBIDDEN_BITS = 0o077
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribePlan:
+    """A plan's unsubscribe and bulk-classification settings."""
+
+    bulk_recipients: int | None = None
+    """A message to at least this many recipients is bulk; None: the count alone never is."""
+    bulk_fingerprint_recipients: int | None = None
+    """Bulk once the same content went to at least this many recipients in the window."""
+    bulk_fingerprint_window: int = 86_400
+    on_noncompliant_unsubscribe: Literal["replace", "reject"] = "replace"
+    bulk_one_recipient_per_message: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeSettings:
+    url_base: str
+    """scheme://host[:port] of the unsubscribe service; links are URL_BASE/u/TOKEN."""
+    mailto_local: str
+    mailto_domain: str
+    secrets_file: Path
+    token_lifetime_days: int
+    secrets: tuple[bytes, ...] = field(repr=False, default=())
+    """From secrets_file: the first signs, all verify."""
+
+    def url(self, token: str) -> str:
+        return f"{self.url_base}/u/{token}"
+
+    def mailto(self, token: str) -> str:
+        return f"mailto:{self.mailto_local}+{token}@{self.mailto_domain}"
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    host: str = "127.0.0.1"
+    port: int = 8895
+    max_body_bytes: int = 2048
+    rate_limit_per_minute: int = 30
+    rate_limit_burst: int = 10
+    trusted_proxies: tuple[str, ...] = ()
+    """Peers whose X-Forwarded-For names the client (a reverse proxy in front)."""
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class SigningIdentity:
+    domain: str
+    selector: str
+    key: SigningKey
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSettings:
+    tenants: Mapping[str, SigningIdentity] = field(default_factory=dict)
+    default: SigningIdentity | None = None
+    """For tenants without their own entry; None: their mail is not signed."""
+
+    def identity_for(self, tenant: str | None) -> SigningIdentity | None:
+        if tenant is not None and tenant in self.tenants:
+            return self.tenants[tenant]
+        return self.default
+
+
+def load_unsubscribe_sections(
+    path: Path, root: _Section, problems: list[str]
+) -> tuple[UnsubscribeSettings | None, WebSettings, DkimSettings]:
+    """[unsubscribe] (optional), [web] and [dkim]; problems are appended, never raised."""
+    unsubscribe = None
+    if "unsubscribe" in root.table:
+        unsubscribe = _unsubscribe_section(path, root, problems)
+    else:
+        root.seen.add("unsubscribe")
+    return unsubscribe, _web_section(path, root, problems), _dkim_section(path, root, problems)
+
+
+def _unsubscribe_section(path: Path, root: _Section, problems: list[str]) -> UnsubscribeSettings:
+    from aupmilter.tokens import LONGEST_TOKEN
+
+    section = _Section(path, "unsubscribe", root.subtable("unsubscribe"), problems)
+    url_base = section.get(
+        "url_base",
+        "",
+        "'https://HOST[:PORT]' without a path ('http://' only for a loopback host)",
+        _url_base,
+    )
+    longest_local = 64 - 1 - LONGEST_TOKEN
+    mailto_local = section.get(
+        "mailto_local",
+        "unsubscribe",
+        f"a dot-atom local part of at most {longest_local} characters without '+'",
+        lambda raw: (
+            raw
+            if isinstance(raw, str)
+            and LOCAL_PART_ATOM.match(raw)
+            and "+" not in raw
+            and len(raw) <= longest_local
+            else None
+        ),
+    )
+    mailto_domain = section.get(
+        "mailto_domain", "", "a domain name such as unsub.relay.example", _domain_name
+    )
+    secrets_text = section.get(
+        "secrets_file", "", "a path to the secrets file (relative to this file)", _string
+    )
+    lifetime = section.get(
+        "token_lifetime_days", 60, "whole days from 1 to 3650", _integer(1, 3650)
+    )
+    for key in ("url_base", "mailto_domain", "secrets_file"):
+        if key not in section.table:
+            section.fail(key, "a value (the key is required)", None)
+    section.reject_unknown()
+    secrets_file = (path.parent / secrets_text).resolve() if secrets_text else Path()
+    secrets: tuple[bytes, ...] = ()
+    if secrets_text:
+        secrets = _read_secrets(path, secrets_file, problems)
+    return UnsubscribeSettings(
+        url_base=url_base,
+        mailto_local=mailto_local,
+        mailto_domain=mailto_domain,
+        secrets_file=secrets_file,
+        token_lifetime_days=lifetime,
+        secrets=secrets,
+    )
+
+
+def _read_secrets(path: Path, secrets_file: Path, problems: list[str]) -> tuple[bytes, ...]:
+    """One secret per line (blank lines and # comments ignored); the first one signs."""
+    where = f"{path}: key 'unsubscribe.secrets_file'"
+    try:
+        info = secrets_file.stat()
+        if info.st_mode & SECRET_FILE_FORBIDDEN_BITS:
+            problems.append(
+                f"{where}: expected a file only its owner can access (chmod 600),"
+                f" got mode {info.st_mode & 0o777:04o} on {secrets_file}"
+            )
+            return ()
+        text = secrets_file.read_text("utf-8")
+    except FileNotFoundError:
+        problems.append(f"{where}: expected an existing file, got {str(secrets_file)!r}")
+        return ()
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{where}: cannot read {secrets_file}: {exc}")
+        return ()
+    secrets = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if len(line) < MIN_SECRET_LENGTH:
+            problems.append(
+                f"{where}: expected secrets of at least {MIN_SECRET_LENGTH} characters"
+                f" (e.g. `openssl rand -hex 32`), got {len(line)} on line {number}"
+                f" of {secrets_file}"
+            )
+            continue
+        secrets.append(line.encode("utf-8"))
+    if not secrets and not any(where in p for p in problems):
+        problems.append(f"{where}: expected at least one secret line in {secrets_file}")
+    return tuple(secrets)
+
+
+def _web_section(path: Path, root: _Section, problems: list[str]) -> WebSettings:
+    section = _Section(path, "web", root.subtable("web"), problems)
+    defaults = WebSettings()
+    host, port = section.get(
+        "listen",
+        (defaults.host, defaults.port),
+        "'HOST:PORT' or '[IPv6]:PORT'",
+        _host_port,
+    )
+    settings = WebSettings(
+        host=host,
+        port=port,
+        max_body_bytes=section.get(
+            "max_body_bytes", defaults.max_body_bytes, "bytes from 64 to 65536", _integer(64, 65536)
+        ),
+        rate_limit_per_minute=section.get(
+            "rate_limit_per_minute",
+            defaults.rate_limit_per_minute,
+            "requests per minute from 1 to 100000",
+            _integer(1, 100_000),
+        ),
+        rate_limit_burst=section.get(
+            "rate_limit_burst",
+            defaults.rate_limit_burst,
+            "requests from 1 to 10000",
+            _integer(1, 10_000),
+        ),
+        trusted_proxies=section.get("trusted_proxies", (), "a list of IP addresses", _ip_list),
+    )
+    section.reject_unknown()
+    return settings
+
+
+def _dkim_section(path: Path, root: _Section, problems: list[str]) -> DkimSettings:
+    from aupmilter.store.keys import TENANT_ID
+
+    section = _Section(path, "dkim", root.subtable("dkim"), problems)
+    tenants_table = section.subtable("tenant", "a table of tenants, [dkim.tenant.ID]")
+    default_table = section.get("default", cast(dict[str, Any] | None, None), "a table", _table)
+    section.reject_unknown()
+    tenants: dict[str, SigningIdentity] = {}
+    for tenant_id, body in tenants_table.items():
+        if not TENANT_ID.match(tenant_id):
+            problems.append(
+                f"{path}: key 'dkim.tenant.{tenant_id}': expected a tenant id of 1-64"
+                " lower-case letters, digits, '.', '-' or '_'"
+            )
+            continue
+        identity = _signing_identity(path, f"dkim.tenant.{tenant_id}", body, problems)
+        if identity is not None:
+            tenants[tenant_id] = identity
+    default = None
+    if default_table is not None:
+        default = _signing_identity(path, "dkim.default", default_table, problems)
+    return DkimSettings(tenants=tenants, default=default)
+
+
+def _signing_identity(
+    path: Path, name: str, body: Any, problems: list[str]
+) -> SigningIdentity | None:
+    from aupmilter.dkimkey import UnusableKey, load_signing_key
+
+    section = _Section(path, name, body, problems)
+    domain = section.get("domain", "", "a domain name (the signature's d=)", _domain_name)
+    selector = section.get(
+        "selector",
+        "",
+        "a selector of DNS labels (the signature's s=)",
+        lambda raw: raw if isinstance(raw, str) and DNS_LABELS.match(raw) else None,
+    )
+    key_text = section.get(
+        "key_file", "", "a path to the private key (relative to this file)", _string
+    )
+    for required in ("domain", "selector", "key_file"):
+        if required not in section.table:
+            section.fail(required, "a value (the key is required)", None)
+    section.reject_unknown()
+    if not (domain and selector and key_text):
+        return None
+    key_path = (path.parent / key_text).resolve()
+    try:
+        key = load_signing_key(key_path)
+    except UnusableKey as exc:
+        problems.append(
+            f"{path}: key '{name}.key_file': expected an RSA (>= 2048 bits) or Ed25519 private"
+            f" key readable only by the daemon, got {str(key_path)!r}: {exc}"
+        )
+        return None
+    return SigningIdentity(domain=domain, selector=selector.lower(), key=key)
+
+
+def load_unsubscribe_plan(section: _Section) -> UnsubscribePlan:
+    """The unsubscribe keys of one [plan.NAME] table."""
+    defaults = UnsubscribePlan()
+    recipients = section.get(
+        "bulk_recipients",
+        cast(int | None, None),
+        "a whole number from 2 to 100000",
+        _integer(2, 100_000),
+    )
+    fingerprint = section.get(
+        "bulk_fingerprint_recipients",
+        cast(int | None, None),
+        "a whole number from 2 to 10000000",
+        _integer(2, 10_000_000),
+    )
+    window = section.get(
+        "bulk_fingerprint_window",
+        defaults.bulk_fingerprint_window,
+        "seconds from 60 to 2592000 (30 days)",
+        _integer(60, 2_592_000),
+    )
+    noncompliant = section.get(
+        "on_noncompliant_unsubscribe",
+        str(defaults.on_noncompliant_unsubscribe),
+        "'replace' or 'reject'",
+        _choice("replace", "reject"),
+    )
+    one_recipient = section.get(
+        "bulk_one_recipient_per_message",
+        defaults.bulk_one_recipient_per_message,
+        "true or false",
+        lambda raw: raw if isinstance(raw, bool) else None,
+    )
+    return UnsubscribePlan(
+        bulk_recipients=recipients,
+        bulk_fingerprint_recipients=fingerprint,
+        bulk_fingerprint_window=window,
+        on_noncompliant_unsubscribe=cast(Literal["replace", "reject"], noncompliant),
+        bulk_one_recipient_per_message=one_recipient,
+    )
+
+
+def _url_base(raw: Any) -> str | None:
+    if not isinstance(raw, str):
+        return None
+    parts = urlsplit(raw)
+    if parts.path not in ("", "/") or parts.query or parts.fragment or not parts.hostname:
+        return None
+    if parts.username or parts.password:
+        return None
+    try:
+        _ = parts.port
+    except ValueError:
+        return None
+    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS):
+        return f"{parts.scheme}://{parts.netloc}"
+    return None
+
+
+def _domain_name(raw: Any) -> str | None:
+    from aupmilter.policy.tenancy import normalize_domain
+
+    if not isinstance(raw, str) or "." not in raw.strip("."):
+        return None
+    return normalize_domain(raw)
+
+
+def _host_port(raw: Any) -> tuple[str, int] | None:
+    if not isinstance(raw, str):
+        return None
+    host, sep, port_text = raw.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536 or not host:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        return None  # an IPv6 address needs brackets
+    return host, int(port_text)

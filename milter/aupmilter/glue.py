@@ -20,20 +20,36 @@ from typing import Any, TypeVar
 import Milter
 
 from aupmilter import audit, replies
+from aupmilter.config import UnsubscribePlan
 from aupmilter.facts import Connection, Transaction
+from aupmilter.listmail import (
+    ListMail,
+    ListMailOutcome,
+    header_pairs,
+    list_mail_for,
+    message_fingerprint,
+    message_id_of,
+)
 from aupmilter.logs import ConnectionLog
 from aupmilter.message_checks import MessageChecks, sender_for
-from aupmilter.policy.limits import RecipientGate, open_gate, sender_identity
+from aupmilter.policy.limits import RecipientGate, open_gate, recipient_key, sender_identity
 from aupmilter.policy.tenancy import (
     decide_sender,
     decide_store_error,
     tenant_lookup,
     unbracket,
 )
+from aupmilter.policy.unsubscribe import (
+    UnsubscribeAction,
+    UnsubscribeDecision,
+    one_recipient_per_bulk_message,
+)
 from aupmilter.policy.verdict import Action, Verdict
 from aupmilter.replies import Reply
 from aupmilter.runtime import LiveRuntime
-from aupmilter.store.client import AllSuppressed, NoRoom, StoreUnavailable
+from aupmilter.signing import SigningError
+from aupmilter.store import keys
+from aupmilter.store.client import AllSuppressed, Charged, NoRoom, StoreUnavailable
 
 log = logging.getLogger("aupmilter.milter")
 _connection_numbers = itertools.count(1)
@@ -114,6 +130,9 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         # With a tenant's limits the gate holds them; without, this list does.
         self.recipients: list[str] = []
         self.gate: RecipientGate | None = None
+        self.unsubscribe_plan: UnsubscribePlan | None = None
+        self.listmail: ListMail | None = None
+        self.fingerprint_recipients: int | None = None
         self.pending: Verdict | None = None
         self.clock: Callable[[], float] = time.time
         self.checks: MessageChecks | None = None
@@ -182,11 +201,14 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
                     verdict = opened
                 else:
                     self.gate = opened
+                    self.unsubscribe_plan = plan.unsubscribe
+                    self.listmail = list_mail_for(runtime.config, opened.tenant, txn, plan)
         if not verdict.refuses:
             smtputf8 = any(p.upper() == "SMTPUTF8" for p in esmtp_params)
             record = state.record if state is not None else None
             sender = sender_for(txn.sender, record, runtime.config, smtputf8)
             self.checks = MessageChecks(sender, runtime.config, runtime.resolver)
+            self.checks.collected.keep_body = self.listmail is not None and self.listmail.needs_body
             verdict = self.checks.at_mail_from(verdict)
         if verdict.refuses:
             audit.record(self.conn.conn_id, txn, verdict, "mail")
@@ -202,7 +224,9 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         if self.gate is None:
             self.recipients.append(unbracket(rcpt_to))
             return CONTINUE
-        refusal = self.gate.decide(unbracket(rcpt_to))
+        recipient = unbracket(rcpt_to)
+        refusal = self._unsubscribe_at_rcpt(self.txn, self.gate, recipient)
+        refusal = refusal or self.gate.decide(recipient)
         if refusal is None:
             return CONTINUE
         # Only this RCPT is refused: the transaction and its other recipients stand.
@@ -252,17 +276,39 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             verdict, datetime.now(UTC), self.mta_host, bulk_stream=txn.stream == "bulk"
         )
         verdict = result.verdict
+        listmail, collected = self.listmail, checks.collected
+        headers = header_pairs(collected.fields)
+        body = collected.body_bytes() if listmail is not None and listmail.needs_body else None
+        if not verdict.refuses and listmail is not None and gate is not None:
+            # Broken unsubscribe headers on a reject plan: refused before any charge.
+            verdict = listmail.before_charge(headers, len(gate.accepted)) or verdict
+        charged: Charged | None = None
         if not verdict.refuses and gate is not None:
-            verdict = self._charge(txn, gate, verdict)
+            verdict, charged = self._charge(txn, gate, verdict, listmail, headers, body)
+        outcome: ListMailOutcome | None = None
+        if not verdict.refuses and listmail is not None and gate is not None and charged:
+            decided = self._list_mail(listmail, gate, charged, headers, result.add_headers)
+            if isinstance(decided, Verdict):
+                verdict = decided
+            else:
+                outcome = decided
+        extra = outcome.log_fields() if outcome is not None else None
         if verdict.refuses:
-            audit.record(self.conn.conn_id, txn, verdict, "eom")
+            audit.record(self.conn.conn_id, txn, verdict, "eom", extra)
             self._end_transaction()
             return self._refuse(verdict.reply)
+        if outcome is not None:
+            for deletion in outcome.decision.delete:
+                self.chgheader(deletion.name, deletion.index, "")
         for name, value in result.add_headers:
             self._add_header(name, value)
+        if outcome is not None and listmail is not None:
+            for name, value in outcome.decision.add:
+                self._add_header(name, value)
+            self._sign(listmail, outcome, headers, result.add_headers, body, collected.complete)
         if verdict.action is Action.QUARANTINE:
             self.quarantine(f"aup-milter: {verdict.reason}")
-        audit.record(self.conn.conn_id, txn, verdict, "eom")
+        audit.record(self.conn.conn_id, txn, verdict, "eom", extra)
         self._end_transaction()
         return CONTINUE
 
@@ -281,29 +327,136 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
 
     # --- helpers -------------------------------------------------------------
 
-    def _charge(self, txn: Transaction, gate: RecipientGate, verdict: Verdict) -> Verdict:
-        """The end-of-message script: suppression, then the windows' re-check and charge."""
+    def _charge(
+        self,
+        txn: Transaction,
+        gate: RecipientGate,
+        verdict: Verdict,
+        listmail: ListMail | None,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+    ) -> tuple[Verdict, Charged | None]:
+        """The end-of-message script: suppression, then the windows' re-check and charge.
+
+        With list mail whose content is counted, the content fingerprint's
+        recipients are counted in the same call (an uncapped window).
+        """
         runtime = self.live.current
         now_ms = int(self.clock() * 1000)
+        counters = []
+        if listmail is not None and listmail.counts_fingerprints and body is not None:
+            window = listmail.fingerprint_window()
+            fingerprint = message_fingerprint(headers, body)
+            key = keys.fingerprint_counter(gate.tenant, fingerprint, window.period_ms)
+            counters.append((key, window))
         try:
             result = runtime.store.charge(
-                gate.tenant, gate.limits.windows, gate.sender, list(gate.accepted), now_ms
+                gate.tenant,
+                gate.limits.windows,
+                gate.sender,
+                list(gate.accepted),
+                now_ms,
+                counters=counters,
             )
         except StoreUnavailable as exc:
             fallback = decide_store_error(str(exc), runtime.sender_policy)
-            return fallback if fallback.refuses else verdict
+            return (fallback if fallback.refuses else verdict), None
         tenant = gate.tenant
         if isinstance(result, NoRoom):
             reply = gate.no_room_reply(result.window_index, result.fill, now_ms)
-            window = gate.limits.windows[result.window_index].name
-            return Verdict.refuse(reply, f"window {window} filled by concurrent mail", tenant)
+            window_name = gate.limits.windows[result.window_index].name
+            return Verdict.refuse(
+                reply, f"window {window_name} filled by concurrent mail", tenant
+            ), None
         for key in result.suppressed:
             self.delrcpt(f"<{gate.accepted[key]}>")
             audit.suppressed(self.conn.conn_id, txn, tenant, gate.accepted[key])
         if isinstance(result, AllSuppressed):
             reply = replies.recipients_unsubscribed(tenant)
-            return Verdict.refuse(reply, "every recipient has unsubscribed", tenant)
-        return verdict
+            return Verdict.refuse(reply, "every recipient has unsubscribed", tenant), None
+        if counters:
+            self.fingerprint_recipients = result.fills[-1]
+        return verdict, result
+
+    def _list_mail(
+        self,
+        listmail: ListMail,
+        gate: RecipientGate,
+        charged: Charged,
+        headers: list[tuple[str, str]],
+        added: tuple[tuple[str, str], ...],
+    ) -> ListMailOutcome | Verdict:
+        """Classify, decide the unsubscribe headers; store what a new token stands for."""
+        runtime = self.live.current
+        gone = set(charged.suppressed)
+        remaining = [key for key in gate.accepted if key not in gone]
+        message_id = message_id_of(headers, added) or self.getsymval("i") or self.conn.conn_id
+        outcome = listmail.after_charge(
+            headers, remaining, self.fingerprint_recipients, message_id, self.clock()
+        )
+        settings = runtime.config.unsubscribe
+        if outcome.references and settings is not None:
+            try:
+                runtime.store.remember_references(
+                    outcome.references, settings.token_lifetime_days * 86_400 + 86_400
+                )
+            except StoreUnavailable as exc:
+                fallback = decide_store_error(str(exc), runtime.sender_policy)
+                if fallback.refuses:
+                    return fallback
+                self.log.warning("unsubscribe link not stored (%s); headers left as they are", exc)
+                return ListMailOutcome(
+                    outcome.classification,
+                    UnsubscribeDecision(UnsubscribeAction.LEAVE, "policy store unavailable"),
+                )
+        return outcome
+
+    def _sign(
+        self,
+        listmail: ListMail,
+        outcome: ListMailOutcome,
+        headers: list[tuple[str, str]],
+        added: tuple[tuple[str, str], ...],
+        body: bytes | None,
+        complete: bool,
+    ) -> None:
+        """DKIM-sign bulk mail as the MTA will deliver it; a failure is logged, not fatal."""
+        if not complete:
+            self.log.warning("header fields past the collection limits: the message is not signed")
+            return
+        try:
+            signature = listmail.signature(headers, added, outcome, body)
+        except SigningError as exc:
+            self.log.error("DKIM signing failed, the message goes unsigned: %s", exc)
+            return
+        if signature is not None:
+            name, value = signature
+            spaced = f" {value}" if self._protocol & P_HDR_LEADSPC else value
+            self.addheader(name, spaced, 0)  # idx 0: smfi_insheader at the top
+
+    def _unsubscribe_at_rcpt(
+        self, txn: Transaction, gate: RecipientGate, recipient: str
+    ) -> Reply | None:
+        """One recipient per bulk message (plan option), and suppression_check = "rcpt"."""
+        key = recipient_key(recipient)
+        if key in gate.accepted:
+            return None
+        runtime = self.live.current
+        plan = self.unsubscribe_plan
+        if plan is not None:
+            refusal = one_recipient_per_bulk_message(txn.stream, plan, len(gate.accepted))
+            if refusal is not None:
+                return refusal
+        if runtime.config.policy.suppression_check != "rcpt":
+            return None
+        try:
+            suppressed = runtime.store.is_suppressed(gate.tenant, key)
+        except StoreUnavailable as exc:
+            return decide_store_error(str(exc), runtime.sender_policy).reply
+        if not suppressed:
+            return None
+        audit.suppressed(self.conn.conn_id, txn, gate.tenant, recipient, stage="rcpt")
+        return replies.recipient_unsubscribed(gate.tenant)
 
     def _end_transaction(self) -> None:
         if self.checks is not None:
@@ -313,6 +466,9 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             self.txn = None
             self.recipients = []
             self.gate = None
+            self.unsubscribe_plan = None
+            self.listmail = None
+            self.fingerprint_recipients = None
             self.pending = None
             self.lifecycle.end()
 

@@ -106,6 +106,8 @@ class Collected:
     body_size: int = 0
     spool: Spool | None = None
     body_fault: replies.Reply | None = None
+    keep_body: bool = False
+    """Set at MAIL FROM when the end of message needs the body anyway (signing, fingerprint)."""
     _body_decided: bool = False
 
     def add_header(self, name: str, raw: bytes) -> None:
@@ -120,8 +122,21 @@ class Collected:
         return HeaderBlock(tuple(self.fields), self.seen_fields, self.seen_bytes)
 
     def keeps_body(self) -> bool:
-        """The body is spooled only when a check needs it: a DKIM signature to verify."""
-        return any(f.key == "dkim-signature" for f in self.fields)
+        """The body is spooled only when needed: a DKIM signature to verify, or `keep_body`."""
+        return self.keep_body or any(f.key == "dkim-signature" for f in self.fields)
+
+    @property
+    def complete(self) -> bool:
+        """Every header field was kept (none dropped past the collection limits)."""
+        return self.seen_fields == len(self.fields)
+
+    def body_bytes(self) -> bytes | None:
+        """The body as received (CRLF line ends); None when it was not kept."""
+        if self.body_fault is not None:
+            return None
+        if self.spool is None:
+            return b"" if self.body_size == 0 and self.keeps_body() else None
+        return self.spool.read_all()
 
     def add_body(self, chunk: bytes) -> None:
         self.body_size += len(chunk)

@@ -76,6 +76,25 @@ ACCOUNT_MISCONFIGURED = Reply(
     "Sending account is not fully configured on this relay; "
     "please try again later or contact the relay's administrator",
 )
+# --- unsubscribe and suppression --------------------------------------------------
+UNSUBSCRIBE_NONCOMPLIANT = Reply(
+    "550",
+    "5.7.1",
+    "Bulk mail needs a working one-click unsubscribe: exactly one List-Unsubscribe header "
+    "with one https URI and List-Unsubscribe-Post: List-Unsubscribe=One-Click (RFC 8058); "
+    "fix or remove these headers and send again",
+)
+RECIPIENT_UNSUBSCRIBED = Reply(
+    "550",
+    "5.7.1",
+    "Recipient has unsubscribed from this sender's mail; remove it from your list",
+)
+BULK_ONE_RECIPIENT = Reply(
+    "452",
+    "4.5.3",
+    "Bulk mail on this plan takes one recipient per message, so that each gets its own "
+    "one-click unsubscribe; send to the other recipients in separate messages",
+)
 
 TOO_MANY_RECIPIENTS = Reply(
     "452",
@@ -226,4 +245,14 @@ ALL_REPLIES: tuple[Reply, ...] = (
     MISLEADING_SUBJECT,
     MESSAGE_TOO_LARGE,
     SPOOL_UNAVAILABLE,
+    UNSUBSCRIBE_NONCOMPLIANT,
+    RECIPIENT_UNSUBSCRIBED,
+    BULK_ONE_RECIPIENT,
 )
+
+
+def recipient_unsubscribed(tenant: str) -> Reply:
+    """550 5.7.1 at RCPT (suppression_check = "rcpt"), naming the tenant."""
+    return RECIPIENT_UNSUBSCRIBED.with_text(
+        f"Recipient has unsubscribed from {tenant}'s mail; remove it from your list"
+    )

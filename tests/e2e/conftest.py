@@ -43,6 +43,7 @@ def session_stack() -> Iterator[Stack]:
         sink_port=SINK_PORT,
         sasl_users={**DEMO_SASL_USERS, STRANGER[0]: STRANGER[1]},
         extra_plans=E2E_PLANS,
+        unsubscribe=True,
     )
     # A previous run that was killed may have left its stack running: start clean.
     stack.start(clean=True)

@@ -21,6 +21,7 @@ DEBIAN_NAMES = {
     "dnspython": "python3-dnspython",
     "pyspf": "python3-spf",
     "dkimpy": "python3-dkim",
+    "pynacl": "python3-nacl",
     "publicsuffix2": "python3-publicsuffix2",
     "aiohttp": "python3-aiohttp",
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -23,6 +23,8 @@ from aupmilter.config import Plan, RedisSettings
 from aupmilter.policy.limits import Scope, Unit, Window, WindowFill
 from aupmilter.policy.tenancy import Lookup, TenantRecord
 from aupmilter.store import keys
+from aupmilter.store.suppression import queue_reference
+from aupmilter.tokens import Reference
 
 log = logging.getLogger("aupmilter.store")
 
@@ -206,14 +208,24 @@ class Store:
         sender_id: str,
         recipients: Sequence[str],
         now_ms: int,
+        counters: Sequence[tuple[str, Window]] = (),
     ) -> ChargeResult:
-        """Drop suppressed recipients, then re-check and charge every window, atomically."""
+        """Drop suppressed recipients, then re-check and charge every window, atomically.
+
+        ``counters`` are extra windows that only count, never refuse (such as the
+        content fingerprint's recipients): (key, window) pairs whose fills come
+        after the windows' in ``Charged.fills``.
+        """
         script_keys = [keys.suppressed(tenant_id)]
-        args = [str(now_ms), str(len(windows))]
+        args = [str(now_ms), str(len(windows) + len(counters))]
         for window in windows:
             script_keys.append(keys.window_key(tenant_id, window, sender_id))
             unit = "r" if window.unit is Unit.RECIPIENTS else "m"
             args += [unit, str(window.limit), str(window.bucket_ms), str(window.buckets)]
+        for key, counter in counters:
+            script_keys.append(key)
+            unit = "r" if counter.unit is Unit.RECIPIENTS else "m"
+            args += [unit, "-1", str(counter.bucket_ms), str(counter.buckets)]
         args += recipients
         status, detail, fills = self._call(self._charge, script_keys, args)
         if status == 0:
@@ -221,6 +233,31 @@ class Store:
         if status == 2:
             return AllSuppressed(tuple(detail))
         return Charged(tuple(detail), tuple(int(fill) for fill in fills))
+
+    def is_suppressed(self, tenant_id: str, address: str) -> bool:
+        """For suppression_check = "rcpt": one HEXISTS per RCPT (address normalised)."""
+        return bool(self._command(lambda: self.client.hexists(keys.suppressed(tenant_id), address)))
+
+    def remember_references(self, references: Sequence[Reference], ttl_seconds: int) -> None:
+        """Store what unsubscribe tokens stand for: one pipelined round trip."""
+
+        def write() -> object:
+            with self.client.pipeline(transaction=False) as pipe:
+                for reference in references:
+                    queue_reference(pipe, reference, ttl_seconds)
+                return pipe.execute()
+
+        self._command(write)
+
+    def _command(self, run: Callable[[], Any]) -> Any:
+        try:
+            result = run()
+        except STORE_ERRORS as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self.outage.failed(reason)
+            raise StoreUnavailable(reason) from exc
+        self.outage.succeeded()
+        return result
 
     def _call(self, script: Script, script_keys: list[str], args: list[str]) -> Any:
         try:

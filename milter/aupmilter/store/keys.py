@@ -15,6 +15,14 @@ aup:{<id>}:w:<unit>:<period_ms>              hash: per-tenant window buckets
 aup:{<id>}:w:<unit>:<period_ms>:s:<sender>   hash: per-sender window buckets
                                              (bucket index -> count; expires by itself)
 aup:{<id>}:suppressed                        hash: address -> "<source> <unix time>"
+aup:{<id>}:fp:<period_ms>:<fingerprint>      hash: recipients a content fingerprint
+                                             reached (bucket index -> count; as windows)
+
+Not per tenant (the unsubscribe service learns the tenant from it):
+
+aup:unsubref:<ref>        string: "<tenant>\n<address>" behind an unsubscribe token;
+                          expires with the tokens (aupmilter.tokens, store.suppression)
+aup:audit                 stream: audit events (suppressions), trimmed to about 8 days
 """
 
 from __future__ import annotations
@@ -86,3 +94,7 @@ def split_at_tenant(key_for: Callable[[str], str]) -> tuple[str, str]:
 
 def suppressed(tenant_id: str) -> str:
     return tagged(tenant_id) + "suppressed"
+
+
+def fingerprint_counter(tenant_id: str, fingerprint: str, period_ms: int) -> str:
+    return tagged(tenant_id) + f"fp:{period_ms}:{fingerprint}"

@@ -1,0 +1,200 @@
+"""The mailto unsubscribe path: `aup-milter intake -c FILE --recipient ADDRESS`.
+
+Postfix's pipe transport, bound to `UNSUB_LOCAL+*@UNSUB_DOMAIN`, hands over one
+message on standard input and its recipient as `${recipient}`
+(postfix-sample/master.cf.intake). The token in the recipient's local part is
+verified like the web service's; a recipient token suppresses its recipient,
+a message token suppresses the message's From address.
+
+Exit codes follow sysexits.h, which Postfix's pipe maps to delivery status:
+
+  0   EX_OK        suppressed (or already suppressed): delivered
+  64  EX_USAGE     no recipient address given or found in the headers: bounced
+  65  EX_DATAERR   a message token but no usable From address: bounced
+  67  EX_NOUSER    not an unsubscribe address of ours, or a token that does not
+                   verify (forged, altered, expired): bounced ("user unknown")
+  75  EX_TEMPFAIL  Redis unreachable, or an unexpected error: deferred, retried
+  78  EX_CONFIG    the configuration does not load: deferred, retried
+
+Whatever goes wrong on our side defers the message, so no unsubscribe is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.parser
+import email.policy
+import email.utils
+import logging
+import sys
+import time
+from typing import BinaryIO
+
+import redis
+
+from aupmilter.config import ConfigError, UnsubscribeSettings, load_config
+from aupmilter.store.suppression import (
+    AddressError,
+    Source,
+    SuppressionStore,
+    validate_address,
+)
+from aupmilter.tokens import InvalidToken, TokenKind, TokenSigner
+
+log = logging.getLogger("aupmilter.intake")
+
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOUSER = 67
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+MAX_KEPT_BYTES = 256 * 1024
+"""Only the header is used; the rest of a (possibly huge) message is read and dropped."""
+MAX_DRAINED_BYTES = 64 * 1024 * 1024
+
+
+class IntakeRefusal(Exception):
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+def read_message(stream: BinaryIO) -> bytes:
+    """The first MAX_KEPT_BYTES; the rest is drained so the MTA's write does not fail."""
+    kept = stream.read(MAX_KEPT_BYTES)
+    drained = 0
+    while drained < MAX_DRAINED_BYTES:
+        chunk = stream.read(65536)
+        if not chunk:
+            break
+        drained += len(chunk)
+    return kept
+
+
+def token_of(address: str, settings: UnsubscribeSettings) -> str:
+    """The token in LOCAL+TOKEN@DOMAIN, or IntakeRefusal(EX_NOUSER)."""
+    address = address.strip().strip("<>")
+    local, at, domain = address.rpartition("@")
+    base, plus, token = local.partition("+")
+    if (
+        not at
+        or domain.lower().rstrip(".") != settings.mailto_domain
+        or base.lower() != settings.mailto_local.lower()
+        or not plus
+        or not token
+    ):
+        raise IntakeRefusal(EX_NOUSER, f"{address} is not an unsubscribe address of this relay")
+    return token
+
+
+def find_recipient(headers: email.message.Message, settings: UnsubscribeSettings) -> str:
+    """The envelope recipient as the MTA recorded it on top of the message.
+
+    Postfix's pipe flag D prepends Delivered-To (O: X-Original-To): only the first
+    one counts, because lower ones come from the sender. Without either, the first
+    unsubscribe address in To or Cc.
+    """
+    for name in ("Delivered-To", "X-Original-To"):
+        found = email.utils.getaddresses(headers.get_all(name, [])[:1])
+        if found and found[0][1]:
+            return found[0][1]
+    for name in ("To", "Cc"):
+        for _display, address in email.utils.getaddresses(headers.get_all(name, [])):
+            try:
+                token_of(address, settings)
+            except IntakeRefusal:
+                continue
+            return address
+    raise IntakeRefusal(EX_USAGE, "no --recipient given and no unsubscribe address in the headers")
+
+
+def sender_address(headers: email.message.Message) -> str:
+    """The From address of a message token's unsubscribe mail, validated."""
+    found = email.utils.getaddresses(headers.get_all("From", []))
+    addresses = [address for _display, address in found if address]
+    if len(addresses) != 1:
+        raise IntakeRefusal(
+            EX_DATAERR,
+            "the unsubscribe message needs exactly one From address (it is the one removed)",
+        )
+    try:
+        return validate_address(addresses[0])
+    except AddressError as exc:
+        raise IntakeRefusal(EX_DATAERR, f"the From address is not usable: {exc}") from None
+
+
+def process(
+    raw: bytes,
+    recipient: str | None,
+    settings: UnsubscribeSettings,
+    store: SuppressionStore,
+    now: float,
+) -> str:
+    """Suppress what the message asks for; the suppressed address, or IntakeRefusal."""
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+    address_to = recipient or find_recipient(headers, settings)
+    token = token_of(address_to, settings)
+    signer = TokenSigner(settings.secrets, settings.token_lifetime_days)
+    try:
+        claims = signer.verify(token, now)
+    except InvalidToken as exc:
+        log.info("refused unsubscribe address %s: %s", address_to[:24], exc)
+        raise IntakeRefusal(
+            EX_NOUSER,
+            "this unsubscribe address is not valid (altered or expired);"
+            " use the unsubscribe link of a more recent message",
+        ) from None
+    stored = store.resolve_reference(claims.ref_text)
+    try:
+        reference = claims.resolve(stored)
+    except InvalidToken as exc:
+        log.info("refused unsubscribe address %s: %s", address_to[:24], exc)
+        raise IntakeRefusal(
+            EX_NOUSER,
+            "this unsubscribe address is not valid any more;"
+            " use the unsubscribe link of a more recent message",
+        ) from None
+    address = reference.address
+    if claims.kind is TokenKind.MESSAGE:
+        address = sender_address(headers)
+    detail = f"token {claims.token[:8]} message {claims.message_tag_text}".strip()
+    store.add(reference.tenant, address, Source.MAILTO, now, detail=detail)
+    return address
+
+
+def main(args: argparse.Namespace, stdin: BinaryIO | None = None) -> int:
+    from aupmilter import logs
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EX_CONFIG
+    logs.configure(config.log)
+    if config.unsubscribe is None:
+        print(f"{config.path}: key 'unsubscribe': expected an [unsubscribe] section, got none",
+              file=sys.stderr)  # fmt: skip
+        return EX_CONFIG
+    from aupmilter.store.client import connect
+
+    raw = read_message(stdin or sys.stdin.buffer)
+    client = connect(config.redis)
+    try:
+        address = process(raw, args.recipient, config.unsubscribe, SuppressionStore(client),
+                          time.time())  # fmt: skip
+    except IntakeRefusal as exc:
+        print(f"aup-milter intake: {exc}", file=sys.stderr)
+        return exc.code
+    except (redis.RedisError, OSError) as exc:
+        print(f"aup-milter intake: policy store unavailable, try again later: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return EX_TEMPFAIL
+    except Exception:
+        log.exception("unexpected error; deferring the message")
+        return EX_TEMPFAIL
+    finally:
+        client.close()
+    print(f"aup-milter intake: {address} unsubscribed")
+    return EX_OK

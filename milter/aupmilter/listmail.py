@@ -1,0 +1,179 @@
+"""End of message for list mail: classify, decide the unsubscribe headers, sign.
+
+The glue calls this in two steps around the one end-of-message Redis call:
+
+- `ListMail.before_charge`: a message that is bulk by its stream, its headers
+  or its recipient count, and carries broken unsubscribe headers on a plan
+  that rejects them, is refused before any window is charged;
+- `ListMail.after_charge`: with the suppressed recipients gone and the
+  content fingerprint's count known, the final classification and header
+  decision; a recipient token when one recipient is left, else a message token.
+
+`signature` then signs the header list as the MTA will deliver it (the
+message's fields minus the deletions, plus the added fields, in order) with
+the tenant's DKIM identity. Bulk mail is signed (RFC 8058 needs a signature
+over both unsubscribe headers); transactional mail is left to the tenant.
+
+No I/O here except the CPU work of signing: the tokens are pure (time passed
+in), and what the tokens stand for is returned for the glue to store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from aupmilter.config import Config, Plan, SigningIdentity, UnsubscribePlan, UnsubscribeSettings
+from aupmilter.facts import Transaction
+from aupmilter.policy.classify import Classification, MailClass, classify, header_values
+from aupmilter.policy.fingerprint import body_fingerprint
+from aupmilter.policy.headers import HeaderField
+from aupmilter.policy.limits import Scope, Unit, Window
+from aupmilter.policy.unsubscribe import (
+    UnsubscribeAction,
+    UnsubscribeDecision,
+    decide_unsubscribe,
+    issue_links,
+    kept_headers,
+)
+from aupmilter.policy.verdict import Verdict
+from aupmilter.signing import sign
+from aupmilter.tokens import Reference, TokenSigner
+
+FINGERPRINT_WINDOW = "content-fingerprint"
+Headers = Sequence[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class ListMailOutcome:
+    classification: Classification
+    decision: UnsubscribeDecision
+    references: tuple[Reference, ...] = ()
+    """What the issued token stands for: store it before the message leaves."""
+
+    @property
+    def changes_headers(self) -> bool:
+        return bool(self.decision.delete or self.decision.add)
+
+    def log_fields(self) -> dict[str, object]:
+        fields: dict[str, object] = {
+            "class": self.classification.mail_class.value,
+            "class_reason": self.classification.reason,
+            "unsubscribe": self.decision.action.value,
+        }
+        if self.decision.links is not None:
+            fields["unsubscribe_token"] = self.decision.links.issued.reference.kind.name.lower()
+        return fields
+
+
+@dataclass(frozen=True, slots=True)
+class ListMail:
+    tenant: str
+    stream: str | None
+    plan: UnsubscribePlan
+    settings: UnsubscribeSettings | None
+    identity: SigningIdentity | None
+
+    @property
+    def acts(self) -> bool:
+        """The class changes something only with unsubscribe links or a signing identity."""
+        return self.settings is not None or self.identity is not None
+
+    @property
+    def counts_fingerprints(self) -> bool:
+        """The content counter matters only when no stream decides and the plan has a threshold."""
+        return (
+            self.acts
+            and self.stream not in (MailClass.BULK, MailClass.TRANSACTIONAL)
+            and self.plan.bulk_fingerprint_recipients is not None
+        )
+
+    @property
+    def needs_body(self) -> bool:
+        return self.counts_fingerprints or self.identity is not None
+
+    def fingerprint_window(self) -> Window:
+        return Window(
+            name=FINGERPRINT_WINDOW,
+            scope=Scope.TENANT,
+            unit=Unit.RECIPIENTS,
+            limit=-1,
+            period_ms=self.plan.bulk_fingerprint_window * 1000,
+        )
+
+    def before_charge(self, headers: Headers, recipient_count: int) -> Verdict | None:
+        """The refusal that needs no Redis answer (a reject plan's broken headers on bulk mail)."""
+        if self.plan.on_noncompliant_unsubscribe != "reject":
+            return None
+        classification = classify(self.stream, headers, recipient_count, None, self.plan)
+        decision = decide_unsubscribe(classification, headers, self.plan, None, self.tenant)
+        return decision.verdict if decision.action is UnsubscribeAction.REJECT else None
+
+    def after_charge(
+        self,
+        headers: Headers,
+        recipients: Sequence[str],
+        fingerprint_recipients: int | None,
+        message_id: str,
+        now: float,
+    ) -> ListMailOutcome:
+        """`recipients`: those left after suppression, normalised."""
+        classification = classify(
+            self.stream, headers, len(recipients), fingerprint_recipients, self.plan
+        )
+        links = None
+        settings = self.settings
+        if classification.bulk and settings is not None and recipients:
+            signer = TokenSigner(settings.secrets, settings.token_lifetime_days)
+            links = issue_links(signer, settings, self.tenant, recipients, message_id, now)
+        decision = decide_unsubscribe(classification, headers, self.plan, links, self.tenant)
+        references: tuple[Reference, ...] = ()
+        if decision.links is not None:
+            references = (decision.links.issued.reference,)
+        return ListMailOutcome(classification, decision, references)
+
+    def signature(
+        self,
+        headers: Headers,
+        added_before: Headers,
+        outcome: ListMailOutcome,
+        body: bytes | None,
+    ) -> tuple[str, str] | None:
+        """DKIM-Signature for bulk mail, over the final header list; None when not signing.
+
+        `added_before`: fields the milter adds ahead of the unsubscribe pair (e.g. a
+        Message-ID), in the order they are added.
+        """
+        if self.identity is None or body is None or not outcome.classification.bulk:
+            return None
+        final = [*kept_headers(headers, outcome.decision), *added_before, *outcome.decision.add]
+        return sign(final, body, self.identity)
+
+
+def message_fingerprint(headers: Headers, body: bytes) -> str:
+    content_type = next(iter(header_values(headers, "Content-Type")), None)
+    encoding = next(iter(header_values(headers, "Content-Transfer-Encoding")), None)
+    return body_fingerprint(content_type, encoding, body)
+
+
+def list_mail_for(config: Config, tenant: str, txn: Transaction, plan: Plan) -> ListMail:
+    """The tenant's list-mail settings for one transaction (built at MAIL FROM)."""
+    return ListMail(
+        tenant=tenant,
+        stream=txn.stream,
+        plan=plan.unsubscribe,
+        settings=config.unsubscribe,
+        identity=config.dkim.identity_for(tenant),
+    )
+
+
+def header_pairs(fields: Iterable[HeaderField]) -> list[tuple[str, str]]:
+    """(name, value) with the value's raw bytes kept (surrogate escapes), leading space and all."""
+    return [(f.name, f.raw.decode("utf-8", "surrogateescape")) for f in fields]
+
+
+def message_id_of(headers: Headers, added: Headers) -> str | None:
+    for name, value in [*headers, *added]:
+        if name.lower() == "message-id" and value.strip():
+            return value.strip()
+    return None

@@ -1,0 +1,110 @@
+"""DKIM signing (dkimpy) of the message as the MTA will deliver it.
+
+RFC 8058: mailbox providers offer one-click unsubscribe only when a valid DKIM
+signature covers both List-Unsubscribe and List-Unsubscribe-Post. So the
+milter signs after deciding its header edits, over the edited header list
+(`policy.unsubscribe.edited_headers`) and the body, and inserts the
+DKIM-Signature at the top. A signature the tenant made itself stays (ours is
+added beside it).
+
+`h=` lists the identity and content headers below. Each one present is listed
+once more than it occurs ("over-signed"): nobody can add another instance
+later without breaking the signature. Absent ones are listed once (a later
+addition breaks the signature too), except Date, Message-ID and the MIME
+headers, which an MTA downstream may legitimately add to a message that
+lacks them.
+
+Canonicalisation relaxed/relaxed: header refolding and trailing whitespace on
+the way do not break the signature.
+
+Where the signing identities live: `[dkim.tenant.<id>]` tables of the config
+file (and `[dkim.default]`), not tenant fields in Redis. Keys are files on the
+relay; naming them in the config lets `aup-milter check` and every start-up
+and reload verify that each key exists, is readable only by the daemon, and is
+RSA >= 2048 bits or Ed25519, before any mail is signed with it. A key named
+in Redis could only fail when a message needs it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import dkim
+
+from aupmilter.config import SigningIdentity
+
+SIGNED_HEADERS = (
+    "From",
+    "Sender",
+    "Reply-To",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "List-Id",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+)
+MAY_BE_ADDED_DOWNSTREAM = frozenset(
+    {"date", "message-id", "mime-version", "content-type", "content-transfer-encoding"}
+)
+_LINE_BREAK = re.compile(r"\r?\n")
+
+
+class SigningError(Exception):
+    """dkimpy refused to sign; the text says why (logged, the message is not signed)."""
+
+
+def header_list(headers: Sequence[tuple[str, str]]) -> list[str]:
+    """The h= list, lower-case, with over-signing."""
+    counts: dict[str, int] = {}
+    for name, _value in headers:
+        counts[name.lower()] = counts.get(name.lower(), 0) + 1
+    listed: list[str] = []
+    for name in SIGNED_HEADERS:
+        key = name.lower()
+        present = counts.get(key, 0)
+        if present:
+            listed.extend([key] * (present + 1))
+        elif key not in MAY_BE_ADDED_DOWNSTREAM:
+            listed.append(key)
+    return listed
+
+
+def render(headers: Sequence[tuple[str, str]], body: bytes) -> bytes:
+    """The message in wire form (CRLF), as dkimpy reads it."""
+    lines = []
+    for name, value in headers:
+        folded = _LINE_BREAK.sub("\r\n", value)
+        separator = "" if folded[:1] in (" ", "\t") else " "
+        lines.append(f"{name}:{separator}{folded}\r\n".encode("utf-8", "surrogateescape"))
+    body = re.sub(rb"(?<!\r)\n", b"\r\n", body)
+    return b"".join(lines) + b"\r\n" + body
+
+
+def sign(
+    headers: Sequence[tuple[str, str]], body: bytes, identity: SigningIdentity
+) -> tuple[str, str]:
+    """("DKIM-Signature", value) to insert at the top; folded with LF as libmilter expects."""
+    message = render(headers, body)
+    try:
+        signature = dkim.sign(
+            message,
+            identity.selector.encode("ascii"),
+            identity.domain.encode("ascii"),
+            identity.key.material,
+            canonicalize=(b"relaxed", b"relaxed"),
+            signature_algorithm=identity.key.algorithm.encode("ascii"),
+            include_headers=[h.encode("ascii") for h in header_list(headers)],
+        )
+    except dkim.DKIMException as exc:
+        raise SigningError(f"{type(exc).__name__}: {exc}") from exc
+    name, _, value = bytes(signature).decode("ascii").partition(":")
+    return name, value.strip().replace("\r\n", "\n")

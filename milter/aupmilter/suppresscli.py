@@ -1,0 +1,322 @@
+"""`aup-milter suppress add|remove|list|import|export`: a tenant's suppression list.
+
+Imports stream the file in pipelined batches (two round trips per
+BATCH_SIZE lines), so 100k lines take seconds; a line that cannot be used is
+reported with its file and line number and skipped, never fatal. The exit
+status is 0 when every line was used, 65 (EX_DATAERR) when some were refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TextIO
+
+from aupmilter.store.suppression import (
+    BATCH_SIZE,
+    AddressError,
+    Source,
+    Suppression,
+    SuppressionStore,
+    validate_address,
+)
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_DATAERR = 65
+EX_UNAVAILABLE = 69
+MAX_REPORTED_ERRORS = 100
+HEADER_NAMES = frozenset({"address", "email", "e-mail", "recipient", "mail"})
+
+
+def add_parser(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    config_option: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    suppress = commands.add_parser("suppress", help="manage a tenant's suppression list")
+    config_option(suppress)
+    suppress.add_argument("--redis", metavar="URL", help="Redis URL (default: from the config)")
+    actions = suppress.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sources = ", ".join(s.value for s in Source)
+
+    def tenant_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tenant", "-t", required=True, metavar="ID", help="the tenant id")
+
+    add = actions.add_parser("add", help="suppress addresses")
+    tenant_option(add)
+    add.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    add.add_argument("--source", default="manual", help=f"one of {sources} (default manual)")
+    remove = actions.add_parser("remove", help="lift the suppression of addresses")
+    tenant_option(remove)
+    remove.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    listing = actions.add_parser("list", help="show the suppressed addresses")
+    tenant_option(listing)
+    listing.add_argument("--json", action="store_true")
+    imp = actions.add_parser(
+        "import", help="suppress every address of a CSV file (address[,source] per line)"
+    )
+    tenant_option(imp)
+    imp.add_argument("file", metavar="FILE.csv", help="'-' reads standard input")
+    imp.add_argument("--source", default="manual", help="source for lines without one")
+    imp.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="progress bar on stderr (auto: when stderr is a terminal)",
+    )
+    export = actions.add_parser("export", help="write the list as CSV (address,source,since)")
+    tenant_option(export)
+
+
+def run(args: argparse.Namespace, url: str) -> int:
+    """Run one `suppress` action against the Redis at `url`."""
+    import redis
+
+    from aupmilter.config import RedisSettings
+    from aupmilter.store import keys
+    from aupmilter.store.client import connect
+
+    if not keys.TENANT_ID.match(args.tenant):
+        print(
+            f"aup-milter suppress: invalid tenant id {args.tenant!r}: use 1-64 lower-case"
+            " letters, digits, '.', '-', '_'",
+            file=sys.stderr,
+        )
+        return EX_FAILURE
+    client = connect(RedisSettings(url=url, connect_timeout=2.0, timeout=10.0))
+    store = SuppressionStore(client)
+    try:
+        if args.action in ("add", "import"):
+            source = _source(args.source)
+            if source is None:
+                return EX_FAILURE
+            if not client.exists(keys.tenant(args.tenant)):
+                print(
+                    f"aup-milter suppress: no tenant {args.tenant!r}"
+                    " (create it with `aup-milter tenant add` first)",
+                    file=sys.stderr,
+                )
+                return EX_FAILURE
+            if args.action == "add":
+                return _add(store, args.tenant, args.addresses, source)
+            return _import(store, args.tenant, args.file, source, args.progress)
+        if args.action == "remove":
+            return _remove(store, args.tenant, args.addresses)
+        if args.action == "list":
+            return _list(store, args.tenant, args.json)
+        return _export(store, args.tenant, sys.stdout)
+    except (redis.RedisError, OSError) as exc:
+        print(f"aup-milter suppress: cannot use Redis at {url}: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    finally:
+        client.close()
+
+
+def _source(text: str) -> Source | None:
+    try:
+        return Source(text)
+    except ValueError:
+        allowed = ", ".join(s.value for s in Source)
+        print(f"aup-milter suppress: invalid source {text!r}: one of {allowed}", file=sys.stderr)
+        return None
+
+
+def _add(store: SuppressionStore, tenant: str, raw: list[str], source: Source) -> int:
+    addresses, status = [], EX_OK
+    for item in raw:
+        try:
+            addresses.append(validate_address(item))
+        except AddressError as exc:
+            print(f"aup-milter suppress: {item!r}: {exc}", file=sys.stderr)
+            status = EX_DATAERR
+    for outcome in store.add_many(tenant, addresses, source, time.time(), detail="cli"):
+        state = "suppressed" if outcome.added else "already suppressed"
+        print(f"{outcome.suppression.address}: {state} ({_describe(outcome.suppression)})")
+    return status
+
+
+def _remove(store: SuppressionStore, tenant: str, raw: list[str]) -> int:
+    status = EX_OK
+    for item in raw:
+        try:
+            address = validate_address(item)
+        except AddressError as exc:
+            print(f"aup-milter suppress: {item!r}: {exc}", file=sys.stderr)
+            status = EX_DATAERR
+            continue
+        removed = store.remove(tenant, address, time.time(), detail="cli")
+        print(f"{address}: {'removed' if removed else 'was not suppressed'}")
+    return status
+
+
+def _list(store: SuppressionStore, tenant: str, as_json: bool) -> int:
+    entries = sorted(store.scan(tenant), key=lambda s: (s.since, s.address))
+    if as_json:
+        payload = [
+            {"address": s.address, "source": s.source.value, "since": s.since} for s in entries
+        ]
+        print(json.dumps(payload, indent=2))
+        return EX_OK
+    for entry in entries:
+        print(f"{entry.address}  {_describe(entry)}")
+    print(f"{len(entries)} suppressed address(es) for tenant {tenant}", file=sys.stderr)
+    return EX_OK
+
+
+def _export(store: SuppressionStore, tenant: str, out: TextIO) -> int:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["address", "source", "since"])
+    for entry in store.scan(tenant):
+        writer.writerow([entry.address, entry.source.value, entry.since])
+    return EX_OK
+
+
+def _describe(entry: Suppression) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(entry.since)) if entry.since else "?"
+    return f"{entry.source.value}, {when}"
+
+
+# --- import ------------------------------------------------------------------
+
+
+@dataclass
+class ImportReport:
+    lines: int = 0
+    added: int = 0
+    already: int = 0
+    errors: int = 0
+    messages: list[str] = field(default_factory=list)
+
+    def refuse(self, where: str, reason: str) -> None:
+        self.errors += 1
+        if len(self.messages) < MAX_REPORTED_ERRORS:
+            self.messages.append(f"{where}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class ImportLine:
+    number: int
+    address: str
+    source: Source
+
+
+def parse_import(
+    handle: IO[str], name: str, default_source: Source, report: ImportReport
+) -> Iterator[ImportLine]:
+    """Usable lines of a CSV (address[,source]); refused ones go to the report."""
+    reader = csv.reader(handle)
+    for row in reader:
+        number = reader.line_num
+        report.lines += 1
+        cells = [cell.strip() for cell in row]
+        if not cells or not any(cells) or cells[0].startswith("#"):
+            continue
+        if number == 1 and cells[0].lower() in HEADER_NAMES:
+            continue
+        try:
+            address = validate_address(cells[0])
+        except AddressError as exc:
+            report.refuse(f"{name}:{number}", f"{exc}: {cells[0][:80]!r}")
+            continue
+        source = default_source
+        if len(cells) > 1 and cells[1]:
+            try:
+                source = Source(cells[1])
+            except ValueError:
+                report.refuse(f"{name}:{number}", f"unknown source {cells[1][:40]!r}")
+                continue
+        yield ImportLine(number, address, source)
+
+
+class Progress:
+    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+
+    def __init__(self, total_bytes: int | None, enabled: bool, out: TextIO | None = None) -> None:
+        self.total = total_bytes
+        self.enabled = enabled
+        self.out = out or sys.stderr
+        self.started = time.monotonic()
+        self._drawn = 0.0
+
+    def update(self, done_bytes: int | None, report: ImportReport, final: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self._drawn < 0.1):
+            return
+        self._drawn = now
+        rate = report.lines / max(now - self.started, 1e-6)
+        bar = ""
+        if self.total and done_bytes is not None:
+            share = min(1.0, done_bytes / self.total) if not final else 1.0
+            filled = int(share * 30)
+            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {share * 100:3.0f}% "
+        self.out.write(
+            f"\r{bar}{report.lines} lines, {report.added} added, {report.already} already,"
+            f" {report.errors} errors, {rate:,.0f} lines/s"
+        )
+        if final:
+            self.out.write("\n")
+        self.out.flush()
+
+
+def _import(store: SuppressionStore, tenant: str, file: str, source: Source, mode: str) -> int:
+    if file == "-":
+        handle: IO[str] = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+        name, total = "<stdin>", None
+        raw_size: Callable[[], int | None] = lambda: None  # noqa: E731
+    else:
+        path = Path(file)
+        try:
+            binary = path.open("rb")
+        except OSError as exc:
+            print(f"aup-milter suppress: cannot read {file}: {exc.strerror}", file=sys.stderr)
+            return EX_FAILURE
+        handle = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="replace", newline="")
+        name, total = file, os.fstat(binary.fileno()).st_size
+
+        def raw_size() -> int | None:
+            return binary.tell()
+
+    enabled = mode == "always" or (mode == "auto" and sys.stderr.isatty())
+    progress = Progress(total, enabled)
+    report = ImportReport()
+    with handle:
+        batch: list[ImportLine] = []
+        for line in parse_import(handle, name, source, report):
+            batch.append(line)
+            if len(batch) >= BATCH_SIZE:
+                _flush(store, tenant, batch, report)
+                batch = []
+                progress.update(raw_size(), report)
+        _flush(store, tenant, batch, report)
+        progress.update(raw_size(), report, final=True)
+    for message in report.messages:
+        print(message, file=sys.stderr)
+    if report.errors > len(report.messages):
+        print(f"... and {report.errors - len(report.messages)} more refused lines", file=sys.stderr)
+    print(
+        f"{name}: {report.added} suppressed, {report.already} already suppressed,"
+        f" {report.errors} refused, for tenant {tenant}"
+    )
+    return EX_DATAERR if report.errors else EX_OK
+
+
+def _flush(
+    store: SuppressionStore, tenant: str, batch: list[ImportLine], report: ImportReport
+) -> None:
+    now = time.time()
+    by_source: dict[Source, list[str]] = {}
+    for line in batch:
+        by_source.setdefault(line.source, []).append(line.address)
+    for source, addresses in by_source.items():
+        outcomes = store.add_many(tenant, addresses, source, now, detail="import", audit_log=False)
+        added = sum(1 for o in outcomes if o.added)
+        report.added += added
+        report.already += len(outcomes) - added

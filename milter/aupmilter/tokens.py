@@ -1,0 +1,245 @@
+"""Unsubscribe tokens: short, URL- and local-part-safe, verified without Redis.
+
+A token goes into two places: the one-click URL (`https://HOST/u/TOKEN`) and
+the mailto address (`LOCAL+TOKEN@DOMAIN`), whose local part may hold at most
+64 octets (RFC 5321 4.5.3.1.1). So a token cannot carry a whole recipient
+address (up to 254 octets) or tenant id (up to 64): it carries a *reference*
+instead, a 10-byte commitment SHA-256(kind, tenant, subject), and an
+HMAC-SHA256 over (version, kind, issue day, reference[, message tag]).
+
+Verifying a token (`TokenSigner.verify`) needs only the secrets and the date:
+a forged, altered, truncated or expired token is refused without any Redis
+lookup, so junk requests cost no store traffic. Only a token that verifies is
+then resolved: the relay stored `reference -> "tenant NL address"` when it sent
+the message (`Reference.store_value`), and `resolve` recomputes the commitment
+from that stored value, so a stored entry pointing at another tenant or
+address is refused as well. The HMAC therefore covers tenant, recipient (or
+message) and issue date, as RFC 8058 deployments need, while the token stays
+at 40 characters (recipient) or 48 (message).
+
+Encoding: RFC 4648 base32, lower case, no padding: only `a-z2-7`, safe in
+URLs and in local parts, and immune to mail systems that change the case of
+local parts.
+
+Secrets: a list; the first one signs, every one verifies, so a secret can be
+rotated without breaking links already delivered (add the new one first,
+drop the old one after the token lifetime).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+VERSION = 1
+SECONDS_PER_DAY = 86_400
+MAC_BYTES = 12
+"""96 bits: far beyond online guessing, and every guess is rate limited."""
+REF_BYTES = 10
+"""80-bit commitments: collisions would need ~2**40 stored references."""
+MESSAGE_TAG_BYTES = 5
+"""Names the message in logs and the audit trail; the MAC covers it."""
+MAX_TOKEN_LENGTH = 64
+MIN_SECRET_BYTES = 32
+TOKEN_ALPHABET = re.compile(r"^[a-z2-7]+$")
+_MAC_CONTEXT = b"aup-milter unsubscribe token\x00"
+_REF_CONTEXT = b"aup-milter unsubscribe reference\x00"
+
+
+class TokenKind(IntEnum):
+    RECIPIENT = 1
+    """One recipient: true one-click, the token names the address."""
+    MESSAGE = 2
+    """A message to several recipients: names the tenant; the address is asked for."""
+
+
+_LAYOUT = {
+    # header (version and kind), issue day, reference, [message tag], MAC
+    TokenKind.RECIPIENT: 1 + 2 + REF_BYTES + MAC_BYTES,
+    TokenKind.MESSAGE: 1 + 2 + REF_BYTES + MESSAGE_TAG_BYTES + MAC_BYTES,
+}
+
+
+def encoded_length(kind: TokenKind) -> int:
+    return (_LAYOUT[kind] * 8 + 4) // 5
+
+
+LONGEST_TOKEN = max(encoded_length(kind) for kind in TokenKind)
+
+
+class InvalidToken(Exception):
+    """A token that must be refused. The reason is for logs, never for the client."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """What a token's reference stands for: stored by the relay, checked on use."""
+
+    kind: TokenKind
+    tenant: str
+    address: str
+    """The recipient for RECIPIENT references; empty for MESSAGE (tenant-only) ones."""
+
+    @property
+    def ref(self) -> bytes:
+        return commitment(self.kind, self.tenant, self.address)
+
+    @property
+    def ref_text(self) -> str:
+        return _b32(self.ref)
+
+    @property
+    def store_value(self) -> str:
+        return f"{self.tenant}\n{self.address}"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    reference: Reference
+    issued_day: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    """A token whose MAC and dates checked out; `resolve` it to learn tenant and address."""
+
+    token: str
+    kind: TokenKind
+    issued_day: int
+    ref: bytes
+    message_tag: bytes
+
+    @property
+    def ref_text(self) -> str:
+        return _b32(self.ref)
+
+    @property
+    def message_tag_text(self) -> str:
+        return self.message_tag.hex()
+
+    def resolve(self, stored_value: str | None) -> Reference:
+        """The reference the relay stored for this token, checked against the commitment."""
+        if stored_value is None:
+            raise InvalidToken("no stored reference (expired from the store, or never issued)")
+        tenant, newline, address = stored_value.partition("\n")
+        if not newline or not tenant:
+            raise InvalidToken("stored reference is malformed")
+        reference = Reference(self.kind, tenant, address)
+        if not hmac.compare_digest(reference.ref, self.ref):
+            raise InvalidToken("stored reference does not match the token's commitment")
+        if (self.kind is TokenKind.RECIPIENT) != bool(address):
+            raise InvalidToken("stored reference has the wrong kind")
+        return reference
+
+
+def commitment(kind: TokenKind, tenant: str, address: str) -> bytes:
+    material = b"\x00".join(
+        (_REF_CONTEXT, bytes([kind]), tenant.encode("utf-8"), address.encode("utf-8"))
+    )
+    return hashlib.sha256(material).digest()[:REF_BYTES]
+
+
+def message_tag(message_id: str) -> bytes:
+    return hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).digest()[
+        :MESSAGE_TAG_BYTES
+    ]
+
+
+def day_of(now: float) -> int:
+    return int(now // SECONDS_PER_DAY)
+
+
+class TokenSigner:
+    """Issues and verifies tokens; pure (the time is always passed in)."""
+
+    def __init__(self, secrets: Sequence[bytes], lifetime_days: int) -> None:
+        if not secrets:
+            raise ValueError("at least one secret is needed")
+        for secret in secrets:
+            if len(secret) < MIN_SECRET_BYTES:
+                raise ValueError(f"each secret needs at least {MIN_SECRET_BYTES} bytes")
+        if not 1 <= lifetime_days <= 3650:
+            raise ValueError("lifetime_days must be from 1 to 3650")
+        self._secrets = tuple(secrets)
+        self.lifetime_days = lifetime_days
+
+    @property
+    def lifetime_seconds(self) -> int:
+        return self.lifetime_days * SECONDS_PER_DAY
+
+    def recipient_token(self, tenant: str, address: str, now: float) -> IssuedToken:
+        if not tenant or not address:
+            raise ValueError("a recipient token needs a tenant and an address")
+        reference = Reference(TokenKind.RECIPIENT, tenant, address)
+        return self._issue(reference, b"", now)
+
+    def message_token(self, tenant: str, message_id: str, now: float) -> IssuedToken:
+        if not tenant:
+            raise ValueError("a message token needs a tenant")
+        reference = Reference(TokenKind.MESSAGE, tenant, "")
+        return self._issue(reference, message_tag(message_id), now)
+
+    def _issue(self, reference: Reference, tag: bytes, now: float) -> IssuedToken:
+        day = day_of(now)
+        if not 0 <= day < 1 << 16:
+            raise ValueError("the clock is outside the token's date range")
+        body = bytes([VERSION << 4 | reference.kind]) + day.to_bytes(2, "big") + reference.ref
+        body += tag
+        token = _b32(body + self._mac(self._secrets[0], body))
+        return IssuedToken(token, reference, day)
+
+    def verify(self, token: str, now: float) -> TokenClaims:
+        """The token's claims, or InvalidToken. Needs no store: secrets and the date only."""
+        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH:
+            raise InvalidToken("empty or over-long token")
+        token = token.lower()
+        if not TOKEN_ALPHABET.match(token):
+            raise InvalidToken("token has characters outside the base32 alphabet")
+        raw = _unb32(token)
+        if raw is None or not raw:
+            raise InvalidToken("token is not valid base32")
+        version, kind_number = raw[0] >> 4, raw[0] & 0x0F
+        if version != VERSION:
+            raise InvalidToken(f"unknown token version {version}")
+        try:
+            kind = TokenKind(kind_number)
+        except ValueError:
+            raise InvalidToken(f"unknown token kind {kind_number}") from None
+        if len(raw) != _LAYOUT[kind] or len(token) != encoded_length(kind):
+            raise InvalidToken("token has the wrong length (truncated or padded)")
+        body, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
+        if not any(hmac.compare_digest(self._mac(s, body), mac) for s in self._secrets):
+            raise InvalidToken("MAC does not verify with any configured secret")
+        issued = int.from_bytes(body[1:3], "big")
+        today = day_of(now)
+        if issued > today + 1:
+            raise InvalidToken(f"issued in the future (day {issued}, today {today})")
+        if today - issued > self.lifetime_days:
+            raise InvalidToken(f"expired ({today - issued} days old)")
+        ref = body[3 : 3 + REF_BYTES]
+        tag = body[3 + REF_BYTES :]
+        return TokenClaims(token, kind, issued, ref, tag)
+
+    @staticmethod
+    def _mac(secret: bytes, body: bytes) -> bytes:
+        return hmac.new(secret, _MAC_CONTEXT + body, hashlib.sha256).digest()[:MAC_BYTES]
+
+
+def _b32(raw: bytes) -> str:
+    return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+
+def _unb32(text: str) -> bytes | None:
+    padding = "=" * (-len(text) % 8)
+    try:
+        raw = base64.b32decode(text.upper() + padding)
+    except ValueError:
+        return None
+    # Only the canonical encoding is accepted: no second spelling of one token.
+    return raw if _b32(raw) == text else None

@@ -1,0 +1,47 @@
+"""Command-line wiring of `suppress`, `web` and `intake`.
+
+Kept apart from the modules that do the work so that building the parser
+imports neither aiohttp nor the intake machinery (`aup-milter run` stays lean).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def add_parsers(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    config_option: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    from aupmilter import suppresscli
+
+    suppresscli.add_parser(commands, config_option)
+    web = commands.add_parser(
+        "web", help="run the one-click unsubscribe web service (RFC 8058) in the foreground"
+    )
+    config_option(web)
+    intake = commands.add_parser(
+        "intake",
+        help="read one unsubscribe message on stdin (Postfix pipe transport) and suppress",
+    )
+    config_option(intake)
+    intake.add_argument(
+        "--recipient",
+        metavar="ADDRESS",
+        help="the envelope recipient (Postfix: ${recipient}); default: from the headers",
+    )
+
+
+def run(args: argparse.Namespace, redis_url: Callable[[], str]) -> int:
+    if args.command == "web":
+        from aupmilter import web
+
+        return web.main(args)
+    if args.command == "intake":
+        from aupmilter import intake
+
+        return intake.main(args)
+    from aupmilter import suppresscli
+
+    return suppresscli.run(args, redis_url())

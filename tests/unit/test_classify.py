@@ -1,0 +1,50 @@
+"""Bulk or transactional: each rule, and their order."""
+
+from __future__ import annotations
+
+import pytest
+
+from aupmilter.config import UnsubscribePlan
+from aupmilter.policy.classify import MailClass, classify
+
+PLAN = UnsubscribePlan(bulk_recipients=20, bulk_fingerprint_recipients=500)
+PLAIN = [("From", "a@acme.example"), ("Subject", "hello")]
+
+
+@pytest.mark.parametrize(
+    ("stream", "headers", "recipients", "fingerprint", "expected", "reason"),
+    [
+        ("bulk", PLAIN, 1, 0, MailClass.BULK, "stream is bulk"),
+        ("transactional", [*PLAIN, ("Precedence", "bulk")], 90, 9000,
+         MailClass.TRANSACTIONAL, "stream is transactional"),
+        (None, [*PLAIN, ("Precedence", "bulk")], 1, 0, MailClass.BULK, "Precedence: bulk"),
+        (None, [*PLAIN, ("precedence", " List ")], 1, 0, MailClass.BULK, "Precedence: list"),
+        (None, [*PLAIN, ("Precedence", "junk; x")], 1, 0, MailClass.BULK, "Precedence: junk"),
+        (None, [*PLAIN, ("Precedence", "first-class")], 1, 0, MailClass.TRANSACTIONAL, "no sign"),
+        (None, [*PLAIN, ("Precedence", "")], 1, 0, MailClass.TRANSACTIONAL, "no sign"),
+        (None, [*PLAIN, ("List-Id", "<news.acme.example>")], 1, 0, MailClass.BULK, "List-Id"),
+        (None, PLAIN, 19, 0, MailClass.TRANSACTIONAL, "no sign"),
+        (None, PLAIN, 20, 0, MailClass.BULK, "20 recipients"),
+        (None, PLAIN, 1, 499, MailClass.TRANSACTIONAL, "no sign"),
+        (None, PLAIN, 1, 500, MailClass.BULK, "same content went to 500"),
+        (None, PLAIN, 1, None, MailClass.TRANSACTIONAL, "no sign"),
+        ("unknown-stream", PLAIN, 1, 0, MailClass.TRANSACTIONAL, "no sign"),
+    ],
+)  # fmt: skip
+def test_rules(
+    stream: str | None,
+    headers: list[tuple[str, str]],
+    recipients: int,
+    fingerprint: int | None,
+    expected: MailClass,
+    reason: str,
+) -> None:
+    result = classify(stream, headers, recipients, fingerprint, PLAN)
+    assert result.mail_class is expected
+    assert reason in result.reason
+    assert result.bulk is (expected is MailClass.BULK)
+
+
+def test_plan_without_thresholds_never_counts() -> None:
+    plan = UnsubscribePlan()
+    assert not classify(None, PLAIN, 100_000, 10**9, plan).bulk
