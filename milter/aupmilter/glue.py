@@ -40,8 +40,7 @@ from aupmilter.policy.tenancy import (
     unbracket,
 )
 from aupmilter.policy.unsubscribe import (
-    UnsubscribeAction,
-    UnsubscribeDecision,
+    UnsubscribeLinks,
     one_recipient_per_bulk_message,
 )
 from aupmilter.policy.verdict import Action, Verdict
@@ -49,7 +48,13 @@ from aupmilter.replies import Reply
 from aupmilter.runtime import LiveRuntime
 from aupmilter.signing import SigningError
 from aupmilter.store import keys
-from aupmilter.store.client import AllSuppressed, Charged, NoRoom, StoreUnavailable
+from aupmilter.store.client import (
+    AllSuppressed,
+    Charged,
+    NoRoom,
+    ReferenceWrite,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("aupmilter.milter")
 _connection_numbers = itertools.count(1)
@@ -283,15 +288,20 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             # Broken unsubscribe headers on a reject plan: refused before any charge.
             verdict = listmail.before_charge(headers, len(gate.accepted)) or verdict
         charged: Charged | None = None
+        links: UnsubscribeLinks | None = None
         if not verdict.refuses and gate is not None:
-            verdict, charged = self._charge(txn, gate, verdict, listmail, headers, body)
+            write = None
+            if listmail is not None:
+                message_id = message_id_of(headers, result.add_headers) or txn.queue_id
+                links, write = listmail.links_for_charge(
+                    headers, list(gate.accepted), message_id or self.conn.conn_id, self.clock()
+                )
+            verdict, charged = self._charge(txn, gate, verdict, listmail, headers, body, write)
         outcome: ListMailOutcome | None = None
         if not verdict.refuses and listmail is not None and gate is not None and charged:
-            decided = self._list_mail(listmail, gate, charged, headers, result.add_headers)
-            if isinstance(decided, Verdict):
-                verdict = decided
-            else:
-                outcome = decided
+            gone = set(charged.suppressed)
+            remaining = [key for key in gate.accepted if key not in gone]
+            outcome = listmail.after_charge(headers, remaining, self.fingerprint_recipients, links)
         extra = outcome.log_fields() if outcome is not None else None
         if verdict.refuses:
             audit.record(self.conn.conn_id, txn, verdict, "eom", extra)
@@ -335,11 +345,13 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         listmail: ListMail | None,
         headers: list[tuple[str, str]],
         body: bytes | None,
+        references: ReferenceWrite | None,
     ) -> tuple[Verdict, Charged | None]:
         """The end-of-message script: suppression, then the windows' re-check and charge.
 
         With list mail whose content is counted, the content fingerprint's
-        recipients are counted in the same call (an uncapped window).
+        recipients are counted in the same call (an uncapped window), and the
+        references behind the message's unsubscribe links are stored in it too.
         """
         runtime = self.live.current
         now_ms = int(self.clock() * 1000)
@@ -357,6 +369,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
                 list(gate.accepted),
                 now_ms,
                 counters=counters,
+                references=references,
             )
         except StoreUnavailable as exc:
             fallback = decide_store_error(str(exc), runtime.sender_policy)
@@ -377,39 +390,6 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         if counters:
             self.fingerprint_recipients = result.fills[-1]
         return verdict, result
-
-    def _list_mail(
-        self,
-        listmail: ListMail,
-        gate: RecipientGate,
-        charged: Charged,
-        headers: list[tuple[str, str]],
-        added: tuple[tuple[str, str], ...],
-    ) -> ListMailOutcome | Verdict:
-        """Classify, decide the unsubscribe headers; store what a new token stands for."""
-        runtime = self.live.current
-        gone = set(charged.suppressed)
-        remaining = [key for key in gate.accepted if key not in gone]
-        message_id = message_id_of(headers, added) or self.getsymval("i") or self.conn.conn_id
-        outcome = listmail.after_charge(
-            headers, remaining, self.fingerprint_recipients, message_id, self.clock()
-        )
-        settings = runtime.config.unsubscribe
-        if outcome.references and settings is not None:
-            try:
-                runtime.store.remember_references(
-                    outcome.references, settings.token_lifetime_days * 86_400 + 86_400
-                )
-            except StoreUnavailable as exc:
-                fallback = decide_store_error(str(exc), runtime.sender_policy)
-                if fallback.refuses:
-                    return fallback
-                self.log.warning("unsubscribe link not stored (%s); headers left as they are", exc)
-                return ListMailOutcome(
-                    outcome.classification,
-                    UnsubscribeDecision(UnsubscribeAction.LEAVE, "policy store unavailable"),
-                )
-        return outcome
 
     def _sign(
         self,

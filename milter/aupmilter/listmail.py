@@ -5,9 +5,13 @@ The glue calls this in two steps around the one end-of-message Redis call:
 - `ListMail.before_charge`: a message that is bulk by its stream, its headers
   or its recipient count, and carries broken unsubscribe headers on a plan
   that rejects them, is refused before any window is charged;
+- `ListMail.links_for_charge`: the links the message would carry if it is
+  bulk (a recipient token for one recipient, else a message token), made
+  before the call so that what the token stands for is stored *in* that
+  call, and only when the message is charged and bulk: two round trips;
 - `ListMail.after_charge`: with the suppressed recipients gone and the
   content fingerprint's count known, the final classification and header
-  decision; a recipient token when one recipient is left, else a message token.
+  decision, using those same links.
 
 `signature` then signs the header list as the MTA will deliver it (the
 message's fields minus the deletions, plus the added fields, in order) with
@@ -32,12 +36,15 @@ from aupmilter.policy.limits import Scope, Unit, Window
 from aupmilter.policy.unsubscribe import (
     UnsubscribeAction,
     UnsubscribeDecision,
+    UnsubscribeLinks,
+    compliance_problem,
     decide_unsubscribe,
     issue_links,
     kept_headers,
 )
 from aupmilter.policy.verdict import Verdict
 from aupmilter.signing import sign
+from aupmilter.store.client import ReferenceWrite
 from aupmilter.tokens import Reference, TokenSigner
 
 FINGERPRINT_WINDOW = "content-fingerprint"
@@ -109,23 +116,49 @@ class ListMail:
         decision = decide_unsubscribe(classification, headers, self.plan, None, self.tenant)
         return decision.verdict if decision.action is UnsubscribeAction.REJECT else None
 
+    def links_for_charge(
+        self, headers: Headers, recipients: Sequence[str], message_id: str, now: float
+    ) -> tuple[UnsubscribeLinks | None, ReferenceWrite | None]:
+        """The links this message gets if it is bulk, and their references for the charge call.
+
+        `recipients`: those accepted, normalised. None when the relay would add
+        no link (no [unsubscribe] service, a transactional stream, or the
+        message's own compliant one-click headers, which are kept).
+        """
+        settings = self.settings
+        if settings is None or not recipients or self.stream == MailClass.TRANSACTIONAL:
+            return None, None
+        if compliance_problem(headers) is None:
+            return None, None
+        signer = TokenSigner(settings.secrets, settings.token_lifetime_days)
+        links = issue_links(signer, settings, self.tenant, recipients, message_id, now)
+        known = classify(self.stream, headers, len(recipients), None, self.plan)
+        if not known.bulk and not self.counts_fingerprints:
+            return None, None
+        write = ReferenceWrite(
+            references=(links.issued.reference,),
+            ttl_seconds=settings.token_lifetime_days * 86_400 + 86_400,
+            known_bulk=known.bulk,
+            bulk_from_counter=(
+                self.plan.bulk_fingerprint_recipients if self.counts_fingerprints else None
+            ),
+        )
+        return links, write
+
     def after_charge(
         self,
         headers: Headers,
         recipients: Sequence[str],
         fingerprint_recipients: int | None,
-        message_id: str,
-        now: float,
+        links: UnsubscribeLinks | None,
     ) -> ListMailOutcome:
-        """`recipients`: those left after suppression, normalised."""
+        """`recipients`: those left after suppression, normalised; `links` from
+        `links_for_charge` (their references were stored with the charge if bulk)."""
         classification = classify(
             self.stream, headers, len(recipients), fingerprint_recipients, self.plan
         )
-        links = None
-        settings = self.settings
-        if classification.bulk and settings is not None and recipients:
-            signer = TokenSigner(settings.secrets, settings.token_lifetime_days)
-            links = issue_links(signer, settings, self.tenant, recipients, message_id, now)
+        if not classification.bulk or not recipients:
+            links = None
         decision = decide_unsubscribe(classification, headers, self.plan, links, self.tenant)
         references: tuple[Reference, ...] = ()
         if decision.links is not None:

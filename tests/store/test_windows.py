@@ -25,11 +25,14 @@ from aupmilter.store.client import (
     Charged,
     ChargeResult,
     NoRoom,
+    ReferenceWrite,
     SenderState,
     Store,
     WindowCatalog,
 )
+from aupmilter.store.suppression import unsubscribe_ref_key
 from aupmilter.store.tenants import TenantAdmin
+from aupmilter.tokens import Reference, TokenKind
 from tests.support import RedisServer, client_commands
 
 MINUTE = 60_000
@@ -222,3 +225,48 @@ def test_thousands_of_recipients_in_one_charge(store: Store, redis_client: redis
     redis_client.hset(keys.suppressed("acme"), "r4999@x", "manual 1")
     result = store.charge("acme", (big,), "alice", recipients, T0)
     assert result == Charged(suppressed=("r4999@x",), fills=(4999,))
+
+
+def reference(address: str) -> Reference:
+    return Reference(TokenKind.RECIPIENT, "acme", address)
+
+
+@pytest.mark.parametrize(
+    ("known_bulk", "bulk_from", "counter_fill", "written"),
+    [
+        (True, None, None, True),
+        (False, None, None, False),
+        (False, 3, 2, False),
+        (False, 3, 3, True),
+    ],
+)
+def test_references_are_written_in_the_charge_call_only_for_bulk(
+    store: Store,
+    redis_client: redis.Redis,
+    known_bulk: bool,
+    bulk_from: int | None,
+    counter_fill: int | None,
+    written: bool,
+) -> None:
+    counter = Window("fp", Scope.TENANT, Unit.RECIPIENTS, -1, MINUTE)
+    counters = []
+    if counter_fill is not None:
+        key = "aup:{acme}:fp:test"
+        counters.append((key, counter))
+        if counter_fill > 1:
+            store.charge("acme", (), "alice", ["old@x"] * (counter_fill - 1), T0, counters=counters)
+    write = ReferenceWrite((reference("a@x"),), 600, known_bulk, bulk_from)
+    result = store.charge("acme", (), "alice", ["a@x"], T0, counters=counters, references=write)
+    assert isinstance(result, Charged)
+    key = unsubscribe_ref_key(reference("a@x").ref_text)
+    assert (redis_client.get(key) == "acme\na@x") is written
+    if written:
+        assert 0 < redis_client.ttl(key) <= 600
+
+
+def test_no_reference_without_a_charge(store: Store, redis_client: redis.Redis) -> None:
+    full = Window("full", Scope.TENANT, Unit.MESSAGES, 0, MINUTE)
+    write = ReferenceWrite((reference("a@x"),), 600, True)
+    result = store.charge("acme", (full,), "alice", ["a@x"], T0, references=write)
+    assert isinstance(result, NoRoom)
+    assert not redis_client.keys("aup:unsubref:*")

@@ -23,7 +23,7 @@ from aupmilter.config import Plan, RedisSettings
 from aupmilter.policy.limits import Scope, Unit, Window, WindowFill
 from aupmilter.policy.tenancy import Lookup, TenantRecord
 from aupmilter.store import keys
-from aupmilter.store.suppression import queue_reference
+from aupmilter.store.suppression import unsubscribe_ref_key
 from aupmilter.tokens import Reference
 
 log = logging.getLogger("aupmilter.store")
@@ -144,6 +144,20 @@ class NoRoom:
 ChargeResult = Charged | AllSuppressed | NoRoom
 
 
+@dataclass(frozen=True, slots=True)
+class ReferenceWrite:
+    """Unsubscribe references to store in the charge call, if the message is bulk.
+
+    ``known_bulk``: bulk whatever the counts; otherwise bulk once the last
+    counter (the content fingerprint's) reaches ``bulk_from_counter``.
+    """
+
+    references: Sequence[Reference]
+    ttl_seconds: int
+    known_bulk: bool
+    bulk_from_counter: int | None = None
+
+
 def parse_fill(flat: Sequence[Any]) -> WindowFill:
     used, *pairs = flat
     return WindowFill(
@@ -209,12 +223,15 @@ class Store:
         recipients: Sequence[str],
         now_ms: int,
         counters: Sequence[tuple[str, Window]] = (),
+        references: ReferenceWrite | None = None,
     ) -> ChargeResult:
         """Drop suppressed recipients, then re-check and charge every window, atomically.
 
         ``counters`` are extra windows that only count, never refuse (such as the
         content fingerprint's recipients): (key, window) pairs whose fills come
-        after the windows' in ``Charged.fills``.
+        after the windows' in ``Charged.fills``. ``references`` are the
+        unsubscribe references of the message's links, stored in the same call
+        when the message is charged and turns out bulk.
         """
         script_keys = [keys.suppressed(tenant_id)]
         args = [str(now_ms), str(len(windows) + len(counters))]
@@ -226,6 +243,20 @@ class Store:
             script_keys.append(key)
             unit = "r" if counter.unit is Unit.RECIPIENTS else "m"
             args += [unit, "-1", str(counter.bucket_ms), str(counter.buckets)]
+        if references is None or not references.references:
+            args += ["0", "0", "0", "-1"]
+        else:
+            written = references.references
+            script_keys += [unsubscribe_ref_key(r.ref_text) for r in written]
+            args += [
+                str(len(written)),
+                str(references.ttl_seconds),
+                "1" if references.known_bulk else "0",
+                str(
+                    references.bulk_from_counter if references.bulk_from_counter is not None else -1
+                ),
+                *(r.store_value for r in written),
+            ]
         args += recipients
         status, detail, fills = self._call(self._charge, script_keys, args)
         if status == 0:
@@ -237,17 +268,6 @@ class Store:
     def is_suppressed(self, tenant_id: str, address: str) -> bool:
         """For suppression_check = "rcpt": one HEXISTS per RCPT (address normalised)."""
         return bool(self._command(lambda: self.client.hexists(keys.suppressed(tenant_id), address)))
-
-    def remember_references(self, references: Sequence[Reference], ttl_seconds: int) -> None:
-        """Store what unsubscribe tokens stand for: one pipelined round trip."""
-
-        def write() -> object:
-            with self.client.pipeline(transaction=False) as pipe:
-                for reference in references:
-                    queue_reference(pipe, reference, ttl_seconds)
-                return pipe.execute()
-
-        self._command(write)
 
     def _command(self, run: Callable[[], Any]) -> Any:
         try:

@@ -8,11 +8,18 @@
 --
 -- KEYS[1]     the tenant's suppression hash (aup:{<id>}:suppressed)
 -- KEYS[2..W+1] the window hashes (aup:{<id>}:w:...), all with the same tag
+-- KEYS[W+2..W+1+R] unsubscribe references to store once charged
+--             (aup:unsubref:<ref>); R is 0 for mail that gets no relay link
 -- ARGV[1]     now, in milliseconds since the epoch
 -- ARGV[2]     W, the number of windows; then per window four values:
 --             unit ("r" recipients or "m" messages), limit (-1: count only,
 --             never refuse), bucket length in ms, buckets per window
--- ARGV[3+4W..] the message's recipients, normalized as the suppression hash
+-- ARGV[3+4W]  R; then the references' lifetime in seconds, whether the
+--             message is already known to be bulk ("1" or "0"), the fill of
+--             the last window (the content counter) from which it becomes
+--             bulk ("-1": never), and the R values to store; the references
+--             are written only when the message is charged and bulk
+-- then        the message's recipients, normalized as the suppression hash
 --             stores them
 --
 -- Returns     {1, suppressed, fills}  charged: suppressed lists the dropped
@@ -27,10 +34,20 @@
 -- Window hashes map bucket index (floor(now / bucket length)) to a count; the
 -- fill is the current bucket plus the `buckets` before it. Stale buckets are
 -- deleted here and every key expires once its newest bucket stops counting.
+--
+-- The window and suppression keys share the tenant's hash tag; the reference
+-- keys cannot (the unsubscribe service finds them by token alone), so a
+-- message with relay links is single-slot only on a standalone Redis.
 
 local now = tonumber(ARGV[1])
 local windows = tonumber(ARGV[2])
-local first_recipient = 3 + 4 * windows
+local at = 3 + 4 * windows
+local references = tonumber(ARGV[at])
+local reference_ttl = tonumber(ARGV[at + 1])
+local known_bulk = ARGV[at + 2] == '1'
+local bulk_from_fill = tonumber(ARGV[at + 3])
+local first_value = at + 4
+local first_recipient = first_value + references
 
 local suppressed = {}
 local recipients = #ARGV - first_recipient + 1
@@ -88,5 +105,14 @@ for w = 1, windows do
     redis.call('PEXPIRE', key, plan[5])
   end
   fills[w] = plan[2]
+end
+
+if references > 0 then
+  local bulk = known_bulk or (bulk_from_fill >= 0 and fills[windows] >= bulk_from_fill)
+  if bulk then
+    for r = 1, references do
+      redis.call('SET', KEYS[windows + 1 + r], ARGV[first_value + r - 1], 'EX', reference_ttl)
+    end
+  end
 end
 return {1, suppressed, fills}
