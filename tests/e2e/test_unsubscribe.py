@@ -198,8 +198,14 @@ def test_mailto_through_the_postfix_pipe_transport(fresh: Stack, connect: Client
         interval=0.1,
         what="the pipe transport's intake to suppress the reader",
     )
-    log = fresh.postfix_log()
-    assert re.search(r"relay=aup-intake.*status=sent", log), log[-3000:]
+    # The suppression lands before the pipe command exits and Postfix logs the delivery.
+    wait_until(
+        lambda: re.search(r"relay=aup-intake.*status=sent", fresh.postfix_log()),
+        timeout=30,
+        interval=0.1,
+        what="Postfix to log the pipe delivery as sent",
+        on_timeout=lambda: fresh.postfix_log()[-3000:],
+    )
     again, _ = bulk_message([reader])
     last = client.send(SENDER, [reader], again).last
     assert (last.code, last.enhanced) == (550, "5.7.1")
