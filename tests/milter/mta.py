@@ -687,6 +687,17 @@ def header_address(address: str) -> str:
         return address
 
 
+def folded_address_list(addresses: Sequence[str], per_line: int = 10) -> str:
+    """An address list folded as an MTA passes it, so no line passes 998 octets."""
+    if not addresses:
+        return "undisclosed-recipients:;"
+    lines = [
+        ", ".join(addresses[start : start + per_line])
+        for start in range(0, len(addresses), per_line)
+    ]
+    return ",\n ".join(lines)
+
+
 def compliant_headers(
     sender: str, recipients: Sequence[str], subject: str = "test", author: str | None = None
 ) -> list[tuple[str, str]]:
@@ -699,7 +710,7 @@ def compliant_headers(
         author = header_address(sender) if sender else "MAILER-DAEMON@reports.example"
     headers = [
         ("From", author),
-        ("To", ", ".join(header_address(r) for r in recipients) or "undisclosed-recipients:;"),
+        ("To", folded_address_list([header_address(r) for r in recipients])),
         ("Subject", subject),
         ("Date", formatdate(localtime=True)),
         ("Message-ID", f"<{uuid.uuid4().hex}@client.example>"),

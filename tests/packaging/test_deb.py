@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from testbed import toml
+from testbed.dnsserver import DnsServer
 from tests.milter.mta import Kind, MilterClient
 from tests.support import RedisServer, tail, wait_until
 
@@ -232,13 +233,16 @@ class Workspace:
 
     path: Path
     redis: RedisServer
+    dns: DnsServer
 
     def config(self, **milter: object) -> Path:
-        """The shipped config, pointed at this Redis, the installed plans and ``milter``."""
+        """The shipped config, pointed at this Redis and DNS, the installed plans and ``milter``."""
         with CONFIG.open("rb") as handle:
             settings = tomllib.load(handle)
         settings["milter"].update(milter)
         settings["redis"]["url"] = self.redis.url
+        # The senders' domains must resolve (bounce route); Debian's dnspython asks this server.
+        settings["dns"] = {"nameservers": [self.dns.address], "timeout": 1.0, "lifetime": 2.0}
         settings["policy"]["plans_dir"] = str(CONFIG_DIR / "policies")
         path = self.path / "aup-milter.toml"
         path.write_text(toml.dumps(settings))
@@ -258,9 +262,11 @@ def workspace(installed: Path) -> Iterator[Workspace]:
     redis_dir.mkdir()
     server = RedisServer(redis_dir)
     server.start()
+    dns = DnsServer().start()
     try:
-        yield Workspace(path, server)
+        yield Workspace(path, server, dns)
     finally:
+        dns.stop()
         server.stop()
         shutil.rmtree(path, ignore_errors=True)
 
