@@ -28,7 +28,12 @@ from aupmilter import replies
 from aupmilter.config import Config, MessageSettings
 from aupmilter.dkim import Signature, signatures, verify_signatures
 from aupmilter.dns import Resolver
-from aupmilter.policy.alignment import DomainFacts, check_domains, within
+from aupmilter.policy.alignment import (
+    DomainFacts,
+    check_domains,
+    foreign_envelope_domain,
+    within,
+)
 from aupmilter.policy.envelope import (
     BounceRoute,
     check_bounce_route,
@@ -203,9 +208,22 @@ class MessageChecks:
         """Findings at MAIL FROM that did not refuse (warn mode), for the EOM verdict."""
 
     def at_mail_from(self, passed: Verdict) -> Verdict:
-        """The bounce route of the MAIL FROM domain; `passed` when it is fine or only warned."""
+        """The MAIL FROM domain: the tenant's, and able to receive bounces.
+
+        `passed` when both hold or only warn. A domain the tenant does not own
+        is refused here when enforced (its warning comes at end of message with
+        the other domain checks), so a forged domain is answered as forged
+        rather than by what its DNS says.
+        """
         plan = self.sender.plan
         domain = sender_domain(self.sender.address) if self.sender.address else None
+        owned = self.sender.domains
+        if domain is not None and owned is not None and plan.runs(Check.ENVELOPE_DOMAIN):
+            foreign = foreign_envelope_domain(domain, owned)
+            if foreign is not None:
+                verdict = decide([foreign], plan, passed)
+                if verdict.refuses:
+                    return verdict
         if domain is None or not plan.runs(Check.BOUNCE_DOMAIN):
             return passed
         finding = check_bounce_route(self._bounce_route(domain))

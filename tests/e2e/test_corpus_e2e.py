@@ -34,6 +34,9 @@ def test_the_subset_covers_each_kind_of_answer() -> None:
 def test_corpus_message_through_postfix(entry: Entry, stack: Stack, connect: ClientFactory) -> None:
     token = f"corpus-{entry.file}"
     raw = entry.message(datetime.now(UTC), f"{TOKEN_HEADER}: {token}\r\n".encode())
+    for domain in entry.domains:
+        # The entry's tenant domains are acme's for this message (reset after the test).
+        stack.redis_cli("SADD", "aup:tenant:acme:domains", domain)
     client = connect("acme")
     outcome = client.send(entry.sender, [RCPT], raw)
     code, _, status = entry.expect.partition(" ")

@@ -113,14 +113,8 @@ def check_domains(block: HeaderBlock, facts: DomainFacts, plan: PlanChecks) -> l
     authors = address_domains(block, "from") or []  # unparsable From: headers.py reports it
     owned = facts.tenant_domains
     if owned is not None:
-        if envelope is not None and not within(envelope, owned):
-            findings.append(
-                Finding(
-                    Check.ENVELOPE_DOMAIN,
-                    replies.FOREIGN_DOMAIN,
-                    f"envelope sender domain {quoted(envelope)} is not one of your account's",
-                )
-            )
+        if envelope is not None and (foreign := foreign_envelope_domain(envelope, owned)):
+            findings.append(foreign)
         for domain in dict.fromkeys(authors):
             if not within(domain, owned):
                 findings.append(
@@ -135,6 +129,17 @@ def check_domains(block: HeaderBlock, facts: DomainFacts, plan: PlanChecks) -> l
     findings += _other_senders(block, "reply-to", Check.REPLY_TO, facts, plan)
     findings += _other_senders(block, "sender", Check.SENDER_HEADER, facts, plan)
     return findings
+
+
+def foreign_envelope_domain(envelope: str, owned: frozenset[str]) -> Finding | None:
+    """The MAIL FROM domain is not the tenant's (nor a subdomain of one)."""
+    if within(envelope, owned):
+        return None
+    return Finding(
+        Check.ENVELOPE_DOMAIN,
+        replies.FOREIGN_DOMAIN,
+        f"envelope sender domain {quoted(envelope)} is not one of your account's",
+    )
 
 
 def _null_sender(block: HeaderBlock, facts: DomainFacts) -> Iterator[Finding]:
