@@ -136,6 +136,9 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         self.recipients: list[str] = []
         self.gate: RecipientGate | None = None
         self.unsubscribe_plan: UnsubscribePlan | None = None
+        # Decided at MAIL FROM: most transactions need nothing but the gate at RCPT.
+        self.suppression_at_rcpt = False
+        self.unsubscribe_at_rcpt = False
         self.listmail: ListMail | None = None
         self.fingerprint_recipients: int | None = None
         self.pending: Verdict | None = None
@@ -207,6 +210,10 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
                 else:
                     self.gate = opened
                     self.unsubscribe_plan = plan.unsubscribe
+                    self.suppression_at_rcpt = runtime.config.policy.suppression_check == "rcpt"
+                    self.unsubscribe_at_rcpt = (
+                        self.suppression_at_rcpt or plan.unsubscribe.bulk_one_recipient_per_message
+                    )
                     self.listmail = list_mail_for(runtime.config, opened.tenant, txn, plan)
         if not verdict.refuses:
             smtputf8 = any(p.upper() == "SMTPUTF8" for p in esmtp_params)
@@ -230,7 +237,9 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             self.recipients.append(unbracket(rcpt_to))
             return CONTINUE
         recipient = unbracket(rcpt_to)
-        refusal = self._unsubscribe_at_rcpt(self.txn, self.gate, recipient)
+        refusal = None
+        if self.unsubscribe_at_rcpt:
+            refusal = self._unsubscribe_at_rcpt(self.txn, self.gate, recipient)
         refusal = refusal or self.gate.decide(recipient)
         if refusal is None:
             return CONTINUE
@@ -427,7 +436,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             refusal = one_recipient_per_bulk_message(txn.stream, plan, len(gate.accepted))
             if refusal is not None:
                 return refusal
-        if runtime.config.policy.suppression_check != "rcpt":
+        if not self.suppression_at_rcpt:
             return None
         try:
             suppressed = runtime.store.is_suppressed(gate.tenant, key)
@@ -447,6 +456,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             self.recipients = []
             self.gate = None
             self.unsubscribe_plan = None
+            self.suppression_at_rcpt = self.unsubscribe_at_rcpt = False
             self.listmail = None
             self.fingerprint_recipients = None
             self.pending = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -380,3 +381,26 @@ class Tenants:
 
 
 StartDaemon = Callable[..., Daemon]
+
+
+UNSUBSCRIBE_HOST = "unsub.relay.example"
+
+
+def unsubscribe_folder(folder: Path, extra_plans: str, secret: str) -> Path:
+    """``folder`` with the shipped plans plus ``extra_plans`` and a 0600 secrets file."""
+    (folder / "policies").mkdir(parents=True)
+    shutil.copy(PLANS_DIR / "plans.toml", folder / "policies" / "plans.toml")
+    (folder / "policies" / "extra.toml").write_text(extra_plans)
+    secrets = folder / "unsubscribe.secrets"
+    secrets.write_text(secret + "\n")
+    secrets.chmod(0o600)
+    return folder
+
+
+def unsubscribe_settings(folder: Path) -> dict[str, object]:
+    """The [unsubscribe] table for a folder made by `unsubscribe_folder`."""
+    return {
+        "url_base": f"https://{UNSUBSCRIBE_HOST}",
+        "mailto_domain": UNSUBSCRIBE_HOST,
+        "secrets_file": str(folder / "unsubscribe.secrets"),
+    }

@@ -22,7 +22,13 @@ from aupmilter.tokens import TokenKind, TokenSigner
 from testbed.dkimkeys import dns_txt_lookup
 from testbed.dnsserver import DnsServer
 from testbed.zones import private_key_path
-from tests.milter.harness import PLANS_DIR, Daemon, StartDaemon, Tenants
+from tests.milter.harness import (
+    Daemon,
+    StartDaemon,
+    Tenants,
+    unsubscribe_folder,
+    unsubscribe_settings,
+)
 from tests.milter.mta import EomResult, Kind
 from tests.support import RedisServer, client_commands
 
@@ -37,19 +43,15 @@ BODY = b"Autumn news.\r\nSee you.\r\n"
 
 @pytest.fixture
 def setup_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "listmail"
-    (folder / "policies").mkdir(parents=True)
-    shutil.copy(PLANS_DIR / "plans.toml", folder / "policies" / "plans.toml")
-    (folder / "policies" / "extra.toml").write_text(
+    folder = unsubscribe_folder(
+        tmp_path / "listmail",
         "[plan.strict]\n"
         'on_noncompliant_unsubscribe = "reject"\n'
         "[plan.counted]\n"
         "bulk_fingerprint_recipients = 3\n"
-        "bulk_fingerprint_window = 3600\n"
+        "bulk_fingerprint_window = 3600\n",
+        SECRET,
     )
-    secrets = folder / "unsubscribe.secrets"
-    secrets.write_text(SECRET + "\n")
-    secrets.chmod(0o600)
     key = folder / "acme.key"
     shutil.copy(private_key_path("test-rsa2048"), key)
     key.chmod(0o600)
@@ -60,11 +62,7 @@ def setup_dir(tmp_path: Path) -> Path:
 def daemon(start_daemon: StartDaemon, setup_dir: Path) -> Daemon:
     return start_daemon(
         policy={"plans_dir": str(setup_dir / "policies")},
-        unsubscribe={
-            "url_base": "https://unsub.relay.example",
-            "mailto_domain": "unsub.relay.example",
-            "secrets_file": str(setup_dir / "unsubscribe.secrets"),
-        },
+        unsubscribe=unsubscribe_settings(setup_dir),
         dkim={
             "tenant": {
                 "acme": {

@@ -7,14 +7,19 @@ second RCPT of a bulk-stream transaction.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import redis
 
 from aupmilter.store import keys
-from tests.milter.harness import PLANS_DIR, Daemon, StartDaemon, Tenants
+from tests.milter.harness import (
+    Daemon,
+    StartDaemon,
+    Tenants,
+    unsubscribe_folder,
+    unsubscribe_settings,
+)
 from tests.milter.mta import Kind
 from tests.support import RedisServer, client_commands
 
@@ -23,28 +28,19 @@ SECRET = "milter-tests-secret-0123456789abcdef01234567"
 
 @pytest.fixture
 def unsub_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "unsub"
-    (folder / "policies").mkdir(parents=True)
-    shutil.copy(PLANS_DIR / "plans.toml", folder / "policies" / "plans.toml")
-    (folder / "policies" / "lists.toml").write_text(
+    return unsubscribe_folder(
+        tmp_path / "unsub",
         "[plan.lists]\n"
         'description = "one recipient per bulk message"\n'
-        "bulk_one_recipient_per_message = true\n"
+        "bulk_one_recipient_per_message = true\n",
+        SECRET,
     )
-    secrets = folder / "unsubscribe.secrets"
-    secrets.write_text(SECRET + "\n")
-    secrets.chmod(0o600)
-    return folder
 
 
 def start(start_daemon: StartDaemon, unsub_dir: Path, check: str) -> Daemon:
     return start_daemon(
         policy={"plans_dir": str(unsub_dir / "policies"), "suppression_check": check},
-        unsubscribe={
-            "url_base": "https://unsub.relay.example",
-            "mailto_domain": "unsub.relay.example",
-            "secrets_file": str(unsub_dir / "unsubscribe.secrets"),
-        },
+        unsubscribe=unsubscribe_settings(unsub_dir),
     )
 
 

@@ -8,27 +8,7 @@ from pathlib import Path
 import pytest
 
 from aupmilter.config import ConfigError, ListenAddress, load_config
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def confdir(tmp_path: Path) -> Path:
-    (tmp_path / "policies").mkdir()
-    shutil.copy(ROOT / "policies" / "plans.toml", tmp_path / "policies" / "plans.toml")
-    return tmp_path
-
-
-def write(confdir: Path, text: str) -> Path:
-    path = confdir / "aup-milter.toml"
-    path.write_text(text)
-    return path
-
-
-def problems(confdir: Path, text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load_config(write(confdir, text))
-    return info.value.problems
+from tests.unit.configfiles import ROOT, problems, write
 
 
 def test_empty_file_gives_documented_defaults(confdir: Path) -> None:

@@ -2,42 +2,23 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from aupmilter.config import ConfigError, load_config, load_plans
+from aupmilter.config import load_config, load_plans
 from aupmilter.dns import Nameserver
 from aupmilter.policy.findings import AlignmentMode, Check, Mode
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def confdir(tmp_path: Path) -> Path:
-    (tmp_path / "policies").mkdir()
-    shutil.copy(ROOT / "policies" / "plans.toml", tmp_path / "policies" / "plans.toml")
-    return tmp_path
+from tests.unit.configfiles import ROOT, problems, write
 
 
 def load(confdir: Path, text: str, plans: str = "") -> object:
-    if plans:
-        (confdir / "policies" / "extra.toml").write_text(plans)
-    path = confdir / "aup-milter.toml"
-    path.write_text(text)
-    return load_config(path)
-
-
-def problems(confdir: Path, text: str, plans: str = "") -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load(confdir, text, plans)
-    return info.value.problems
+    return load_config(write(confdir, text, plans))
 
 
 def test_defaults(confdir: Path) -> None:
-    config = load_config(_write(confdir, ""))
+    config = load_config(write(confdir, ""))
     assert config.dns.nameservers == ()
     assert (config.dns.timeout, config.dns.lifetime) == (2.0, 4.0)
     messages = config.messages
@@ -51,15 +32,9 @@ def test_defaults(confdir: Path) -> None:
     assert checks.alignment is AlignmentMode.RELAXED
 
 
-def _write(confdir: Path, text: str) -> Path:
-    path = confdir / "aup-milter.toml"
-    path.write_text(text)
-    return path
-
-
 def test_dns_section(confdir: Path) -> None:
     config = load_config(
-        _write(
+        write(
             confdir,
             '[dns]\nnameservers = ["127.0.0.1:5353", "::1", "[::1]:53", "192.0.2.1"]\n'
             "timeout = 0.5\nlifetime = 1.5\ncache_entries = 0\n",

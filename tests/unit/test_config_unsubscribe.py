@@ -8,32 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from aupmilter.config import ConfigError, UnsubscribePlan, WebSettings, load_config
+from aupmilter.config import UnsubscribePlan, WebSettings, load_config
+from tests.unit.configfiles import problems, write
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture
-def confdir(tmp_path: Path) -> Path:
-    (tmp_path / "policies").mkdir()
-    shutil.copy(ROOT / "policies" / "plans.toml", tmp_path / "policies" / "plans.toml")
-    secrets = tmp_path / "unsubscribe.secrets"
+def confdir(confdir: Path) -> Path:
+    """The shipped plans and a secrets file (two secrets, newest first)."""
+    secrets = confdir / "unsubscribe.secrets"
     secrets.write_text(f"# newest first\n{SECRET}\n\n{'f' * 40}\n")
     secrets.chmod(0o600)
-    return tmp_path
-
-
-def write(confdir: Path, text: str) -> Path:
-    path = confdir / "aup-milter.toml"
-    path.write_text(text)
-    return path
-
-
-def problems(confdir: Path, text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load_config(write(confdir, text))
-    return info.value.problems
+    return confdir
 
 
 UNSUB_KEYS = {

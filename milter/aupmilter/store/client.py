@@ -280,14 +280,7 @@ class Store:
         return result
 
     def _call(self, script: Script, script_keys: list[str], args: list[str]) -> Any:
-        try:
-            result = script(keys=script_keys, args=args)
-        except STORE_ERRORS as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            self.outage.failed(reason)
-            raise StoreUnavailable(reason) from exc
-        self.outage.succeeded()
-        return result
+        return self._command(lambda: script(keys=script_keys, args=args))
 
     def close(self) -> None:
         self.client.close()
