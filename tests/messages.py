@@ -15,10 +15,10 @@ from datetime import datetime
 from pathlib import Path
 
 from aupmilter.config import Config, load_config
-from aupmilter.dns import Resolver
-from aupmilter.message_checks import EndOfMessage, MessageChecks, Sender
+from aupmilter.mailauth.resolver import Resolver
 from aupmilter.policy.findings import PlanChecks
 from aupmilter.policy.verdict import Verdict
+from aupmilter.stages.message_checks import EndOfMessage, MessageChecks, Sender
 
 _LINE = re.compile(rb"\r\n")
 _FOLD_START = (b" ", b"\t")

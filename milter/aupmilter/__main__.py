@@ -1,3 +1,3 @@
-from aupmilter.cli import main
+from aupmilter.cli.main import main
 
 raise SystemExit(main())

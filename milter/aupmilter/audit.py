@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from aupmilter.facts import Transaction
 from aupmilter.policy.verdict import Verdict
+from aupmilter.transaction import Transaction
 
 log = logging.getLogger("aupmilter.verdict")
 

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
-from aupmilter.dkimkey import SigningKey
-from aupmilter.dns import DnsSettings, Nameserver, parse_nameserver
+from aupmilter.mailauth.dkimkeys import SigningKey
+from aupmilter.mailauth.resolver import DnsSettings, Nameserver, parse_nameserver
+from aupmilter.message.spool import SpoolLimits
 from aupmilter.policy.findings import (
     DEFAULT_MODES,
     AlignmentMode,
@@ -30,7 +31,6 @@ from aupmilter.policy.findings import (
 from aupmilter.policy.headers import HeaderRules
 from aupmilter.policy.limits import Limits, Scope, Unit, Window
 from aupmilter.policy.tenancy import normalize_domain
-from aupmilter.spool import SpoolLimits
 
 T = TypeVar("T")
 
@@ -777,7 +777,7 @@ def load_unsubscribe_sections(
 
 
 def _unsubscribe_section(path: Path, root: _Section, problems: list[str]) -> UnsubscribeSettings:
-    from aupmilter.tokens import LONGEST_TOKEN
+    from aupmilter.policy.tokens import LONGEST_TOKEN
 
     section = _Section(path, "unsubscribe", root.subtable("unsubscribe"), problems)
     url_base = section.get(
@@ -923,7 +923,7 @@ def _dkim_section(path: Path, root: _Section, problems: list[str]) -> DkimSettin
 def _signing_identity(
     path: Path, name: str, body: Any, problems: list[str]
 ) -> SigningIdentity | None:
-    from aupmilter.dkimkey import UnusableKey, load_signing_key
+    from aupmilter.mailauth.dkimkeys import UnusableKey, load_signing_key
 
     section = _Section(path, name, body, problems)
     domain = section.get("domain", "", "a domain name (the signature's d=)", _domain_name)

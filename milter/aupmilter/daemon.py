@@ -23,9 +23,9 @@ import Milter
 import milter as libmilter
 
 from aupmilter import __version__, logs
+from aupmilter.callbacks import AupMilter, Lifecycle
 from aupmilter.config import Config, ListenAddress, MilterSettings
-from aupmilter.glue import AupMilter, Lifecycle
-from aupmilter.runtime import ConfigWatcher, LiveRuntime
+from aupmilter.live_config import ConfigWatcher, LiveRuntime
 
 log = logging.getLogger("aupmilter.daemon")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from aupmilter.cli import main
+from aupmilter.cli.main import main
 from aupmilter.store.suppression import AUDIT_STREAM
 from aupmilter.store.tenants import TenantAdmin
 from tests.support import RedisServer

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from aupmilter.config import Config
-from aupmilter.dns import Resolver
+from aupmilter.mailauth.resolver import Resolver
 from testbed.dnsserver import DnsServer
 from testbed.zones import RELAY_IP
 from tests.corpus.corpus import PLANS_FILE, Entry, load_manifest

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aupmilter.dns import DnsSettings, Resolver, parse_nameserver
+from aupmilter.mailauth.resolver import DnsSettings, Resolver, parse_nameserver
 from testbed.dnsserver import DnsServer
 
 TIMEOUT = 0.3

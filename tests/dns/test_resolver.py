@@ -1,4 +1,4 @@
-"""aupmilter.dns against the test zones over real DNS (UDP, and TCP after truncation)."""
+"""aupmilter.mailauth.resolver against the test zones over real DNS (UDP; TCP after truncation)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from aupmilter.dns import DnsSettings, Nameserver, Resolver, Status, parse_nameserver
+from aupmilter.mailauth.resolver import DnsSettings, Nameserver, Resolver, Status, parse_nameserver
 from testbed.dnsserver import DnsServer
 from tests.dns.conftest import LIFETIME, settings_for
 

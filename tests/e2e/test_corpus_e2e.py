@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from aupmilter.dkim import DkimStatus, signatures, verify_signatures
-from aupmilter.dns import DnsSettings, Nameserver, Resolver
+from aupmilter.mailauth.dkimverify import DkimStatus, signatures, verify_signatures
+from aupmilter.mailauth.resolver import DnsSettings, Nameserver, Resolver
 from testbed import Stack
 from testbed.client import TOKEN_HEADER, ClientFactory
 from tests.corpus.corpus import Entry, load_manifest

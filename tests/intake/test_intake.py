@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from aupmilter.policy.tokens import IssuedToken, TokenSigner
 from aupmilter.store.suppression import SuppressionStore
-from aupmilter.tokens import IssuedToken, TokenSigner
 from tests.milter.harness import child_env
 from tests.support import RedisServer, free_port
 from tests.web.harness import SECRET, write_config

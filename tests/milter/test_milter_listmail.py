@@ -17,8 +17,8 @@ import dkim
 import pytest
 import redis
 
+from aupmilter.policy.tokens import TokenKind, TokenSigner
 from aupmilter.store import keys
-from aupmilter.tokens import TokenKind, TokenSigner
 from testbed.dkimkeys import dns_txt_lookup
 from testbed.dnsserver import DnsServer
 from testbed.zones import private_key_path

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from aupmilter.cli import build_parser
+from aupmilter.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "doc"

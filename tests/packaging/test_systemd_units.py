@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from aupmilter import cli, daemon
+from aupmilter import daemon
+from aupmilter.cli import main as cli
 
 from .units import MAX_EXPOSURE, ROOT, SERVICES, SOCKETS, UNIT_DIR, exposure, parse_unit
 

@@ -8,6 +8,7 @@ from typing import cast
 import pytest
 import redis
 
+from aupmilter.policy.tokens import TokenSigner
 from aupmilter.store.suppression import (
     AUDIT_RETENTION_SECONDS,
     AUDIT_STREAM,
@@ -19,7 +20,6 @@ from aupmilter.store.suppression import (
     suppressed_key,
     validate_address,
 )
-from aupmilter.tokens import TokenSigner
 
 NOW = 1_700_000_000.0
 

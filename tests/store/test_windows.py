@@ -19,6 +19,7 @@ from aupmilter.policy.limits import (
     open_gate,
 )
 from aupmilter.policy.tenancy import tenant_lookup
+from aupmilter.policy.tokens import Reference, TokenKind
 from aupmilter.store import keys
 from aupmilter.store.client import (
     AllSuppressed,
@@ -32,7 +33,6 @@ from aupmilter.store.client import (
 )
 from aupmilter.store.suppression import unsubscribe_ref_key
 from aupmilter.store.tenants import TenantAdmin
-from aupmilter.tokens import Reference, TokenKind
 from tests.support import RedisServer, client_commands
 
 MINUTE = 60_000

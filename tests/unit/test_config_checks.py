@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from aupmilter.config import load_config, load_plans
-from aupmilter.dns import Nameserver
+from aupmilter.mailauth.resolver import Nameserver
 from aupmilter.policy.findings import AlignmentMode, Check, Mode
 from tests.unit.configfiles import ROOT, problems, write
 

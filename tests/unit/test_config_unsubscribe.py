@@ -301,7 +301,7 @@ def test_bad_dkim_tables(confdir: Path) -> None:
 def test_check_lists_unsubscribe_and_signing(
     confdir: Path, keys: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from aupmilter.cli import main
+    from aupmilter.cli.main import main
 
     path = write(confdir, UNSUB + dkim_config(confdir, keys, "ed25519.pem"))
     assert main(["check", "-c", str(path)]) == 0

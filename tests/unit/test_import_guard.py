@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_import_milter_from_repository_root() -> None:
     probe = (
-        "import Milter, milter, mime, aupmilter.glue; "
+        "import Milter, milter, mime, aupmilter.callbacks; "
         "assert hasattr(Milter, 'Base'), Milter.__file__; "
         "assert hasattr(milter, 'register'), milter.__file__; "
         "print(Milter.__file__)"

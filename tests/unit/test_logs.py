@@ -6,9 +6,9 @@ import json
 import logging
 
 from aupmilter import audit, replies
-from aupmilter.facts import Transaction
 from aupmilter.logs import ConnectionLog, JsonFormatter, TextFormatter
 from aupmilter.policy.verdict import Verdict
+from aupmilter.transaction import Transaction
 
 
 def make_record(logger: logging.Logger, emit: object) -> logging.LogRecord:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aupmilter.config import load_config
-from aupmilter.runtime import ConfigWatcher, LiveRuntime, file_signature
+from aupmilter.live_config import ConfigWatcher, LiveRuntime, file_signature
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,8 +13,8 @@ import dkim
 import pytest
 
 from aupmilter.config import SigningIdentity
-from aupmilter.dkimkey import load_signing_key
-from aupmilter.signing import header_list, render, sign
+from aupmilter.mailauth.dkimkeys import load_signing_key
+from aupmilter.mailauth.dkimsign import header_list, render, sign
 from testbed.dkimkeys import KeyPair, make_key
 
 HEADERS = [

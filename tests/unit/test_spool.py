@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aupmilter.spool import Spool, SpoolError, SpoolFull, SpoolLimits
+from aupmilter.message.spool import Spool, SpoolError, SpoolFull, SpoolLimits
 
 
 def test_small_bodies_stay_in_memory(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from aupmilter.tokens import (
+from aupmilter.policy.tokens import (
     LONGEST_TOKEN,
     MAX_TOKEN_LENGTH,
     SECONDS_PER_DAY,
@@ -85,7 +85,7 @@ def _flip_first(token: str) -> str:
 
 def _swap_reference(token: str) -> str:
     """Keep the MAC, claim another tenant's reference."""
-    from aupmilter.tokens import _b32, _unb32
+    from aupmilter.policy.tokens import _b32, _unb32
 
     raw = bytearray(_unb32(token) or b"")
     raw[3:13] = commitment(TokenKind.RECIPIENT, "globex", "a@b.example")

@@ -8,6 +8,7 @@ import pytest
 
 from aupmilter.config import UnsubscribePlan, UnsubscribeSettings
 from aupmilter.policy.classify import Classification, MailClass
+from aupmilter.policy.tokens import TokenKind, TokenSigner
 from aupmilter.policy.unsubscribe import (
     HeaderDeletion,
     UnsubscribeAction,
@@ -18,7 +19,6 @@ from aupmilter.policy.unsubscribe import (
     issue_links,
 )
 from aupmilter.policy.verdict import Action
-from aupmilter.tokens import TokenKind, TokenSigner
 
 NOW = 1_700_000_000.0
 SETTINGS = UnsubscribeSettings(

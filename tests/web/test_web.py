@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from aupmilter.policy.tokens import IssuedToken, TokenSigner
 from aupmilter.store.suppression import AUDIT_STREAM, SuppressionStore
-from aupmilter.tokens import IssuedToken, TokenSigner
 from tests.support import RedisServer
 from tests.web.harness import SECRET, WebService
 

@@ -1,7 +1,7 @@
 """What DNS says about the sender: bounce route, DKIM and SPF results, as findings.
 
-The lookups themselves happen in `aupmilter.message_checks` (through
-`aupmilter.dns`); this module only judges their results, so every rule is
+The lookups themselves happen in `aupmilter.stages.message_checks` (through
+`aupmilter.mailauth.resolver`); this module only judges their results, so every rule is
 testable without a network. A DNS failure always gives a temporary reply
 (`451 4.4.3`), never a permanent one.
 """
@@ -12,10 +12,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from aupmilter import replies
-from aupmilter.dkim import DkimResult, DkimStatus
-from aupmilter.dns import Answer, Status
+from aupmilter.mailauth.dkimverify import DkimResult, DkimStatus
+from aupmilter.mailauth.resolver import Answer, Status
+from aupmilter.mailauth.spfcheck import PASS, TEMPERROR, SpfResult
 from aupmilter.policy.findings import Check, Finding, quoted
-from aupmilter.spfcheck import PASS, TEMPERROR, SpfResult
 
 
 @dataclass(frozen=True, slots=True)

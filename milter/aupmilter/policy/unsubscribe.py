@@ -27,9 +27,9 @@ from enum import StrEnum
 from aupmilter import replies
 from aupmilter.config import UnsubscribePlan, UnsubscribeSettings
 from aupmilter.policy.classify import Classification, MailClass
+from aupmilter.policy.tokens import IssuedToken, TokenSigner
 from aupmilter.policy.verdict import Verdict
 from aupmilter.replies import Reply
-from aupmilter.tokens import IssuedToken, TokenSigner
 
 LIST_UNSUBSCRIBE = "List-Unsubscribe"
 LIST_UNSUBSCRIBE_POST = "List-Unsubscribe-Post"

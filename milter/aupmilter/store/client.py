@@ -22,9 +22,9 @@ from redis.retry import Retry
 from aupmilter.config import Plan, RedisSettings
 from aupmilter.policy.limits import Scope, Unit, Window, WindowFill
 from aupmilter.policy.tenancy import Lookup, TenantRecord
+from aupmilter.policy.tokens import Reference
 from aupmilter.store import keys
 from aupmilter.store.suppression import unsubscribe_ref_key
-from aupmilter.tokens import Reference
 
 log = logging.getLogger("aupmilter.store")
 

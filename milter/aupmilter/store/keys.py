@@ -21,7 +21,7 @@ aup:{<id>}:fp:<period_ms>:<fingerprint>      hash: recipients a content fingerpr
 Not per tenant (the unsubscribe service learns the tenant from it):
 
 aup:unsubref:<ref>        string: "<tenant>\n<address>" behind an unsubscribe token;
-                          expires with the tokens (aupmilter.tokens, store.suppression)
+                          expires with the tokens (aupmilter.policy.tokens, store.suppression)
 aup:audit                 stream: audit events (suppressions), trimmed to about 8 days
 """
 

@@ -6,7 +6,7 @@ aup:{<tenant>}:suppressed   hash: field = recipient address, normalised (local p
                             given, domain lower-cased); value = "<source> <unix-time>"
                             with source one-click | mailto | complaint | bounce | manual
 aup:unsubref:<ref>          string: "<tenant>\\n<address>" for the unsubscribe token
-                            reference <ref> (see aupmilter.tokens); expires with the tokens
+                            reference <ref> (see aupmilter.policy.tokens); expires with the tokens
 aup:audit                   stream: audit events, trimmed to about AUDIT_RETENTION
 
 The braces are a Redis Cluster hash tag: every key of one tenant lives in one
@@ -32,8 +32,8 @@ import redis
 
 from aupmilter.policy.limits import recipient_key
 from aupmilter.policy.tenancy import normalize_domain
+from aupmilter.policy.tokens import Reference
 from aupmilter.store import keys
-from aupmilter.tokens import Reference
 
 log = logging.getLogger("aupmilter.suppression")
 

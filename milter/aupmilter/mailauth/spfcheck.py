@@ -5,7 +5,7 @@ The relay sends its tenants' mail from its own outbound addresses (config
 against them. A tenant whose record leaves the relay out gets its mail
 rejected or junked downstream, so a plan can check it here (`spf = "warn"` or
 `"enforce"`). pyspf evaluates the record (includes, redirects, macros, the
-10-lookup limit); its DNS queries go through `aupmilter.dns` (same servers,
+10-lookup limit); its DNS queries go through `aupmilter.mailauth.resolver` (same servers,
 timeouts and cache as everything else).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import spf as pyspf
 
-from aupmilter.dns import Resolver, Status
+from aupmilter.mailauth.resolver import Resolver, Status
 
 PASS = "pass"
 TEMPERROR = "temperror"

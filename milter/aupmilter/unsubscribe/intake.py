@@ -33,15 +33,15 @@ from typing import BinaryIO
 import redis
 
 from aupmilter.config import ConfigError, UnsubscribeSettings, load_config
+from aupmilter.policy.tokens import InvalidToken, TokenKind, TokenSigner
 from aupmilter.store.suppression import (
     AddressError,
     Source,
     SuppressionStore,
     validate_address,
 )
-from aupmilter.tokens import InvalidToken, TokenKind, TokenSigner
 
-log = logging.getLogger("aupmilter.intake")
+log = logging.getLogger("aupmilter.unsubscribe.intake")
 
 EX_OK = 0
 EX_USAGE = 64

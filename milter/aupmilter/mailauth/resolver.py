@@ -29,7 +29,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 
-log = logging.getLogger("aupmilter.dns")
+log = logging.getLogger("aupmilter.mailauth.resolver")
 
 
 class Status(StrEnum):

@@ -36,6 +36,7 @@ import redis.asyncio
 from aiohttp import web
 
 from aupmilter.config import Config, ConfigError, UnsubscribeSettings, WebSettings, load_config
+from aupmilter.policy.tokens import InvalidToken, TokenClaims, TokenKind, TokenSigner
 from aupmilter.store.suppression import (
     AddressError,
     Outcome,
@@ -48,9 +49,8 @@ from aupmilter.store.suppression import (
     unsubscribe_ref_key,
     validate_address,
 )
-from aupmilter.tokens import InvalidToken, TokenClaims, TokenKind, TokenSigner
 
-log = logging.getLogger("aupmilter.web")
+log = logging.getLogger("aupmilter.unsubscribe.web")
 
 EX_OK = 0
 EX_CONFIG = 78

@@ -14,7 +14,7 @@ def add_parsers(
     commands: argparse._SubParsersAction,  # type: ignore[type-arg]
     config_option: Callable[[argparse.ArgumentParser], None],
 ) -> None:
-    from aupmilter import suppresscli
+    from aupmilter.cli import suppress as suppresscli
 
     suppresscli.add_parser(commands, config_option)
     web = commands.add_parser(
@@ -35,13 +35,13 @@ def add_parsers(
 
 def run(args: argparse.Namespace, redis_url: Callable[[], str]) -> int:
     if args.command == "web":
-        from aupmilter import web
+        from aupmilter.unsubscribe import web
 
         return web.main(args)
     if args.command == "intake":
-        from aupmilter import intake
+        from aupmilter.unsubscribe import intake
 
         return intake.main(args)
-    from aupmilter import suppresscli
+    from aupmilter.cli import suppress as suppresscli
 
     return suppresscli.run(args, redis_url())

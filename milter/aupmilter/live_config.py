@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from aupmilter import logs
 from aupmilter.config import Config, ConfigError, load_config, plan_files
-from aupmilter.dns import Resolver
+from aupmilter.mailauth.resolver import Resolver
 from aupmilter.policy.tenancy import SenderPolicy
 from aupmilter.store.client import Store, WindowCatalog
 
-log = logging.getLogger("aupmilter.runtime")
+log = logging.getLogger("aupmilter.live_config")
 
 Signature = tuple[tuple[str, int, int, int], ...]
 

@@ -26,8 +26,10 @@ from datetime import datetime
 
 from aupmilter import replies
 from aupmilter.config import Config, MessageSettings
-from aupmilter.dkim import Signature, signatures, verify_signatures
-from aupmilter.dns import Resolver
+from aupmilter.mailauth.dkimverify import Signature, signatures, verify_signatures
+from aupmilter.mailauth.resolver import Resolver
+from aupmilter.mailauth.spfcheck import check_relay_ips
+from aupmilter.message.spool import Spool, SpoolError, SpoolFull
 from aupmilter.policy.alignment import (
     DomainFacts,
     check_domains,
@@ -61,8 +63,6 @@ from aupmilter.policy.headers import (
 from aupmilter.policy.subjects import bulk_by_headers, check_subject
 from aupmilter.policy.tenancy import TenantRecord, normalize_domain, sender_domain
 from aupmilter.policy.verdict import Verdict
-from aupmilter.spfcheck import check_relay_ips
-from aupmilter.spool import Spool, SpoolError, SpoolFull
 
 ALLOWED_DOMAINS_FIELD = "allowed_domains"
 """Tenant hash field: extra Reply-To/Sender domains, separated by spaces or commas."""

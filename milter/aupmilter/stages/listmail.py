@@ -28,11 +28,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from aupmilter.config import Config, Plan, SigningIdentity, UnsubscribePlan, UnsubscribeSettings
-from aupmilter.facts import Transaction
+from aupmilter.mailauth.dkimsign import sign
 from aupmilter.policy.classify import Classification, MailClass, classify, header_values
 from aupmilter.policy.fingerprint import body_fingerprint
 from aupmilter.policy.headers import HeaderField
 from aupmilter.policy.limits import Scope, Unit, Window
+from aupmilter.policy.tokens import Reference, TokenSigner
 from aupmilter.policy.unsubscribe import (
     UnsubscribeAction,
     UnsubscribeDecision,
@@ -43,9 +44,8 @@ from aupmilter.policy.unsubscribe import (
     kept_headers,
 )
 from aupmilter.policy.verdict import Verdict
-from aupmilter.signing import sign
 from aupmilter.store.client import ReferenceWrite
-from aupmilter.tokens import Reference, TokenSigner
+from aupmilter.transaction import Transaction
 
 FINGERPRINT_WINDOW = "content-fingerprint"
 Headers = Sequence[tuple[str, str]]

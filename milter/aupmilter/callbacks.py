@@ -21,17 +21,9 @@ import Milter
 
 from aupmilter import audit, replies
 from aupmilter.config import UnsubscribePlan
-from aupmilter.facts import Connection, Transaction
-from aupmilter.listmail import (
-    ListMail,
-    ListMailOutcome,
-    header_pairs,
-    list_mail_for,
-    message_fingerprint,
-    message_id_of,
-)
+from aupmilter.live_config import LiveRuntime
 from aupmilter.logs import ConnectionLog
-from aupmilter.message_checks import MessageChecks, sender_for
+from aupmilter.mailauth.dkimsign import SigningError
 from aupmilter.policy.limits import RecipientGate, open_gate, recipient_key, sender_identity
 from aupmilter.policy.tenancy import (
     decide_sender,
@@ -45,8 +37,15 @@ from aupmilter.policy.unsubscribe import (
 )
 from aupmilter.policy.verdict import Action, Verdict
 from aupmilter.replies import Reply
-from aupmilter.runtime import LiveRuntime
-from aupmilter.signing import SigningError
+from aupmilter.stages.listmail import (
+    ListMail,
+    ListMailOutcome,
+    header_pairs,
+    list_mail_for,
+    message_fingerprint,
+    message_id_of,
+)
+from aupmilter.stages.message_checks import MessageChecks, sender_for
 from aupmilter.store import keys
 from aupmilter.store.client import (
     AllSuppressed,
@@ -55,6 +54,7 @@ from aupmilter.store.client import (
     ReferenceWrite,
     StoreUnavailable,
 )
+from aupmilter.transaction import Connection, Transaction
 
 log = logging.getLogger("aupmilter.milter")
 _connection_numbers = itertools.count(1)

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove = actions.add_parser("remove", help="delete a tenant and its mappings")
     remove.add_argument("tenant_id", metavar="ID")
 
-    from aupmilter import unsubcli
+    from aupmilter.cli import unsubscribe as unsubcli
 
     unsubcli.add_parsers(commands, config_option)
     return parser
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return cmd_run(args.config)
     if args.command in ("suppress", "web", "intake"):
-        from aupmilter import unsubcli
+        from aupmilter.cli import unsubscribe as unsubcli
 
         return unsubcli.run(args, lambda: _tenant_redis(args)[0])
     return cmd_tenant(args)

@@ -1,4 +1,4 @@
-"""DKIM verification with dkimpy, its key lookups going through `aupmilter.dns`.
+"""DKIM verification with dkimpy, its key lookups going through `aupmilter.mailauth.resolver`.
 
 `verify_signatures` checks the DKIM-Signature fields the caller picks (the
 ones whose d= is the tenant's) against the message rebuilt from the header
@@ -18,14 +18,14 @@ from typing import Any
 
 import dkim as dkimpy
 
-from aupmilter.dns import Resolver, Status
+from aupmilter.mailauth.resolver import Resolver, Status
 
 MAX_SIGNATURES = 8
 """Signatures verified per message at most; each costs a key lookup and a hash of the body."""
 MIN_KEY_BITS = 1024
 """RFC 8301: verifiers must not accept RSA keys shorter than 1024 bits."""
 
-log = logging.getLogger("aupmilter.dkim")
+log = logging.getLogger("aupmilter.mailauth.dkimverify")
 
 
 class DkimStatus(StrEnum):
