@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from aupmilter.policy.verdict import Verdict
-from aupmilter.transaction import Transaction
 
 log = logging.getLogger("aupmilter.verdict")
 
 
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What an audit line says of the transaction it is about."""
+
+    sender: str
+    auth_login: str | None
+    queue_id: str | None
+    recipients: int
+
+
 def verdict_event(
-    conn_id: str, txn: Transaction, verdict: Verdict, stage: str
+    conn_id: str, envelope: Envelope, verdict: Verdict, stage: str
 ) -> dict[str, object]:
     return {
         "conn": conn_id,
-        "queue_id": txn.queue_id,
+        "queue_id": envelope.queue_id,
         "stage": stage,
         "tenant": verdict.tenant,
-        "sender": txn.sender,
-        "auth": txn.auth_login,
-        "recipients": len(txn.recipients),
+        "sender": envelope.sender,
+        "auth": envelope.auth_login,
+        "recipients": envelope.recipients,
         "verdict": verdict.action.value,
         "reply": f"{verdict.reply.code} {verdict.reply.status}" if verdict.reply else None,
         "reason": verdict.reason,
@@ -31,13 +41,13 @@ def verdict_event(
 
 def record(
     conn_id: str,
-    txn: Transaction,
+    envelope: Envelope,
     verdict: Verdict,
     stage: str,
     extra: Mapping[str, object] | None = None,
 ) -> None:
     """`extra`: more facts for the line (e.g. the bulk/transactional class)."""
-    event = verdict_event(conn_id, txn, verdict, stage)
+    event = verdict_event(conn_id, envelope, verdict, stage)
     if extra:
         event.update(extra)
     if log.isEnabledFor(logging.INFO):
@@ -46,16 +56,16 @@ def record(
 
 
 def suppressed(
-    conn_id: str, txn: Transaction, tenant: str, recipient: str, stage: str = "eom"
+    conn_id: str, envelope: Envelope, tenant: str, recipient: str, stage: str = "eom"
 ) -> None:
     """A recipient removed from a message (eom), or refused at RCPT (suppression_check = "rcpt"),
     because it is on the tenant's suppression list."""
     event: dict[str, object] = {
         "conn": conn_id,
-        "queue_id": txn.queue_id,
+        "queue_id": envelope.queue_id,
         "stage": stage,
         "tenant": tenant,
-        "sender": txn.sender,
+        "sender": envelope.sender,
         "event": "suppressed-recipient-removed"
         if stage == "eom"
         else "suppressed-recipient-refused",

@@ -8,7 +8,6 @@ import logging
 from aupmilter import audit, replies
 from aupmilter.logs import ConnectionLog, JsonFormatter, TextFormatter
 from aupmilter.policy.verdict import Verdict
-from aupmilter.transaction import Transaction
 
 
 def make_record(logger: logging.Logger, emit: object) -> logging.LogRecord:
@@ -30,8 +29,7 @@ def make_record(logger: logging.Logger, emit: object) -> logging.LogRecord:
 
 
 def test_verdict_line_has_every_field() -> None:
-    txn = Transaction(sender="a@acme.example", auth_login="acme", queue_id="4AbC")
-    txn = txn.with_recipients(["x@example.net"]).with_recipients(["y@example.net"])
+    txn = audit.Envelope(sender="a@acme.example", auth_login="acme", queue_id="4AbC", recipients=2)
     verdict = Verdict.refuse(replies.ACCOUNT_TERMINATED, "tenant acme is terminated", "acme")
     logger = logging.getLogger("aupmilter.verdict")
     record = make_record(logger, lambda: audit.record("c7", txn, verdict, "mail"))

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import dkim
 
 from aupmilter.config import SigningIdentity
+from aupmilter.message.wire import render_header_section
 
 SIGNED_HEADERS = (
     "From",
@@ -55,7 +56,7 @@ SIGNED_HEADERS = (
 MAY_BE_ADDED_DOWNSTREAM = frozenset(
     {"date", "message-id", "mime-version", "content-type", "content-transfer-encoding"}
 )
-_LINE_BREAK = re.compile(r"\r?\n")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 class SigningError(Exception):
@@ -79,14 +80,9 @@ def header_list(headers: Sequence[tuple[str, str]]) -> list[str]:
 
 
 def render(headers: Sequence[tuple[str, str]], body: bytes) -> bytes:
-    """The message in wire form (CRLF), as dkimpy reads it."""
-    lines = []
-    for name, value in headers:
-        folded = _LINE_BREAK.sub("\r\n", value)
-        separator = "" if folded[:1] in (" ", "\t") else " "
-        lines.append(f"{name}:{separator}{folded}\r\n".encode("utf-8", "surrogateescape"))
-    body = re.sub(rb"(?<!\r)\n", b"\r\n", body)
-    return b"".join(lines) + b"\r\n" + body
+    """The message in wire form (CRLF), as dkimpy reads it; `headers` as `message.wire` has them."""
+    body = _BARE_LF.sub(b"\r\n", body)
+    return render_header_section(headers) + b"\r\n" + body
 
 
 def sign(

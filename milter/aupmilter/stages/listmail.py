@@ -24,14 +24,14 @@ in), and what the tokens stand for is returned for the glue to store.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aupmilter.config import Config, Plan, SigningIdentity, UnsubscribePlan, UnsubscribeSettings
 from aupmilter.mailauth.dkimsign import sign
+from aupmilter.message.wire import added_field
 from aupmilter.policy.classify import Classification, MailClass, classify, header_values
 from aupmilter.policy.fingerprint import body_fingerprint
-from aupmilter.policy.headers import HeaderField
 from aupmilter.policy.limits import Scope, Unit, Window
 from aupmilter.policy.tokens import Reference, TokenSigner
 from aupmilter.policy.unsubscribe import (
@@ -45,7 +45,6 @@ from aupmilter.policy.unsubscribe import (
 )
 from aupmilter.policy.verdict import Verdict
 from aupmilter.store.client import ReferenceWrite
-from aupmilter.transaction import Transaction
 
 FINGERPRINT_WINDOW = "content-fingerprint"
 Headers = Sequence[tuple[str, str]]
@@ -179,7 +178,8 @@ class ListMail:
         """
         if self.identity is None or body is None or not outcome.classification.bulk:
             return None
-        final = [*kept_headers(headers, outcome.decision), *added_before, *outcome.decision.add]
+        added = [added_field(name, value) for name, value in (*added_before, *outcome.decision.add)]
+        final = [*kept_headers(headers, outcome.decision), *added]
         return sign(final, body, self.identity)
 
 
@@ -189,24 +189,12 @@ def message_fingerprint(headers: Headers, body: bytes) -> str:
     return body_fingerprint(content_type, encoding, body)
 
 
-def list_mail_for(config: Config, tenant: str, txn: Transaction, plan: Plan) -> ListMail:
+def list_mail_for(config: Config, tenant: str, stream: str | None, plan: Plan) -> ListMail:
     """The tenant's list-mail settings for one transaction (built at MAIL FROM)."""
     return ListMail(
         tenant=tenant,
-        stream=txn.stream,
+        stream=stream,
         plan=plan.unsubscribe,
         settings=config.unsubscribe,
         identity=config.dkim.identity_for(tenant),
     )
-
-
-def header_pairs(fields: Iterable[HeaderField]) -> list[tuple[str, str]]:
-    """(name, value) with the value's raw bytes kept (surrogate escapes), leading space and all."""
-    return [(f.name, f.raw.decode("utf-8", "surrogateescape")) for f in fields]
-
-
-def message_id_of(headers: Headers, added: Headers) -> str | None:
-    for name, value in [*headers, *added]:
-        if name.lower() == "message-id" and value.strip():
-            return value.strip()
-    return None

@@ -1,0 +1,219 @@
+"""End of message: the checks in order, one Redis call, and the actions for the MTA.
+
+`STEPS` is the order, as data. Each step reads and refines one `Draft`; the
+first step whose verdict refuses ends the stage (nothing after it runs, and
+the actions saved so far are not applied: a refused message changes nothing).
+
+1. message checks: header structure, domains and alignment, subject, DKIM,
+   SPF (pure rules, DNS through the cached resolver); a refusal here is never
+   charged to the windows;
+2. unsubscribe compliance: bulk mail with broken unsubscribe headers on a
+   plan that rejects them is refused before any charge;
+3. charge: the one end-of-message script (suppression of the recipients, the
+   windows' atomic re-check and charge, the content fingerprint's counter,
+   the references behind the message's unsubscribe links);
+4. header edits: the unsubscribe decision over the recipients left, and the
+   fields the milter adds (Message-ID, List-Unsubscribe pair);
+5. signature: DKIM over the header list as the MTA will deliver it;
+6. quarantine: a suspended tenant's mail goes to the hold queue.
+
+With the MAIL FROM read that makes two Redis round trips per transaction,
+whatever the number of recipients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from aupmilter import replies
+from aupmilter.mailauth.dkimsign import SigningError
+from aupmilter.message.wire import header_pairs, message_id_of
+from aupmilter.policy.actions import (
+    AddHeader,
+    ChangeHeader,
+    DeleteRecipient,
+    InsertHeader,
+    MilterAction,
+    Quarantine,
+)
+from aupmilter.policy.tenancy import decide_store_error
+from aupmilter.policy.unsubscribe import UnsubscribeLinks
+from aupmilter.policy.verdict import Action, Verdict
+from aupmilter.stages.listmail import ListMailOutcome, message_fingerprint
+from aupmilter.stages.message_checks import MessageChecks
+from aupmilter.stages.transaction import Transaction
+from aupmilter.store import keys
+from aupmilter.store.client import AllSuppressed, NoRoom, ReferenceWrite, StoreUnavailable
+
+
+@dataclass(slots=True)
+class Draft:
+    """The end-of-message work in progress: what the steps decided so far."""
+
+    verdict: Verdict
+    checks: MessageChecks
+    headers: list[tuple[str, str]]
+    body: bytes | None
+    now: float
+    added: tuple[tuple[str, str], ...] = ()
+    """Fields the message checks add (a Message-ID), name and value without leading space."""
+    links: UnsubscribeLinks | None = None
+    remaining: list[str] | None = None
+    """Recipient keys left after suppression; None until the charge ran."""
+    outcome: ListMailOutcome | None = None
+    suppressed: list[str] = field(default_factory=list)
+    """Recipients removed because they are on the tenant's suppression list, as written."""
+    actions: list[MilterAction] = field(default_factory=list)
+
+    def log_fields(self) -> dict[str, object] | None:
+        return self.outcome.log_fields() if self.outcome is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfMessageResult:
+    verdict: Verdict
+    actions: tuple[MilterAction, ...]
+    """To apply in this order when the verdict does not refuse."""
+    suppressed: tuple[str, ...]
+    log_fields: dict[str, object] | None
+
+
+Step = Callable[[Transaction, Draft], None]
+
+
+def decide(txn: Transaction, checks: MessageChecks, now: float) -> EndOfMessageResult:
+    """Run the end-of-message steps over the collected message."""
+    assert txn.verdict is not None
+    listmail = txn.listmail
+    collected = checks.collected
+    needs_body = listmail is not None and listmail.needs_body
+    draft = Draft(
+        verdict=txn.verdict,
+        checks=checks,
+        headers=header_pairs(collected.fields),
+        body=collected.body_bytes() if needs_body else None,
+        now=now,
+    )
+    for _name, step in STEPS:
+        step(txn, draft)
+        if draft.verdict.refuses:
+            break
+    return EndOfMessageResult(
+        draft.verdict, tuple(draft.actions), tuple(draft.suppressed), draft.log_fields()
+    )
+
+
+def _message_checks(txn: Transaction, draft: Draft) -> None:
+    result = draft.checks.at_end_of_message(
+        draft.verdict,
+        datetime.fromtimestamp(draft.now, UTC),
+        txn.mta_host,
+        bulk_stream=txn.stream == "bulk",
+    )
+    draft.verdict, draft.added = result.verdict, result.add_headers
+
+
+def _unsubscribe_compliance(txn: Transaction, draft: Draft) -> None:
+    if txn.listmail is not None and txn.gate is not None:
+        refusal = txn.listmail.before_charge(draft.headers, len(txn.gate.accepted))
+        draft.verdict = refusal or draft.verdict
+
+
+def _charge(txn: Transaction, draft: Draft) -> None:
+    """The end-of-message script; with list mail, the fingerprint and link references in it."""
+    gate, listmail, runtime = txn.gate, txn.listmail, txn.runtime
+    if gate is None:
+        return
+    references: ReferenceWrite | None = None
+    counters = []
+    if listmail is not None:
+        message_id = message_id_of(draft.headers, draft.added) or txn.queue_id or txn.conn_id
+        draft.links, references = listmail.links_for_charge(
+            draft.headers, list(gate.accepted), message_id, draft.now
+        )
+        if listmail.counts_fingerprints and draft.body is not None:
+            window = listmail.fingerprint_window()
+            fingerprint = message_fingerprint(draft.headers, draft.body)
+            key = keys.fingerprint_counter(gate.tenant, fingerprint, window.period_ms)
+            counters.append((key, window))
+    now_ms = int(draft.now * 1000)
+    try:
+        result = runtime.store.charge(
+            gate.tenant,
+            gate.limits.windows,
+            gate.sender,
+            list(gate.accepted),
+            now_ms,
+            counters=counters,
+            references=references,
+        )
+    except StoreUnavailable as exc:
+        fallback = decide_store_error(str(exc), runtime.sender_policy)
+        draft.verdict = fallback if fallback.refuses else draft.verdict
+        return
+    tenant = gate.tenant
+    if isinstance(result, NoRoom):
+        reply = gate.no_room_reply(result.window_index, result.fill, now_ms)
+        window_name = gate.limits.windows[result.window_index].name
+        reason = f"window {window_name} filled by concurrent mail"
+        draft.verdict = Verdict.refuse(reply, reason, tenant)
+        return
+    for key in result.suppressed:
+        draft.suppressed.append(gate.accepted[key])
+        draft.actions.append(DeleteRecipient(gate.accepted[key]))
+    if isinstance(result, AllSuppressed):
+        reply = replies.recipients_unsubscribed(tenant)
+        draft.verdict = Verdict.refuse(reply, "every recipient has unsubscribed", tenant)
+        return
+    if counters:
+        txn.fingerprint_recipients = result.fills[-1]
+    gone = set(result.suppressed)
+    draft.remaining = [key for key in gate.accepted if key not in gone]
+
+
+def _header_edits(txn: Transaction, draft: Draft) -> None:
+    listmail = txn.listmail
+    if listmail is not None and draft.remaining is not None:
+        draft.outcome = listmail.after_charge(
+            draft.headers, draft.remaining, txn.fingerprint_recipients, draft.links
+        )
+    decision = draft.outcome.decision if draft.outcome is not None else None
+    if decision is not None:
+        draft.actions += [ChangeHeader(d.name, d.index) for d in decision.delete]
+    draft.actions += [AddHeader(name, value) for name, value in draft.added]
+    if decision is not None:
+        draft.actions += [AddHeader(name, value) for name, value in decision.add]
+
+
+def _signature(txn: Transaction, draft: Draft) -> None:
+    """DKIM-sign bulk mail as the MTA will deliver it; a failure is logged, not fatal."""
+    listmail, outcome = txn.listmail, draft.outcome
+    if listmail is None or outcome is None:
+        return
+    if not draft.checks.collected.complete:
+        txn.log.warning("header fields past the collection limits: the message is not signed")
+        return
+    try:
+        signature = listmail.signature(draft.headers, draft.added, outcome, draft.body)
+    except SigningError as exc:
+        txn.log.error("DKIM signing failed, the message goes unsigned: %s", exc)
+        return
+    if signature is not None:
+        draft.actions.append(InsertHeader(*signature, index=0))
+
+
+def _quarantine(_txn: Transaction, draft: Draft) -> None:
+    if draft.verdict.action is Action.QUARANTINE:
+        draft.actions.append(Quarantine(f"aup-milter: {draft.verdict.reason}"))
+
+
+STEPS: tuple[tuple[str, Step], ...] = (
+    ("message checks", _message_checks),
+    ("unsubscribe compliance", _unsubscribe_compliance),
+    ("charge", _charge),
+    ("header edits", _header_edits),
+    ("signature", _signature),
+    ("quarantine", _quarantine),
+)
