@@ -25,6 +25,7 @@ import milter as libmilter
 from aupmilter import __version__, logs
 from aupmilter.callbacks import AupMilter, Lifecycle
 from aupmilter.config import Config, ListenAddress, MilterSettings
+from aupmilter.exitcodes import EX_FAILURE, EX_OK
 from aupmilter.live_config import ConfigWatcher, LiveRuntime
 
 log = logging.getLogger("aupmilter.daemon")
@@ -248,7 +249,7 @@ def serve(config: Config) -> int:
         if not milter_thread.is_alive():
             watcher.stop()
             log.error("libmilter stopped by itself: %s", milter_thread.error or "no reason given")
-            return 1
+            return EX_FAILURE
 
     sd_notify("STOPPING=1")
     watcher.stop()
@@ -264,7 +265,7 @@ def serve(config: Config) -> int:
     else:
         log.info("stopped cleanly")
     live.current.store.close()
-    return 0
+    return EX_OK
 
 
 def _redacted(url: str) -> str:

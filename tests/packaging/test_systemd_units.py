@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from aupmilter import daemon
-from aupmilter.cli import main as cli
+from aupmilter.exitcodes import EX_CONFIG
 
 from .units import MAX_EXPOSURE, ROOT, SERVICES, SOCKETS, UNIT_DIR, exposure, parse_unit
 
@@ -53,7 +53,7 @@ def test_service_runs_unprivileged_and_hardened(name: str) -> None:
     assert service["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     assert service["SystemCallFilter"][0] == "@system-service"
     # A config that does not validate exits with EX_CONFIG; restarting cannot fix it.
-    assert str(cli.EX_CONFIG) in service["RestartPreventExitStatus"]
+    assert str(EX_CONFIG) in service["RestartPreventExitStatus"]
 
 
 @pytest.mark.parametrize("name", SERVICES)

@@ -9,21 +9,30 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from aupmilter import __version__
 from aupmilter.config import DEFAULT_CONFIG_PATH, Config, ConfigError, RedisSettings, load_config
+from aupmilter.exitcodes import EX_CONFIG, EX_FAILURE, EX_OK, EX_UNAVAILABLE, EX_USAGE
 from aupmilter.store.tenants import TenantInfo
 
-EX_OK = 0
-EX_FAILURE = 1
-EX_USAGE = 2
-EX_UNAVAILABLE = 69
-EX_CONFIG = 78
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with usage errors exiting EX_USAGE instead of its own 2.
+
+    2 means nothing to sysexits readers: Postfix's pipe would report "Command
+    died with status 2". Subcommand parsers inherit the class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="aup-milter",
         description="Milter enforcing a bulk-email Acceptable Use Policy on a shared relay.",
     )

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
 
+from aupmilter.exitcodes import EX_DATAERR, EX_FAILURE, EX_OK, EX_UNAVAILABLE
 from aupmilter.store.suppression import (
     BATCH_SIZE,
     AddressError,
@@ -29,10 +30,6 @@ from aupmilter.store.suppression import (
     validate_address,
 )
 
-EX_OK = 0
-EX_FAILURE = 1
-EX_DATAERR = 65
-EX_UNAVAILABLE = 69
 MAX_REPORTED_ERRORS = 100
 HEADER_NAMES = frozenset({"address", "email", "e-mail", "recipient", "mail"})
 

@@ -6,17 +6,22 @@ message on standard input and its recipient as `${recipient}`
 verified like the web service's; a recipient token suppresses its recipient,
 a message token suppresses the message's From address.
 
-Exit codes follow sysexits.h, which Postfix's pipe maps to delivery status:
+Exit codes (aupmilter.exitcodes, sysexits.h), which Postfix's pipe maps to
+delivery status:
 
   0   EX_OK        suppressed (or already suppressed): delivered
-  64  EX_USAGE     no recipient address given or found in the headers: bounced
+  64  EX_USAGE     no recipient address given or found in the headers, or
+                   arguments argparse refuses: bounced
   65  EX_DATAERR   a message token but no usable From address: bounced
   67  EX_NOUSER    not an unsubscribe address of ours, or a token that does not
                    verify (forged, altered, expired): bounced ("user unknown")
   75  EX_TEMPFAIL  Redis unreachable, or an unexpected error: deferred, retried
-  78  EX_CONFIG    the configuration does not load: deferred, retried
+  78  EX_CONFIG    the configuration does not load: bounced (Postfix gives
+                   EX_CONFIG 5.3.5, a permanent error)
 
-Whatever goes wrong on our side defers the message, so no unsubscribe is lost.
+Redis trouble and unexpected faults defer the message, so they lose no
+unsubscribe. A configuration that does not load is permanent to Postfix: the
+message bounces, so its sender at least learns the unsubscribe did not happen.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import BinaryIO
 import redis
 
 from aupmilter.config import ConfigError, UnsubscribeSettings, load_config
+from aupmilter.exitcodes import EX_CONFIG, EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE
 from aupmilter.policy.tokens import InvalidToken, TokenKind, TokenSigner
 from aupmilter.store.suppression import (
     AddressError,
@@ -43,12 +49,6 @@ from aupmilter.store.suppression import (
 
 log = logging.getLogger("aupmilter.unsubscribe.intake")
 
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOUSER = 67
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
 MAX_KEPT_BYTES = 256 * 1024
 """Only the header is used; the rest of a (possibly huge) message is read and dropped."""
 MAX_DRAINED_BYTES = 64 * 1024 * 1024

@@ -36,6 +36,7 @@ import redis.asyncio
 from aiohttp import web
 
 from aupmilter.config import Config, ConfigError, UnsubscribeSettings, WebSettings, load_config
+from aupmilter.exitcodes import EX_CONFIG, EX_OK
 from aupmilter.policy.tokens import InvalidToken, TokenClaims, TokenKind, TokenSigner
 from aupmilter.store.suppression import (
     AddressError,
@@ -52,8 +53,6 @@ from aupmilter.store.suppression import (
 
 log = logging.getLogger("aupmilter.unsubscribe.web")
 
-EX_OK = 0
-EX_CONFIG = 78
 ONE_CLICK_FIELD = "List-Unsubscribe"
 ONE_CLICK_VALUE = "One-Click"
 MAX_REQUEST_LINE = 2048

@@ -1,0 +1,23 @@
+"""The exit statuses of every `aup-milter` command, in one table.
+
+The names and numbers are those of sysexits.h because two readers act on
+them: Postfix's pipe transport (`aup-milter intake`) defers the message on
+EX_TEMPFAIL and bounces it on the other codes from 64 up (EX_CONFIG with
+5.3.5), and the systemd units do not restart a daemon that exits EX_CONFIG,
+since a restart cannot fix the file. Usage errors exit EX_USAGE, including
+those argparse finds (`cli.main.ArgumentParser`). Only the codes a command
+returns are listed; doc/aup-milter.8 (EXIT STATUS) says which command
+returns which.
+"""
+
+from __future__ import annotations
+
+EX_OK = 0
+EX_FAILURE = 1
+"""Not a sysexits code (C's EXIT_FAILURE): a request refused, the message says why."""
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOUSER = 67
+EX_UNAVAILABLE = 69
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
