@@ -3,12 +3,34 @@
 Each reply carries its basic code, the RFC 3463 enhanced status code and a text
 that tells the sender what to do next. Texts are passed to libmilter's
 smfi_setreply, which treats ``%`` as a format character: no text may hold an
-unescaped ``%`` (checked by a unit test over this table).
+unescaped ``%`` (every `Reply` checks its own text when it is made).
+
+`safe_text` is the one cleaner for text that reaches a reply, a quarantine
+reason or an audit line from outside (the sender's headers, logins, the
+operators' free text): printable ASCII, no ``%``, one bounded line.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+MAX_TEXT_LENGTH = 400
+"""SMTP reply lines are limited to 512 octets (RFC 5321 4.5.3.1.5) with code and status."""
+_UNSAFE = re.compile(r"[^\x20-\x7e]|%")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def safe_text(text: str, limit: int = MAX_TEXT_LENGTH, *, control: str = "?") -> str:
+    """Printable ASCII without ``%``, stripped, at most ``limit`` characters.
+
+    ``%`` is libmilter's format character and SMTP reply text is ASCII, so
+    both become ``?``; control characters (line breaks, tabs, NUL) become
+    ``control``, which is where a caller that keeps words apart passes ``" "``.
+    A text cut to ``limit`` ends in ``...`` so the cut shows.
+    """
+    safe = _UNSAFE.sub(lambda m: control if _CONTROL.match(m.group()) else "?", text).strip()
+    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +44,12 @@ class Reply:
             raise ValueError(f"reply code must be 4xx or 5xx, got {self.code!r}")
         if not self.status.startswith(self.code[0] + "."):
             raise ValueError(f"enhanced status {self.status!r} does not match {self.code}")
+        bare = self.text.replace("%%", "")
+        if not self.text or len(self.text) > MAX_TEXT_LENGTH or _UNSAFE.search(bare):
+            raise ValueError(
+                f"reply text must be 1-{MAX_TEXT_LENGTH} characters of printable ASCII"
+                f" with every % doubled, got {self.text!r}"
+            )
 
     @property
     def is_temporary(self) -> bool:
@@ -31,18 +59,13 @@ class Reply:
         """Same codes, a text made for one case (e.g. naming the tenant or a window).
 
         The text may carry names that came from the client (logins, addresses):
-        it is made one printable line and every ``%`` is doubled, the escape
-        libmilter expects.
+        it goes through `safe_text`, so it cannot break the reply line.
         """
-        line = "".join(c if c.isprintable() else "?" for c in text)[:MAX_TEXT_LENGTH]
-        return Reply(self.code, self.status, line.replace("%", "%%"))
+        return Reply(self.code, self.status, safe_text(text))
 
     def __str__(self) -> str:
         return f"{self.code} {self.status} {self.text}"
 
-
-MAX_TEXT_LENGTH = 400
-"""SMTP reply lines are limited to 512 octets (RFC 5321 4.5.3.1.5) with code and status."""
 
 STORE_UNAVAILABLE = Reply(
     "451",

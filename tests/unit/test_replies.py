@@ -41,3 +41,37 @@ def test_temporary_and_custom_text() -> None:
     custom = replies.UNKNOWN_SENDER.with_text("Other text")
     assert (custom.code, custom.status, custom.text) == ("550", "5.7.1", "Other text")
     assert str(custom) == "550 5.7.1 Other text"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["50% off", "two\r\nlines", "tab\there", "na\u00efve", "", "x" * (replies.MAX_TEXT_LENGTH + 1)],
+)
+def test_a_reply_refuses_text_that_would_break_its_line(text: str) -> None:
+    with pytest.raises(ValueError, match="printable ASCII"):
+        Reply("550", "5.7.1", text)
+
+
+def test_an_escaped_percent_is_allowed() -> None:
+    assert Reply("550", "5.7.1", "100%% sure").text == "100%% sure"
+
+
+def test_case_texts_from_the_client_are_made_safe() -> None:
+    custom = replies.UNKNOWN_SENDER.with_text("Login a%b\r\nX-Injected: na\u00efve " + "x" * 500)
+    assert "%" not in custom.text and "\r" not in custom.text and "\n" not in custom.text
+    assert custom.text.startswith("Login a?b??X-Injected: na?ve xxx")
+    assert len(custom.text) == replies.MAX_TEXT_LENGTH and custom.text.endswith("...")
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "control", "safe"),
+    [
+        ("100% sure", 50, "?", "100? sure"),
+        ("  padded  ", 50, "?", "padded"),
+        ("spam\r\nreports", 50, " ", "spam  reports"),
+        ("50% na\u00efve", 50, " ", "50? na?ve"),
+        ("abcdefgh", 6, "?", "abc..."),
+    ],
+)
+def test_safe_text(text: str, limit: int, control: str, safe: str) -> None:
+    assert replies.safe_text(text, limit, control=control) == safe

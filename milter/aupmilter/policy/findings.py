@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from aupmilter.policy.verdict import Verdict
-from aupmilter.replies import Reply
+from aupmilter.replies import Reply, safe_text
 
 
 class Mode(StrEnum):
@@ -91,14 +91,12 @@ DEFAULT_PLAN_CHECKS = PlanChecks()
 
 
 MAX_FAULT_LENGTH = 180
-"""A fault is appended to an SMTP reply line (at most 512 octets with code and status)."""
-_UNSAFE = re.compile(r"[^\x20-\x7e]|%")
+"""A fault is put in front of a reply's own text: together they fit one reply line."""
 
 
 def reply_safe(text: str, limit: int = MAX_FAULT_LENGTH) -> str:
-    """Printable ASCII without `%` (libmilter's format character), one bounded line."""
-    safe = _UNSAFE.sub("?", text).strip()
-    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
+    """`replies.safe_text`, bounded for a fault by default."""
+    return safe_text(text, limit)
 
 
 def quoted(value: str, limit: int = 60) -> str:

@@ -15,6 +15,7 @@ from typing import Literal
 
 from aupmilter import replies
 from aupmilter.policy.verdict import Verdict
+from aupmilter.replies import safe_text
 
 MAX_DOMAIN_LABELS = 16
 """Parent-domain lookups are bounded: no legitimate domain needs more."""
@@ -160,11 +161,7 @@ MAX_REASON_LENGTH = 200
 """Operators' free text ends up in MTA logs and the quarantine reason: keep it one short line."""
 
 
-def printable_reason(reason: str) -> str:
-    one_line = "".join(c if c.isprintable() else " " for c in reason).strip()
-    return one_line[:MAX_REASON_LENGTH]
-
-
 def _with_reason(text: str, reason: str) -> str:
-    reason = printable_reason(reason)
+    # Line breaks become spaces: the words of a reason typed over two lines stay apart.
+    reason = safe_text(reason, MAX_REASON_LENGTH, control=" ")
     return f"{text}: {reason}" if reason else text
