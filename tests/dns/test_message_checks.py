@@ -10,9 +10,10 @@ import dkim
 import pytest
 
 from aupmilter.config import Config
-from aupmilter.mailauth.dkimverify import DkimStatus, Signature, verify_signatures
+from aupmilter.mailauth.dkimverify import verify_signatures
 from aupmilter.mailauth.resolver import Resolver
 from aupmilter.mailauth.spfcheck import check_relay_ips
+from aupmilter.policy.evidence import DkimStatus, Signature
 from aupmilter.policy.findings import DEFAULT_MODES, Check, Mode, PlanChecks
 from testbed.dnsserver import DnsServer
 from testbed.zones import OTHER_IP, RELAY_IP, private_key_path

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from aupmilter.mailauth.resolver import DnsSettings, Nameserver, Resolver, Status, parse_nameserver
+from aupmilter.mailauth.resolver import DnsSettings, Nameserver, Resolver, parse_nameserver
+from aupmilter.policy.evidence import Status
 from testbed.dnsserver import DnsServer
 from tests.dns.conftest import LIFETIME, settings_for
 

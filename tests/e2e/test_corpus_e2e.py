@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from aupmilter.mailauth.dkimverify import DkimStatus, signatures, verify_signatures
+from aupmilter.mailauth.dkimverify import signatures, verify_signatures
 from aupmilter.mailauth.resolver import DnsSettings, Nameserver, Resolver
+from aupmilter.policy.evidence import DkimStatus
 from testbed import Stack
 from testbed.client import TOKEN_HEADER, ClientFactory
 from tests.corpus.corpus import Entry, load_manifest

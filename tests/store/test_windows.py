@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from aupmilter.config import Plan, RedisSettings
+from aupmilter.config import RedisSettings
 from aupmilter.policy.limits import (
     Limits,
     RecipientGate,
@@ -18,6 +18,7 @@ from aupmilter.policy.limits import (
     bucket_ms,
     open_gate,
 )
+from aupmilter.policy.plans import Plan
 from aupmilter.policy.tenancy import tenant_lookup
 from aupmilter.policy.tokens import Reference, TokenKind
 from aupmilter.store import keys

@@ -21,7 +21,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aupmilter.config import Plan, RedisSettings
+from aupmilter.config import RedisSettings
 from aupmilter.policy.limits import (
     Limits,
     RecipientGate,
@@ -30,6 +30,7 @@ from aupmilter.policy.limits import (
     Window,
     open_gate,
 )
+from aupmilter.policy.plans import Plan
 from aupmilter.policy.tenancy import tenant_lookup
 from aupmilter.store.client import Charged, NoRoom, Store, WindowCatalog
 from aupmilter.store.tenants import TenantAdmin

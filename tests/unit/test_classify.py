@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aupmilter.config import UnsubscribePlan
 from aupmilter.policy.classify import MailClass, classify
+from aupmilter.policy.plans import UnsubscribePlan
 
 PLAN = UnsubscribePlan(bulk_recipients=20, bulk_fingerprint_recipients=500)
 PLAIN = [("From", "a@acme.example"), ("Subject", "hello")]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from aupmilter.config import UnsubscribePlan, WebSettings, load_config
+from aupmilter.config import WebSettings, load_config
+from aupmilter.policy.plans import UnsubscribePlan
 from tests.unit.configfiles import problems, write
 
 SECRET = "0123456789abcdef0123456789abcdef"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from aupmilter.config import UnsubscribePlan, UnsubscribeSettings
 from aupmilter.policy.classify import Classification, MailClass
+from aupmilter.policy.plans import UnsubscribePlan, UnsubscribeSettings
 from aupmilter.policy.tokens import TokenKind, TokenSigner
 from aupmilter.policy.unsubscribe import (
     HeaderDeletion,

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import dkim as dkimpy
 
-from aupmilter.mailauth.resolver import Resolver, Status
+from aupmilter.mailauth.resolver import Resolver
+from aupmilter.policy.evidence import DkimResult, DkimStatus, Status
+
+# Re-exported: the stages still name the signature type through this module.
+from aupmilter.policy.evidence import Signature as Signature
 
 MAX_SIGNATURES = 8
 """Signatures verified per message at most; each costs a key lookup and a hash of the body."""
@@ -26,29 +28,6 @@ MIN_KEY_BITS = 1024
 """RFC 8301: verifiers must not accept RSA keys shorter than 1024 bits."""
 
 log = logging.getLogger("aupmilter.mailauth.dkimverify")
-
-
-class DkimStatus(StrEnum):
-    PASS = "pass"
-    FAIL = "fail"
-    TEMPERROR = "temperror"
-
-
-@dataclass(frozen=True, slots=True)
-class Signature:
-    """The tags of one DKIM-Signature that matter for choosing and reporting it."""
-
-    index: int
-    """Position among the message's DKIM-Signature fields, topmost first (dkimpy's idx)."""
-    domain: str
-    selector: str
-
-
-@dataclass(frozen=True, slots=True)
-class DkimResult:
-    signature: Signature
-    status: DkimStatus
-    detail: str = ""
 
 
 def parse_signature_tags(value: str) -> dict[str, str]:

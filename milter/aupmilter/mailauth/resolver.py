@@ -19,27 +19,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 
 import dns.exception
 import dns.message
 import dns.name
-import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 
+from aupmilter.policy.evidence import Answer, Status
+
 log = logging.getLogger("aupmilter.mailauth.resolver")
-
-
-class Status(StrEnum):
-    FOUND = "found"
-    NXDOMAIN = "nxdomain"
-    """The name does not exist."""
-    NODATA = "nodata"
-    """The name exists but has no record of this type."""
-    TEMPFAIL = "tempfail"
-    """Timeout, SERVFAIL, REFUSED, no server reachable: try again later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,18 +82,6 @@ class DnsSettings:
     max_ttl: int = 3600
     negative_ttl: int = 300
     """For negative answers that carry no SOA."""
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    status: Status
-    records: tuple[dns.rdata.Rdata, ...] = ()
-    detail: str = ""
-    """Why a lookup failed (for logs and the audit reason)."""
-
-    @property
-    def found(self) -> bool:
-        return self.status is Status.FOUND
 
 
 class Resolver:

@@ -12,23 +12,12 @@ timeouts and cache as everything else).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import spf as pyspf
 
-from aupmilter.mailauth.resolver import Resolver, Status
-
-PASS = "pass"
-TEMPERROR = "temperror"
-
-
-@dataclass(frozen=True, slots=True)
-class SpfResult:
-    relay_ip: str
-    result: str
-    """pyspf's result: pass, fail, softfail, neutral, none, permerror or temperror."""
-    explanation: str
+from aupmilter.mailauth.resolver import Resolver
+from aupmilter.policy.evidence import TEMPERROR, SpfResult, Status
 
 
 class _Query(pyspf.query):  # type: ignore[misc]

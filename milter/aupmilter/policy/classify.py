@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from aupmilter.config import UnsubscribePlan
+from aupmilter.policy.plans import UnsubscribePlan
 
 BULK_PRECEDENCE = frozenset({"bulk", "list", "junk"})
 _WORD = re.compile(r"[A-Za-z-]+")

@@ -12,9 +12,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from aupmilter import replies
-from aupmilter.mailauth.dkimverify import DkimResult, DkimStatus
-from aupmilter.mailauth.resolver import Answer, Status
-from aupmilter.mailauth.spfcheck import PASS, TEMPERROR, SpfResult
+from aupmilter.policy.evidence import (
+    PASS,
+    TEMPERROR,
+    Answer,
+    DkimResult,
+    DkimStatus,
+    SpfResult,
+    Status,
+)
 from aupmilter.policy.findings import Check, Finding, quoted
 
 

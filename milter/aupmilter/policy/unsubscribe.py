@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from aupmilter import replies
-from aupmilter.config import UnsubscribePlan, UnsubscribeSettings
 from aupmilter.policy.classify import Classification, MailClass
+from aupmilter.policy.plans import UnsubscribePlan, UnsubscribeSettings
 from aupmilter.policy.tokens import IssuedToken, TokenSigner
 from aupmilter.policy.verdict import Verdict
 from aupmilter.replies import Reply

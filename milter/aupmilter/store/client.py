@@ -19,8 +19,9 @@ from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 
-from aupmilter.config import Plan, RedisSettings
+from aupmilter.config import RedisSettings
 from aupmilter.policy.limits import Scope, Unit, Window, WindowFill
+from aupmilter.policy.plans import Plan
 from aupmilter.policy.tenancy import Lookup, TenantRecord
 from aupmilter.policy.tokens import Reference
 from aupmilter.store import keys

@@ -1,0 +1,150 @@
+"""The daemon's own sections: `[milter]` (the socket), `[redis]` (the store), `[log]`."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
+
+from aupmilter.config.loader import Section, choice, integer, number, string
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_LISTEN = Path("/run/aup-milter/aup-milter.sock")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    kind: Literal["unix", "inet", "inet6", "systemd"]
+    path: Path | None = None
+    host: str | None = None
+    port: int | None = None
+
+    @property
+    def libmilter_spec(self) -> str:
+        """The form libmilter's smfi_setconn understands."""
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        if self.kind in ("inet", "inet6"):
+            host = f"@{self.host}" if self.host else ""
+            return f"{self.kind}:{self.port}{host}"
+        raise ValueError("a systemd socket has no libmilter address")
+
+    def __str__(self) -> str:
+        return "systemd" if self.kind == "systemd" else self.libmilter_spec
+
+
+@dataclass(frozen=True, slots=True)
+class MilterSettings:
+    listen: ListenAddress
+    socket_mode: int
+    socket_group: str | None
+    timeout: int
+    shutdown_grace: float
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str
+    connect_timeout: float
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    format: Literal["json", "text"]
+    level: str
+
+    @property
+    def level_number(self) -> int:
+        return cast(int, logging.getLevelName(self.level.upper()))
+
+
+def parse_listen(raw: Any) -> ListenAddress | None:
+    """`unix:/abs/path`, `inet:PORT@HOST`, `inet:PORT`, `inet6:PORT@HOST` or `systemd`."""
+    if not isinstance(raw, str):
+        return None
+    if raw == "systemd":
+        return ListenAddress("systemd")
+    kind, sep, rest = raw.partition(":")
+    if not sep:
+        return None
+    if kind in ("unix", "local"):
+        path = Path(rest)
+        return ListenAddress("unix", path=path) if path.is_absolute() else None
+    if kind in ("inet", "inet6"):
+        port_text, _, host = rest.partition("@")
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            return None
+        if "@" in rest and not host:
+            return None
+        return ListenAddress(kind, host=host or None, port=int(port_text))  # type: ignore[arg-type]
+    return None
+
+
+def parse_socket_mode(raw: Any) -> int | None:
+    if not isinstance(raw, str) or not re.fullmatch(r"0?[0-7]{3}", raw):
+        return None
+    return int(raw, 8)
+
+
+def parse_redis_url(raw: Any) -> str | None:
+    if not isinstance(raw, str):
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme in ("redis", "rediss"):
+        return raw if parts.hostname else None
+    if parts.scheme == "unix":
+        return raw if parts.path.startswith("/") else None
+    return None
+
+
+def read_milter(section: Section) -> MilterSettings:
+    listen = section.get(
+        "listen",
+        ListenAddress("unix", path=DEFAULT_LISTEN),
+        "'unix:/absolute/path', 'inet:PORT@HOST', 'inet6:PORT@HOST' or 'systemd'",
+        parse_listen,
+    )
+    settings = MilterSettings(
+        listen=listen,
+        socket_mode=section.get(
+            "socket_mode", 0o660, "an octal mode string such as '0660'", parse_socket_mode
+        ),
+        socket_group=section.get("socket_group", cast(str | None, None), "a group name", string),
+        timeout=section.get("timeout", 600, "whole seconds from 1 to 3600", integer(1, 3600)),
+        shutdown_grace=section.get("shutdown_grace", 20.0, "seconds from 0 to 600", number(0, 600)),
+    )
+    section.reject_unknown()
+    return settings
+
+
+def read_redis(section: Section) -> RedisSettings:
+    settings = RedisSettings(
+        url=section.get(
+            "url",
+            "redis://127.0.0.1:6379/0",
+            "a URL redis://[user:password@]host[:port][/db], rediss://... or unix:///path",
+            parse_redis_url,
+        ),
+        connect_timeout=section.get(
+            "connect_timeout", 0.5, "seconds from 0.01 to 30", number(0.01, 30)
+        ),
+        timeout=section.get("timeout", 0.5, "seconds from 0.01 to 30", number(0.01, 30)),
+    )
+    section.reject_unknown()
+    return settings
+
+
+def read_log(section: Section) -> LogSettings:
+    settings = LogSettings(
+        format=cast(
+            Literal["json", "text"],
+            section.get("format", "json", "'json' or 'text'", choice("json", "text")),
+        ),
+        level=section.get("level", "info", " or ".join(map(repr, LOG_LEVELS)), choice(*LOG_LEVELS)),
+    )
+    section.reject_unknown()
+    return settings

@@ -1,0 +1,59 @@
+"""The plan types the policy rules read: a plan, its unsubscribe settings, the relay's service.
+
+The configuration loader (`aupmilter.config`) reads them from TOML and builds
+these frozen values; the rules only read them. They live in `policy/` so that a
+rule needs no config loader (and none of the libraries it pulls in) to be
+imported or tested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from aupmilter.policy.findings import PlanChecks
+from aupmilter.policy.limits import Limits
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribePlan:
+    """A plan's unsubscribe and bulk-classification settings."""
+
+    bulk_recipients: int | None = None
+    """A message to at least this many recipients is bulk; None: the count alone never is."""
+    bulk_fingerprint_recipients: int | None = None
+    """Bulk once the same content went to at least this many recipients in the window."""
+    bulk_fingerprint_window: int = 86_400
+    on_noncompliant_unsubscribe: Literal["replace", "reject"] = "replace"
+    bulk_one_recipient_per_message: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    description: str
+    source: Path
+    limits: Limits
+    checks: PlanChecks = field(default_factory=PlanChecks)
+    unsubscribe: UnsubscribePlan = field(default_factory=UnsubscribePlan)
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeSettings:
+    """`[unsubscribe]`: the relay's unsubscribe service that bulk mail's links point at."""
+
+    url_base: str
+    """scheme://host[:port] of the unsubscribe service; links are URL_BASE/u/TOKEN."""
+    mailto_local: str
+    mailto_domain: str
+    secrets_file: Path
+    token_lifetime_days: int
+    secrets: tuple[bytes, ...] = field(repr=False, default=())
+    """From secrets_file: the first signs, all verify."""
+
+    def url(self, token: str) -> str:
+        return f"{self.url_base}/u/{token}"
+
+    def mailto(self, token: str) -> str:
+        return f"mailto:{self.mailto_local}+{token}@{self.mailto_domain}"
