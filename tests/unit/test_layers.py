@@ -19,12 +19,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2] / "milter" / "aupmilter"
 POLICY = PACKAGE_ROOT / "policy"
 ALLOWED_PACKAGES = ("aupmilter.policy", "aupmilter.replies")
 
-PENDING: dict[str, frozenset[str]] = {
-    # The Public Suffix List is looked up by the alignment rules themselves; until the
-    # lookup is handed in from outside policy/, these two imports are the only exception.
-    # The test fails once they are gone, so that this entry goes with them.
-    "aupmilter.policy.alignment": frozenset({"publicsuffixlist", "publicsuffix2"}),
-}
+PENDING: dict[str, frozenset[str]] = {}
 
 
 class Import(NamedTuple):

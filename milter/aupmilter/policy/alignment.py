@@ -10,61 +10,32 @@
 - the null sender `<>` is only for reports (`multipart/report`: DSNs, MDNs,
   feedback reports).
 
-Domains are compared in lower-case A-label form. The PSL comes from the
-`publicsuffixlist` package (it ships the list and is released as the list
-changes); where only Debian's `python3-publicsuffix2` is installed, that one
-is used with the system's list (`/usr/share/publicsuffix`, package
-`publicsuffix`, kept current by Debian) when present.
+Domains are compared in lower-case A-label form. The organizational domain
+is an argument (`OrganizationalDomain`): the Public Suffix List is a data
+file read by `mailauth.psl`, which the stage passes in, so these rules stay
+pure and are tested with the same lookup the daemon uses.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from aupmilter import replies
 from aupmilter.policy.findings import AlignmentMode, Check, Finding, PlanChecks, quoted
 from aupmilter.policy.headers import HeaderBlock, parse_addresses
 from aupmilter.policy.tenancy import normalize_domain, sender_domain
 
-SYSTEM_PSL = Path("/usr/share/publicsuffix/public_suffix_list.dat")
+OrganizationalDomain = Callable[[str], str]
+"""Domain -> its registrable domain by the Public Suffix List (itself if it has none)."""
 
 
-@functools.cache
-def _registrable() -> Callable[[str], str | None]:
-    """The PSL lookup, loaded once per process (parsing the list takes ~50 ms)."""
-    try:
-        from publicsuffixlist import PublicSuffixList
-    except ImportError:
-        return _publicsuffix2()
-    psl = PublicSuffixList()
-    return lambda domain: psl.privatesuffix(domain)
-
-
-def _publicsuffix2() -> Callable[[str], str | None]:
-    from publicsuffix2 import PublicSuffixList as DebianList
-
-    psl = DebianList(psl_file=str(SYSTEM_PSL) if SYSTEM_PSL.exists() else None)
-
-    def registrable(domain: str) -> str | None:
-        found = psl.get_sld(domain, strict=False)
-        labels = domain.split(".")
-        if found and "." not in found and len(labels) >= 2:
-            # An unlisted TLD: the PSL's default rule "*" makes it the public suffix.
-            return ".".join(labels[-2:])
-        return found if isinstance(found, str) and found else None
-
-    return registrable
-
-
-def organizational_domain(domain: str) -> str:
-    """The registrable domain (public suffix + one label); the domain itself if it has none."""
-    return _registrable()(domain) or domain
-
-
-def aligned(author_domain: str, other_domain: str, mode: AlignmentMode) -> bool:
+def aligned(
+    author_domain: str,
+    other_domain: str,
+    mode: AlignmentMode,
+    organizational_domain: OrganizationalDomain,
+) -> bool:
     if mode is AlignmentMode.STRICT:
         return author_domain == other_domain
     return organizational_domain(author_domain) == organizational_domain(other_domain)
@@ -107,7 +78,13 @@ def address_domains(block: HeaderBlock, name: str) -> list[str] | None:
     return domains
 
 
-def check_domains(block: HeaderBlock, facts: DomainFacts, plan: PlanChecks) -> list[Finding]:
+def check_domains(
+    block: HeaderBlock,
+    facts: DomainFacts,
+    plan: PlanChecks,
+    organizational_domain: OrganizationalDomain,
+) -> list[Finding]:
+    """Ownership of the envelope and header domains, and From's alignment with MAIL FROM."""
     findings = list(_null_sender(block, facts))
     envelope = sender_domain(facts.sender) if facts.sender else None
     authors = address_domains(block, "from") or []  # unparsable From: headers.py reports it
@@ -125,7 +102,7 @@ def check_domains(block: HeaderBlock, facts: DomainFacts, plan: PlanChecks) -> l
                     )
                 )
     if envelope is not None:
-        findings += _alignment(authors, envelope, facts, plan)
+        findings += _alignment(authors, envelope, facts, plan, organizational_domain)
     findings += _other_senders(block, "reply-to", Check.REPLY_TO, facts, plan)
     findings += _other_senders(block, "sender", Check.SENDER_HEADER, facts, plan)
     return findings
@@ -152,13 +129,18 @@ def _null_sender(block: HeaderBlock, facts: DomainFacts) -> Iterator[Finding]:
 
 
 def _alignment(
-    authors: list[str], envelope: str, facts: DomainFacts, plan: PlanChecks
+    authors: list[str],
+    envelope: str,
+    facts: DomainFacts,
+    plan: PlanChecks,
+    organizational_domain: OrganizationalDomain,
 ) -> Iterator[Finding]:
+    mode = plan.alignment
     for domain in dict.fromkeys(authors):
-        if aligned(domain, envelope, plan.alignment):
+        if aligned(domain, envelope, mode, organizational_domain):
             continue
         if plan.dkim_satisfies_alignment and any(
-            aligned(domain, signer, plan.alignment) for signer in facts.dkim_domains
+            aligned(domain, signer, mode, organizational_domain) for signer in facts.dkim_domains
         ):
             continue
         how = "the same domain" if plan.alignment is AlignmentMode.STRICT else "one domain"

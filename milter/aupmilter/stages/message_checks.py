@@ -25,6 +25,7 @@ from datetime import datetime
 
 from aupmilter.config import Config
 from aupmilter.mailauth.dkimverify import Signature, signatures, verify_signatures
+from aupmilter.mailauth.psl import organizational_domain
 from aupmilter.mailauth.resolver import Resolver
 from aupmilter.mailauth.spfcheck import check_relay_ips
 from aupmilter.message.collect import Collected
@@ -176,7 +177,7 @@ class MessageChecks:
             dkim_findings, dkim_domains = self._dkim(block)
             findings += dkim_findings
         facts = DomainFacts(sender.address, sender.domains, sender.allowed_domains, dkim_domains)
-        findings += check_domains(block, facts, plan)
+        findings += check_domains(block, facts, plan, organizational_domain)
         if not _refused_for_good(findings, plan):
             findings += self._spf()
         verdict = decide(findings, plan, passed)
