@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Iterable, Sequence
@@ -30,6 +29,7 @@ from typing import Any
 from dnslib import QTYPE, RCODE, RR, DNSError, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
+from testbed.proc import free_port
 from testbed.zones import ORIGIN, ZoneData
 
 UDP_PAYLOAD = 512
@@ -143,7 +143,7 @@ class DnsServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, extra: Iterable[str] = ()) -> None:
         self.host = host
         self.resolver = ZoneResolver(ZoneData(extra))
-        self.port = port or _free_port(host)
+        self.port = port or free_port(host, udp=True)
         logger = QuietLogger()
         self.udp = DNSServer(
             self.resolver, address=host, port=self.port, logger=logger, handler=TruncatingHandler
@@ -182,21 +182,6 @@ class DnsServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _free_port(host: str) -> int:
-    """A port free for both UDP and TCP (tried a bounded number of times)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise OSError(f"no port free for both UDP and TCP on {host}")
 
 
 def answers(host: str, port: int, timeout: float = 1.0) -> bool:

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+# What socket.connect takes: a unix path, or (host, port).
+SocketTarget = str | tuple[str, int]
 
 
 class TestbedError(RuntimeError):
@@ -174,6 +176,29 @@ def tcp_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def free_port(host: str = "127.0.0.1", *, udp: bool = False) -> int:
+    """A port the kernel picks as free on ``host`` now; with ``udp``, free for UDP as well.
+
+    For components that may run anywhere (tests side by side); the demo and
+    the end-to-end stacks use fixed ports instead, so people can find them.
+    A port free for TCP may be taken for UDP (the DNS server needs both), so
+    that pick is retried a bounded number of times.
+    """
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+            if not udp:
+                return port
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as datagram:
+                try:
+                    datagram.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise TestbedError(f"no port free for both UDP and TCP on {host}")
+
+
 def tcp_port_free(host: str, port: int) -> bool:
     """True if nobody listens on host:port (so a component of ours may bind it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -224,17 +249,38 @@ _ALL_ACTIONS = 0x1FF
 _ALL_PROTOCOL_STEPS = 0x1FFFFF
 
 
-def milter_answers(socket_path: Path, timeout: float = 2.0) -> bool:
-    """True if a milter listens on the unix socket and answers option negotiation.
+def milter_socket_address(address: str | Path) -> tuple[socket.AddressFamily, SocketTarget]:
+    """Socket family and target of a milter address as the daemon's ``listen`` takes it.
 
-    A bare connect would also succeed on a socket whose milter is wedged;
-    a negotiation round trip proves the daemon really serves requests.
+    ``unix:/path`` (or ``local:``), ``inet:PORT@HOST``, ``inet6:PORT@HOST``; a
+    bare path is a unix socket.
     """
+    if isinstance(address, Path):
+        return socket.AF_UNIX, str(address)
+    kind, sep, rest = address.partition(":")
+    if sep and kind in ("unix", "local"):
+        return socket.AF_UNIX, rest
+    if sep and kind in ("inet", "inet6"):
+        port, _, host = rest.partition("@")
+        if kind == "inet":
+            return socket.AF_INET, (host or "127.0.0.1", int(port))
+        return socket.AF_INET6, (host or "::1", int(port))
+    raise ValueError(f"not a milter socket address: {address!r}")
+
+
+def milter_answers(address: str | Path, timeout: float = 2.0) -> bool:
+    """True if a milter listens on ``address`` and answers option negotiation.
+
+    A bare connect would also succeed on a socket whose milter is wedged (or
+    on a socket somebody else bound and passed on); a negotiation round trip
+    proves the daemon really serves requests.
+    """
+    family, target = milter_socket_address(address)
     body = _SMFIC_OPTNEG + struct.pack(">III", _SMFI_VERSION, _ALL_ACTIONS, _ALL_PROTOCOL_STEPS)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
-            sock.connect(str(socket_path))
+            sock.connect(target)
             sock.sendall(struct.pack(">I", len(body)) + body)
             header = _recv_exact(sock, 5)
     except OSError:

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from testbed.dnsserver import DnsServer
-from tests.support import RedisServer
+from tests.support import STARTUP_TIMEOUT, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +20,7 @@ def dns_server() -> Iterator[DnsServer]:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server = RedisServer(tmp_path_factory.mktemp("redis"), timeout=STARTUP_TIMEOUT)
     server.start()
     yield server
     server.stop()
@@ -29,9 +29,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture
 def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     """The session's Redis, emptied first (and started again if a test stopped it)."""
-    if not redis_server.running:
-        redis_server.proc = None
-        redis_server.start()
+    redis_server.start()
     client = redis_server.client()
     client.flushall()
     yield client

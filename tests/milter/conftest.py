@@ -21,7 +21,7 @@ from tests.milter.harness import (
     daemon_settings,
     short_tempdir,
 )
-from tests.support import RedisServer
+from tests.support import STARTUP_TIMEOUT, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +39,7 @@ def redis_db(redis_client: redis.Redis) -> redis.Redis:
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A Redis of this test's own, for tests that stop and restart it."""
-    server = RedisServer(tmp_path / "private-redis")
+    server = RedisServer(tmp_path / "private-redis", timeout=STARTUP_TIMEOUT)
     server.start()
     yield server
     server.stop()

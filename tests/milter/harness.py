@@ -11,11 +11,8 @@ Every wait is bounded; a timeout fails with the tail of the relevant log.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,20 +21,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from testbed import toml
+from testbed.parts.daemon import MilterDaemon
+from testbed.parts.service import python_env
 from tests.milter.mta import MilterClient, MilterError
-from tests.support import (
-    STARTUP_TIMEOUT,
-    HarnessError,
-    RedisServer,
-    tail,
-    wait_until,
-)
+from tests.support import STARTUP_TIMEOUT, RedisServer, tail, wait_until
 
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PLANS_DIR = REPO_ROOT / "policies"
-MILTER_SOURCE_ROOT = REPO_ROOT / "milter"
 LOG_TIMEOUT = 5.0
 
 
@@ -50,15 +42,8 @@ def short_tempdir() -> Path:
 
 
 def child_env() -> dict[str, str]:
-    """Our environment, with the source root as a fallback for finding ``aupmilter``.
-
-    It goes after any PYTHONPATH already set (the venv's editable install also finds it).
-    """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (env.get("PYTHONPATH", ""), str(MILTER_SOURCE_ROOT)) if p
-    )
-    return env
+    """Our environment, with the checkout's source roots for finding ``aupmilter``."""
+    return python_env()
 
 
 DNS_TIMEOUT = 0.5
@@ -171,8 +156,13 @@ class DaemonLog:
         return self.matching(logger="aupmilter.verdict", since=since)
 
 
-class Daemon:
-    """``python -m aupmilter run -c CONFIG`` as a subprocess."""
+class Daemon(MilterDaemon):
+    """``python -m aupmilter run -c CONFIG`` as a subprocess, with exactly ``settings``.
+
+    The process is the test bed's one daemon launcher; this adds what the
+    milter-protocol tests need: the config written from a dict and changed
+    in place, the JSON log, and MTA-side clients.
+    """
 
     def __init__(
         self,
@@ -184,16 +174,13 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         umask: int = -1,
     ) -> None:
+        super().__init__(
+            workdir, workdir / "aup-milter.toml", address,
+            wrapper=wrapper, pass_fds=pass_fds, env=env, umask=umask, timeout=STARTUP_TIMEOUT,
+        )  # fmt: skip
         self.workdir = workdir
         self.settings = settings
-        self.address = address
-        self.config_path = workdir / "aup-milter.toml"
-        self.log = DaemonLog(workdir / "milter.log")
-        self.wrapper = list(wrapper)
-        self.pass_fds = tuple(pass_fds)
-        self.env = dict(env or {})
-        self.umask = umask
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = DaemonLog(self.log_path)
         self.write_config(settings)
 
     # --- configuration ---
@@ -214,49 +201,21 @@ class Daemon:
 
     # --- process ---
 
-    @property
-    def command(self) -> list[str]:
-        return [
-            *self.wrapper,
-            sys.executable,
-            "-m",
-            "aupmilter",
-            "run",
-            "-c",
-            str(self.config_path),
-        ]
+    def start(self, ready: Callable[[], bool] | None = None) -> None:
+        """Start and wait until the daemon logged that it listens and accepts a connection.
 
-    def spawn(self) -> subprocess.Popen[bytes]:
-        env = child_env()
-        env.update(self.env)
-        with self.log.path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.command,
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-                cwd=self.workdir,
-                env=env,
-                pass_fds=self.pass_fds,
-                umask=self.umask,
-                start_new_session=True,  # its own process group, so teardown leaves nothing behind
-            )
-        return self.proc
-
-    def start(self) -> Daemon:
+        The log line matters where the socket exists before the daemon does
+        (systemd socket activation): a connect alone would succeed at once.
+        """
         mark = self.log.mark()
-        proc = self.spawn()
 
         def listening() -> bool:
-            if proc.poll() is not None:
-                raise HarnessError(f"aup-milter exited with {proc.returncode}{tail(self.log.path)}")
             if not self.log.matching("listening on", since=mark, logger="aupmilter.daemon"):
                 return False
             return self.accepts()
 
-        wait_until(listening, timeout=STARTUP_TIMEOUT, what=f"aup-milter on {self.address}",
-                   on_timeout=lambda: tail(self.log.path))  # fmt: skip
-        return self
+        self.spawn()
+        self.wait_ready(ready or listening)
 
     def accepts(self) -> bool:
         try:
@@ -265,43 +224,6 @@ class Daemon:
             return False
         probe.close()
         return True
-
-    @property
-    def socket_path(self) -> Path:
-        kind, _, path = self.address.partition(":")
-        assert kind == "unix", f"{self.address} is not a unix socket"
-        return Path(path)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signum)
-
-    def wait_exit(self, timeout: float) -> int:
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise HarnessError(
-                f"aup-milter (pid {self.proc.pid}) still running after {timeout:g}s"
-                f"{tail(self.log.path)}"
-            ) from None
-
-    def kill(self) -> None:
-        """Teardown: SIGKILL to the daemon's own process group (any helper it forked goes too).
-
-        A clean stop takes up to libmilter's 5 s poll; it has tests of its own.
-        """
-        if self.proc is None or self.proc.poll() is not None:
-            return  # only while the leader is our live child is the group id surely ours
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
 
     # --- clients ---
 
