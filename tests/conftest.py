@@ -1,14 +1,53 @@
-"""Fixtures shared by every test layer."""
+"""Fixtures shared by every test layer, and the layer markers.
+
+Markers come from where a test lives, so a new test file gets its layer's
+marker without anyone remembering it: ``pytest -m "not e2e"`` runs the fast
+layers alone, ``-m milter`` only the milter-protocol tests, ``-m "not redis"``
+what needs no redis-server. The markers are declared in pyproject.toml
+(``--strict-markers``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from testbed.dnsserver import DnsServer
 from tests.support import STARTUP_TIMEOUT, RedisServer
+
+TESTS_DIR = Path(__file__).resolve().parent
+# The first folder under tests/ -> the marker of its layer.
+LAYER_MARKERS = {"e2e": "e2e", "milter": "milter", "store": "redis", "dns": "dns"}
+# Single files whose layer differs from their folder's.
+FILE_MARKERS = {"packaging/test_deb.py": "deb"}
+# Fixtures that start a redis-server: whatever uses them needs one.
+REDIS_FIXTURES = frozenset({"redis_server", "redis_client"})
+
+
+def layer_markers(item: pytest.Item) -> set[str]:
+    """The markers ``item`` gets from its path and its fixtures."""
+    try:
+        relative = Path(item.path).resolve().relative_to(TESTS_DIR)
+    except ValueError:
+        return set()
+    names = {LAYER_MARKERS[relative.parts[0]]} if relative.parts[0] in LAYER_MARKERS else set()
+    if relative.as_posix() in FILE_MARKERS:
+        names.add(FILE_MARKERS[relative.as_posix()])
+    if REDIS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        names.add("redis")
+    return names
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # First, so that the hooks that deselect by marker (tests/packaging) see these.
+    for item in items:
+        for name in sorted(layer_markers(item)):
+            if item.get_closest_marker(name) is None:
+                item.add_marker(name)
 
 
 @pytest.fixture(scope="session")
