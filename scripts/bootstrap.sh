@@ -6,6 +6,8 @@
 #      private instance under run/.
 #   2. The project's virtualenv .venv with `pip install -e '.[test]'`, redone
 #      only when pyproject.toml is newer than the last install.
+#   3. .venv-intake: the environment of the test bed's mailto intake, made by
+#      Debian's /usr/bin/python3 (see below), redone on the same condition.
 # Quiet when there is nothing to do. Exits non-zero with a reason on failure.
 set -euo pipefail
 
@@ -25,21 +27,27 @@ STAMP="$VENV/.installed-stamp"
 command -v python3 >/dev/null || die "python3 is not on PATH (need Python >= $MIN_PYTHON)"
 PYTHON3="$(command -v python3)"
 
-# Debian's own python3 needs python3-venv for ensurepip and python3-dev for the
-# headers pymilter compiles against; another python3 (pyenv, a container's
-# /usr/local build) brings both itself, and must not trigger those packages.
-python_is_debian() {
-    # Ask the interpreter, not its path: a pyenv shim may select the system Python.
-    python3 -c 'import sys; raise SystemExit(sys.base_prefix != "/usr")' >/dev/null 2>&1
-}
-python_has_venv() { python3 -c 'import ensurepip, venv' >/dev/null 2>&1; }
+# The test bed's Postfix delivers mailto unsubscribes through pipe(8), which
+# runs `aup-milter intake` as `nobody` (pipe never runs commands as root) with
+# the interpreter the Debian package runs in production: /usr/bin/python3.
+# .venv's interpreter may be one nobody cannot even read (a pyenv build under
+# /root). The intake therefore gets an environment of its own, made by that
+# interpreter and filled by its own pip, instead of borrowing .venv's
+# site-packages: pip evaluates environment markers and builds C extensions for
+# the interpreter it runs under, so what it installed for .venv's Python can
+# lack what Debian's needs (redis-py requires async-timeout only on Python
+# < 3.11.3: Debian 12 has 3.11.2, pyenv builds are often newer). Declaring
+# such a package ourselves would fix one symptom and wait for the next.
+# That interpreter needs python3-venv for ensurepip and python3-dev for the
+# headers pymilter compiles against, whatever runs .venv.
+INTAKE_PYTHON=/usr/bin/python3
+INTAKE_VENV=.venv-intake
+INTAKE_STAMP="$INTAKE_VENV/.installed-stamp"
+PACKAGES+=(python3 python3-venv python3-dev)
+
 python_has_headers() {
     python3 -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' >/dev/null 2>&1
 }
-if python_is_debian; then
-    python_has_venv || PACKAGES+=(python3-venv)
-    python_has_headers || PACKAGES+=(python3-dev)
-fi
 
 is_installed() {
     [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
@@ -68,7 +76,7 @@ if ((${#missing[@]})); then
         || die "apt-get install failed for: ${missing[*]}"
 fi
 
-if ! python_is_debian && ! python_has_headers; then
+if ! python_has_headers; then
     die "$PYTHON3 has no C headers (Python.h); pymilter is built from source and needs them"
 fi
 
@@ -90,4 +98,22 @@ if [[ ! -f "$STAMP" || pyproject.toml -nt "$STAMP" ]]; then
     say "installing the project into $VENV (pip install -e '.[test]')"
     "$VENV/bin/python" -m pip install -q -e '.[test]' || die "pip install -e '.[test]' failed"
     touch "$STAMP"
+fi
+
+# The same repair-or-create-then-install as for .venv, with the intake's interpreter.
+# nobody must be able to read all of it, whatever umask root has.
+umask 022
+if [[ -d "$INTAKE_VENV" ]] && ! "$INTAKE_VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    say "$INTAKE_VENV is broken; recreating it"
+    rm -rf "$INTAKE_VENV"
+fi
+if [[ ! -x "$INTAKE_VENV/bin/python" ]]; then
+    say "creating $INTAKE_VENV with $INTAKE_PYTHON (the test bed's intake runs it as nobody)"
+    "$INTAKE_PYTHON" -m venv "$INTAKE_VENV" || die "$INTAKE_PYTHON -m venv $INTAKE_VENV failed"
+fi
+if [[ ! -f "$INTAKE_STAMP" || pyproject.toml -nt "$INTAKE_STAMP" ]]; then
+    say "installing the project into $INTAKE_VENV (pip install -e .)"
+    # Editable: the intake under test is this checkout's code, as in .venv.
+    "$INTAKE_VENV/bin/python" -m pip install -q -e . || die "pip install -e . into $INTAKE_VENV failed"
+    touch "$INTAKE_STAMP"
 fi

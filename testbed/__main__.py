@@ -12,12 +12,15 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from testbed.client import CLIENT_ADDRESS
 from testbed.proc import TestbedError
 from testbed.stack import REPO_ROOT, Stack
 from testbed.tenants import DEMO_ACCOUNTS
 
 DEFAULT_RUN_DIR = REPO_ROOT / "run" / "demo"
 DEFAULT_PORTS = {"redis": 6390, "smtp": 2525, "sink": 2526, "web": 8895}
+# Like the tests' clients (testbed.client): a tenant connects from an address not Postfix's own.
+REMOTE = f"--local-interface {CLIENT_ADDRESS}"
 
 
 def build_stack(args: argparse.Namespace) -> Stack:
@@ -50,13 +53,13 @@ def try_it(stack: Stack) -> str:
         f"delivered mail lands in {_rel(stack.mail_dir)}/ (the sink on port {stack.sink_port}).",
         "",
         "Send as tenant acme (delivered):",
-        f"  swaks --server {smtp} --auth-user {acme.tenant.logins[0]} "
+        f"  swaks --server {smtp} {REMOTE} --auth-user {acme.tenant.logins[0]} "
         f"--auth-password {acme.password} --from a@{acme.tenant.domains[0]} --to x@example.net",
         "Send as tenant globex:",
-        f"  swaks --server {smtp} --auth-user {globex.tenant.logins[0]} "
+        f"  swaks --server {smtp} {REMOTE} --auth-user {globex.tenant.logins[0]} "
         f"--auth-password {globex.password} --from b@{globex.tenant.domains[0]} --to y@example.net",
         "Unknown sender (rejected with 550 5.7.1):",
-        f"  swaks --server {smtp} --from someone@unknown.example --to x@example.net",
+        f"  swaks --server {smtp} {REMOTE} --from someone@unknown.example --to x@example.net",
         "Suspend acme (its next mail goes to the hold queue), then lift it again:",
         f"  redis-cli -p {stack.redis_port} HSET aup:tenant:acme status suspended",
         f"  redis-cli -p {stack.redis_port} HSET aup:tenant:acme status active",
@@ -80,7 +83,7 @@ def unsubscribe_lines(stack: Stack) -> list[str]:
     python = _rel(Path(sys.executable))
     return [
         f"Bulk mail gets a one-click unsubscribe served on {stack.web_url}, DKIM-signed:",
-        f"  swaks --server {smtp} --auth-user {acme.tenant.logins[0]} "
+        f"  swaks --server {smtp} {REMOTE} --auth-user {acme.tenant.logins[0]} "
         f"--auth-password {acme.password} --from news@{acme.tenant.domains[0]} "
         "--to x@example.net --add-header 'Precedence: bulk'",
         f"  grep -h '^List-Unsubscribe' {_rel(stack.mail_dir)}/*.eml | tail -2",

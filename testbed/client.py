@@ -4,6 +4,13 @@ smtplib raises on the first refusal, and a test then cannot tell *where*
 (MAIL FROM, RCPT TO, end of data) the milter said no. :class:`SmtpClient`
 returns each step's :class:`Reply` instead and keeps the session usable, so
 one connection can carry several transactions.
+
+Every client connects from :data:`CLIENT_ADDRESS`, not from 127.0.0.1: the
+testbed's Postfix listens on 127.0.0.1, and a client on one of Postfix's own
+``inet_interfaces`` is local to it (``local_header_rewrite_clients =
+permit_inet_interfaces``, Postfix's default), so cleanup would fill in a
+missing From:, Date: and Message-Id: before the milter sees the header. A
+tenant of a shared relay connects from elsewhere; so do the testbed's.
 """
 
 from __future__ import annotations
@@ -19,6 +26,10 @@ from types import TracebackType
 from typing import Literal
 
 TOKEN_HEADER = "X-Testbed-Token"
+# Another loopback address: on Linux all of 127.0.0.0/8 is local, so no setup is
+# needed; it lies inside the testbed's mynetworks (127.0.0.0/8), so relaying
+# rights stay what they were.
+CLIENT_ADDRESS = "127.0.0.2"
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\b")
 _QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
 
@@ -98,9 +109,15 @@ class SmtpClient:
     """One SMTP connection to the relay under test (plaintext, loopback only)."""
 
     def __init__(
-        self, host: str, port: int, *, timeout: float = 30.0, helo: str = "client.testbed.invalid"
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float = 30.0,
+        helo: str = "client.testbed.invalid",
+        source: str = CLIENT_ADDRESS,
     ) -> None:
-        self._smtp = smtplib.SMTP(timeout=timeout)
+        self._smtp = smtplib.SMTP(timeout=timeout, source_address=(source, 0))
         self._smtp.connect(host, port)
         code, text = self._smtp.ehlo(helo)
         if code != 250:

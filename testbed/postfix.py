@@ -109,6 +109,9 @@ def main_cf(
         "relay_domains": "",
         "alias_maps": "",
         "alias_database": "",
+        # Clients connect from testbed.client.CLIENT_ADDRESS (127.0.0.2): inside
+        # mynetworks, so unauthenticated tests relay as before, but not one of
+        # Postfix's own addresses, so to cleanup they are remote, as a tenant is.
         "inet_interfaces": "127.0.0.1",
         "inet_protocols": "ipv4",
         "mynetworks": "127.0.0.0/8",

@@ -12,7 +12,10 @@ With ``Stack(unsubscribe=True)`` (the demo and the end-to-end tests):
   the intake domain's MX;
 - the secrets and keys are files of the intake's user (pipe never runs
   commands as root): ``nobody`` here, the package's ``aup-milter`` account
-  in production.
+  in production;
+- the pipe runs the intake with ``.venv-intake``, the environment
+  ``scripts/bootstrap.sh`` makes with Debian's ``/usr/bin/python3`` (the
+  interpreter of the package in production) for exactly this purpose.
 """
 
 from __future__ import annotations
@@ -23,10 +26,9 @@ import re
 import secrets
 import shutil
 import stat
-import sys
-import sysconfig
 from pathlib import Path
 
+from testbed.proc import TestbedError
 from testbed.zones import private_key_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +42,8 @@ SAMPLE_CONFIG = "/etc/aup-milter/aup-milter.toml"
 SAMPLE_USER = "user=aup-milter"
 
 INTAKE_USER = "nobody"
+# Made by scripts/bootstrap.sh (INTAKE_VENV there); the pipe runs its python.
+INTAKE_VENV = REPO_ROOT / ".venv-intake"
 UNSUB_DOMAIN = "unsub.testbed.example"
 UNSUB_LOCAL = "unsubscribe"
 SIGNING_SELECTOR = "test2048"
@@ -101,28 +105,33 @@ def milter_sections(run_dir: Path, web_port: int) -> dict[str, object]:
     }
 
 
-def _executable_by_others(path: Path) -> bool:
-    if not path.stat().st_mode & stat.S_IXOTH:
+def _readable_by_others(path: Path) -> bool:
+    if not path.stat().st_mode & stat.S_IROTH:
         return False
     return all(folder.stat().st_mode & stat.S_IXOTH for folder in path.parents)
 
 
-def intake_interpreter() -> tuple[str, list[str]]:
-    """(python, its PYTHONPATH entries) that the intake's user can run.
+def intake_python() -> Path:
+    """The interpreter of the intake's environment, checked to be usable by the intake's user.
 
-    A virtualenv's python may link to an interpreter under a private home
-    (pyenv in /root): then the system's python of the same version runs the
-    venv's packages, which is ABI-compatible.
+    Not this process's interpreter: ``.venv`` may be made by a Python that
+    ``nobody`` cannot read (pyenv under /root), and lending its site-packages
+    to another interpreter misses whatever pip installed only for the other
+    version (redis-py's async-timeout below Python 3.11.3).
     """
-    python = Path(os.path.realpath(sys.executable))
-    if not _executable_by_others(python):
-        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-        python = Path("/usr/bin") / version
-    paths = [str(REPO_ROOT / "milter"), str(REPO_ROOT), sysconfig.get_paths()["purelib"]]
-    platlib = sysconfig.get_paths()["platlib"]
-    if platlib not in paths:
-        paths.append(platlib)
-    return str(python), paths
+    python = INTAKE_VENV / "bin" / "python"
+    config = INTAKE_VENV / "pyvenv.cfg"
+    if not python.exists() or not config.exists():
+        raise TestbedError(
+            f"{INTAKE_VENV} is missing: the pipe transport runs the intake with it; "
+            "run scripts/bootstrap.sh (make test and make demo do) to make it"
+        )
+    if not _readable_by_others(config):
+        raise TestbedError(
+            f"{config} (or a folder above it) is not readable by {INTAKE_USER}, "
+            "who runs the intake under Postfix's pipe transport"
+        )
+    return python
 
 
 def main_cf_lines(run_dir: Path) -> list[str]:
@@ -151,8 +160,8 @@ def master_cf_lines(config: Path, intake_port: int) -> list[str]:
     service = re.search(r"^aup-intake\s.*\n(?:[ \t]+\S.*\n)*", text, re.MULTILINE)
     if service is None or SAMPLE_COMMAND not in service.group(0):
         raise ValueError(f"{MASTER_SAMPLE}: no aup-intake pipe service running {SAMPLE_COMMAND}")
-    python, paths = intake_interpreter()
-    command = f"/usr/bin/env PYTHONPATH={':'.join(paths)} {python} -m aupmilter"
+    # The environment has this checkout installed in editable mode: no PYTHONPATH.
+    command = f"{intake_python()} -m aupmilter"
     block = service.group(0).replace(SAMPLE_COMMAND, command)
     block = block.replace(SAMPLE_CONFIG, str(config)).replace(SAMPLE_USER, f"user={INTAKE_USER}")
     # The sample's chroot column is n already; the testbed never chroots.

@@ -100,6 +100,15 @@ def test_milter_settings_take_effect(merged: Checked) -> None:
     assert "{auth_authen}" in merged.postconf("-h", "milter_mail_macros")
 
 
+def test_no_smtp_client_gets_its_header_filled_in(merged: Checked) -> None:
+    # Set explicitly (postconf -n lists only what main.cf sets), to empty: cleanup adds
+    # no From, Date or Message-Id that the milter would then take for the client's.
+    explicit = merged.outputs["postconf -n"].stdout.splitlines()
+    assert "local_header_rewrite_clients =" in explicit
+    assert merged.postconf("-h", "local_header_rewrite_clients").strip() == ""
+    assert merged.postconf("-h", "always_add_missing_headers").strip() == "no"
+
+
 def test_retry_window_is_48_hours(merged: Checked) -> None:
     assert merged.postconf("-h", "maximal_queue_lifetime").strip() == "2d"
     assert merged.postconf("-h", "bounce_queue_lifetime").strip() == "2d"
