@@ -1,8 +1,8 @@
 """Running raw messages through the message checks, as the milter would see them.
 
-``split_message`` turns RFC 5322 bytes into (name, raw value) pairs the way an
-MTA hands header fields to a milter with leading space kept (value = the
-bytes after the colon, folds included) and the body; ``run_checks`` feeds
+``split_message`` turns RFC 5322 bytes into header fields the way an MTA
+hands them to a milter with leading space kept (raw = the bytes after the
+colon, folds included) and the body; ``run_checks`` feeds
 them to ``MessageChecks`` with a real resolver (the test DNS server), so the
 pure policy and the DNS-backed checks are judged exactly as in the daemon.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 from aupmilter.config import Config, load_config
 from aupmilter.mailauth.resolver import Resolver
 from aupmilter.policy.findings import PlanChecks
+from aupmilter.policy.headers import HeaderField
 from aupmilter.policy.verdict import Verdict
 from aupmilter.stages.message_checks import EndOfMessage, MessageChecks, Sender
 
@@ -24,24 +25,24 @@ _LINE = re.compile(rb"\r\n")
 _FOLD_START = (b" ", b"\t")
 
 
-def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
-    """Header fields (name, value after the colon) and the body of a CRLF message."""
+def split_message(raw: bytes) -> tuple[list[HeaderField], bytes]:
+    """Header fields (raw = the bytes after the colon) and the body of a CRLF message."""
     head, sep, body = raw.partition(b"\r\n\r\n")
     if not sep and raw.endswith(b"\r\n"):
         head, body = raw[:-2], b""
     lines = _LINE.split(head) if head else []
-    fields: list[tuple[str, bytes]] = []
+    fields: list[HeaderField] = []
     for line in lines:
         if line.startswith(_FOLD_START) and fields:
-            name, value = fields[-1]
-            fields[-1] = (name, value + b"\r\n" + line)
+            last = fields[-1]
+            fields[-1] = HeaderField(last.name, last.raw + b"\r\n" + line)
             continue
         name_bytes, colon, value = line.partition(b":")
         if not colon:
             # Not a header line: an MTA would take the body to start here.
             body = b"\r\n".join(lines[lines.index(line) :]) + b"\r\n" + body
             break
-        fields.append((name_bytes.decode("utf-8", "surrogateescape").rstrip(), value))
+        fields.append(HeaderField(name_bytes.decode("utf-8", "surrogateescape").rstrip(), value))
     return fields, body
 
 
@@ -93,8 +94,8 @@ def run_checks(
         if at_mail.refuses:
             return CheckRun(at_mail, None)
         fields, body = split_message(raw)
-        for name, value in fields:
-            checks.collected.add_header(name, value)
+        for field in fields:
+            checks.collected.add_header(field.name, field.raw)
         for start in range(0, len(body), 65536):
             checks.collected.add_body(body[start : start + 65536])
         return CheckRun(at_mail, checks.at_end_of_message(at_mail, now, "relay.test"))

@@ -68,5 +68,5 @@ def test_corpus_message(entry: Entry, corpus_config: Config, corpus_resolver: Re
     assert (run.eom is None) == (entry.stage == "mail")
     warned = sorted({w.split(":", 1)[0] for w in verdict.warnings})
     assert warned == sorted(entry.warnings)
-    added = [name for name, _ in run.eom.add_headers] if run.eom else []
+    added = [field.name for field in run.eom.add_headers] if run.eom else []
     assert added == list(entry.added)

@@ -232,7 +232,8 @@ def test_missing_message_id_is_added(config: Config, resolver: Resolver) -> None
     run = check(raw, config, resolver)
     assert run.reply == "250"
     assert run.eom is not None and len(run.eom.add_headers) == 1
-    name, value = run.eom.add_headers[0]
+    added = run.eom.add_headers[0]
+    name, value = added.name, added.value
     assert name == "Message-ID" and value.startswith("<") and value.endswith("@relay.test>")
 
 

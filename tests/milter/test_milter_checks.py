@@ -88,7 +88,7 @@ def _signed_message(tamper: bool) -> tuple[list[tuple[str, str | bytes]], bytes]
     fields, body = split_message(signed)
     # The MTA passes the value without the one space the harness adds itself.
     pairs: list[tuple[str, str | bytes]] = [
-        (n, v[1:] if v.startswith(b" ") else v) for n, v in fields
+        (f.name, f.raw[1:] if f.raw.startswith(b" ") else f.raw) for f in fields
     ]
     return pairs, body + (b"tampered\r\n" if tamper else b"")
 

@@ -5,24 +5,25 @@ from __future__ import annotations
 import pytest
 
 from aupmilter.policy.classify import MailClass, classify
+from aupmilter.policy.headers import HeaderField as H
 from aupmilter.policy.plans import UnsubscribePlan
 
 PLAN = UnsubscribePlan(bulk_recipients=20, bulk_fingerprint_recipients=500)
-PLAIN = [("From", "a@acme.example"), ("Subject", "hello")]
+PLAIN = [H("From", b"a@acme.example"), H("Subject", b"hello")]
 
 
 @pytest.mark.parametrize(
     ("stream", "headers", "recipients", "fingerprint", "expected", "reason"),
     [
         ("bulk", PLAIN, 1, 0, MailClass.BULK, "stream is bulk"),
-        ("transactional", [*PLAIN, ("Precedence", "bulk")], 90, 9000,
+        ("transactional", [*PLAIN, H("Precedence", b"bulk")], 90, 9000,
          MailClass.TRANSACTIONAL, "stream is transactional"),
-        (None, [*PLAIN, ("Precedence", "bulk")], 1, 0, MailClass.BULK, "Precedence: bulk"),
-        (None, [*PLAIN, ("precedence", " List ")], 1, 0, MailClass.BULK, "Precedence: list"),
-        (None, [*PLAIN, ("Precedence", "junk; x")], 1, 0, MailClass.BULK, "Precedence: junk"),
-        (None, [*PLAIN, ("Precedence", "first-class")], 1, 0, MailClass.TRANSACTIONAL, "no sign"),
-        (None, [*PLAIN, ("Precedence", "")], 1, 0, MailClass.TRANSACTIONAL, "no sign"),
-        (None, [*PLAIN, ("List-Id", "<news.acme.example>")], 1, 0, MailClass.BULK, "List-Id"),
+        (None, [*PLAIN, H("Precedence", b"bulk")], 1, 0, MailClass.BULK, "Precedence: bulk"),
+        (None, [*PLAIN, H("precedence", b" List ")], 1, 0, MailClass.BULK, "Precedence: list"),
+        (None, [*PLAIN, H("Precedence", b"junk; x")], 1, 0, MailClass.BULK, "Precedence: junk"),
+        (None, [*PLAIN, H("Precedence", b"first-class")], 1, 0, MailClass.TRANSACTIONAL, "no sign"),
+        (None, [*PLAIN, H("Precedence", b"")], 1, 0, MailClass.TRANSACTIONAL, "no sign"),
+        (None, [*PLAIN, H("List-Id", b"<news.acme.example>")], 1, 0, MailClass.BULK, "List-Id"),
         (None, PLAIN, 19, 0, MailClass.TRANSACTIONAL, "no sign"),
         (None, PLAIN, 20, 0, MailClass.BULK, "20 recipients"),
         (None, PLAIN, 1, 499, MailClass.TRANSACTIONAL, "no sign"),
@@ -33,7 +34,7 @@ PLAIN = [("From", "a@acme.example"), ("Subject", "hello")]
 )  # fmt: skip
 def test_rules(
     stream: str | None,
-    headers: list[tuple[str, str]],
+    headers: list[H],
     recipients: int,
     fingerprint: int | None,
     expected: MailClass,

@@ -15,19 +15,22 @@ import pytest
 from aupmilter.config import SigningIdentity
 from aupmilter.mailauth.dkimkeys import load_signing_key
 from aupmilter.mailauth.dkimsign import header_list, render, sign
+from aupmilter.policy.actions import InsertHeader
+from aupmilter.policy.headers import HeaderField as H
 from testbed.dkimkeys import KeyPair, make_key
 
+# As the MTA passes them with leading space kept; the subject folded with LF.
 HEADERS = [
-    ("Received", "from client by relay; Tue, 14 Nov 2023 22:13:20 +0000"),
-    ("From", "News <news@acme.example>"),
-    ("To", "x@example.net"),
-    ("Subject", "Autumn\n\tnews"),
-    ("Date", "Tue, 14 Nov 2023 22:13:20 +0000"),
-    ("Message-ID", "<1@acme.example>"),
-    ("MIME-Version", "1.0"),
-    ("Content-Type", "text/plain; charset=utf-8"),
-    ("List-Unsubscribe", "<https://unsub.relay.example/u/abc>, <mailto:u+abc@unsub.example>"),
-    ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+    H("Received", b" from client by relay; Tue, 14 Nov 2023 22:13:20 +0000"),
+    H("From", b" News <news@acme.example>"),
+    H("To", b" x@example.net"),
+    H("Subject", b" Autumn\n\tnews"),
+    H("Date", b" Tue, 14 Nov 2023 22:13:20 +0000"),
+    H("Message-ID", b" <1@acme.example>"),
+    H("MIME-Version", b" 1.0"),
+    H("Content-Type", b" text/plain; charset=utf-8"),
+    H("List-Unsubscribe", b" <https://unsub.relay.example/u/abc>, <mailto:u+abc@unsub.example>"),
+    H("List-Unsubscribe-Post", b" List-Unsubscribe=One-Click"),
 ]
 BODY = b"Hello,\r\nnews.\r\n\r\n\r\n"
 
@@ -49,10 +52,16 @@ def verify(message: bytes, pair: KeyPair) -> bool:
     return bool(dkim.verify(message, dnsfunc=lookup))
 
 
-def signed_message(headers: list[tuple[str, str]], body: bytes, pair: KeyPair) -> bytes:
-    name, value = sign(headers, body, identity(pair))
-    assert name == "DKIM-Signature" and "\r" not in value
-    return render([(name, value), *headers], body)
+def inserted(signature: InsertHeader) -> H:
+    """The signature field as the MTA writes it at the top of the message."""
+    return H.added(signature.name, signature.value)
+
+
+def signed_message(headers: list[H], body: bytes, pair: KeyPair) -> bytes:
+    signature = sign(headers, body, identity(pair))
+    assert signature.name == "DKIM-Signature" and "\r" not in signature.value
+    assert signature.index == 0
+    return render([inserted(signature), *headers], body)
 
 
 def tags(message: bytes) -> dict[str, str]:
@@ -106,12 +115,12 @@ def test_refolding_and_trailing_whitespace_survive(key: KeyPair) -> None:
 
 
 def test_lf_only_bodies_are_signed_in_wire_form(key: KeyPair) -> None:
-    name, value = sign(HEADERS, b"Hello,\nnews.\n", identity(key))
-    assert verify(render([(name, value), *HEADERS], b"Hello,\r\nnews.\r\n"), key)
+    signature = sign(HEADERS, b"Hello,\nnews.\n", identity(key))
+    assert verify(render([inserted(signature), *HEADERS], b"Hello,\r\nnews.\r\n"), key)
 
 
 def test_header_list_rules() -> None:
-    listed = header_list([("From", "a"), ("To", "b"), ("To", "c"), ("Subject", "s")])
+    listed = header_list([H("From", b" a"), H("To", b" b"), H("To", b" c"), H("Subject", b" s")])
     assert listed.count("to") == 3 and listed.count("from") == 2
     assert "date" not in listed and "message-id" not in listed, "an MTA may add these"
     assert "list-unsubscribe" in listed and "list-unsubscribe-post" in listed
@@ -122,9 +131,9 @@ def test_existing_tenant_signature_is_kept(key: KeyPair, tmp_path: Path) -> None
     tenant_identity = SigningIdentity(
         "acme.example", "tenant", load_signing_key(tenant_key.private_key)
     )
-    base = [h for h in HEADERS if not h[0].startswith("List-")]
-    theirs = sign(base, BODY, tenant_identity)
-    ours = sign([theirs, *base], BODY, identity(key))
+    base = [h for h in HEADERS if not h.name.startswith("List-")]
+    theirs = inserted(sign(base, BODY, tenant_identity))
+    ours = inserted(sign([theirs, *base], BODY, identity(key)))
     message = render([ours, theirs, *base], BODY)
 
     def lookup(name: bytes, timeout: int = 5) -> bytes:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from aupmilter.policy.actions import AddHeader
 from aupmilter.policy.classify import Classification, MailClass
+from aupmilter.policy.headers import HeaderField as H
 from aupmilter.policy.plans import UnsubscribePlan, UnsubscribeSettings
 from aupmilter.policy.tokens import TokenKind, TokenSigner
 from aupmilter.policy.unsubscribe import (
@@ -34,10 +36,10 @@ BULK = Classification(MailClass.BULK, "test")
 TRANSACTIONAL = Classification(MailClass.TRANSACTIONAL, "test")
 REPLACE = UnsubscribePlan()
 REJECT = UnsubscribePlan(on_noncompliant_unsubscribe="reject")
-BASE = [("From", "a@acme.example"), ("To", "x@example.net"), ("Subject", "news")]
+BASE = [H("From", b"a@acme.example"), H("To", b"x@example.net"), H("Subject", b"news")]
 GOOD = [
-    ("List-Unsubscribe", "<mailto:u@acme.example>, <https://acme.example/u/1>"),
-    ("List-Unsubscribe-Post", " List-Unsubscribe=One-Click"),
+    H("List-Unsubscribe", b"<mailto:u@acme.example>, <https://acme.example/u/1>"),
+    H("List-Unsubscribe-Post", b" List-Unsubscribe=One-Click"),
 ]
 
 
@@ -78,8 +80,8 @@ def test_missing_headers_are_inserted_even_when_the_plan_rejects_broken_ones() -
     decision = decide_unsubscribe(BULK, BASE, REJECT, made, "acme")
     assert decision.action is UnsubscribeAction.INSERT
     assert decision.add == (
-        ("List-Unsubscribe", made.list_unsubscribe),
-        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+        AddHeader("List-Unsubscribe", made.list_unsubscribe),
+        AddHeader("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
     )
     assert decision.delete == ()
 
@@ -87,20 +89,20 @@ def test_missing_headers_are_inserted_even_when_the_plan_rejects_broken_ones() -
 @pytest.mark.parametrize(
     ("headers", "problem"),
     [
-        ([("List-Unsubscribe", "<https://a.example/u>")], "0 List-Unsubscribe-Post"),
-        ([("List-Unsubscribe", "<mailto:u@a.example>"), GOOD[1]], "0 https URIs"),
-        ([("List-Unsubscribe", "<http://a.example/u>"), GOOD[1]], "0 https URIs"),
-        ([("List-Unsubscribe", "<https://a.example/u>, <http://a.example/v>"), GOOD[1]],
+        ([H("List-Unsubscribe", b"<https://a.example/u>")], "0 List-Unsubscribe-Post"),
+        ([H("List-Unsubscribe", b"<mailto:u@a.example>"), GOOD[1]], "0 https URIs"),
+        ([H("List-Unsubscribe", b"<http://a.example/u>"), GOOD[1]], "0 https URIs"),
+        ([H("List-Unsubscribe", b"<https://a.example/u>, <http://a.example/v>"), GOOD[1]],
          "plain http"),
-        ([("List-Unsubscribe", "<https://a/1>, <https://a/2>"), GOOD[1]], "2 https URIs"),
-        ([("List-Unsubscribe", "https://a.example/u"), GOOD[1]], "0 https URIs"),
+        ([H("List-Unsubscribe", b"<https://a/1>, <https://a/2>"), GOOD[1]], "2 https URIs"),
+        ([H("List-Unsubscribe", b"https://a.example/u"), GOOD[1]], "0 https URIs"),
         ([GOOD[0], GOOD[0], GOOD[1]], "2 List-Unsubscribe headers"),
-        ([GOOD[0], ("List-Unsubscribe-Post", "List-Unsubscribe=Yes")], "not exactly"),
+        ([GOOD[0], H("List-Unsubscribe-Post", b"List-Unsubscribe=Yes")], "not exactly"),
         ([GOOD[0], GOOD[1], GOOD[1]], "2 List-Unsubscribe-Post"),
         ([GOOD[1]], "no List-Unsubscribe header"),
     ],
 )  # fmt: skip
-def test_broken_headers_are_replaced(headers: list[tuple[str, str]], problem: str) -> None:
+def test_broken_headers_are_replaced(headers: list[H], problem: str) -> None:
     assert problem in (compliance_problem([*BASE, *headers]) or "")
     made = links()
     decision = decide_unsubscribe(BULK, [*BASE, *headers], REPLACE, made, "acme")
@@ -109,13 +111,13 @@ def test_broken_headers_are_replaced(headers: list[tuple[str, str]], problem: st
     final = edited_headers([*BASE, *headers], decision)
     assert final == [
         *BASE,
-        ("List-Unsubscribe", made.list_unsubscribe),
-        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+        H.added("List-Unsubscribe", made.list_unsubscribe),
+        H.added("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
     ]
 
 
 def test_broken_headers_are_refused_on_a_reject_plan() -> None:
-    headers = [*BASE, ("List-Unsubscribe", "<mailto:u@a.example>")]
+    headers = [*BASE, H("List-Unsubscribe", b"<mailto:u@a.example>")]
     decision = decide_unsubscribe(BULK, headers, REJECT, links(), "acme")
     assert decision.action is UnsubscribeAction.REJECT
     assert decision.verdict is not None and decision.verdict.action is Action.REJECT
@@ -126,11 +128,11 @@ def test_broken_headers_are_refused_on_a_reject_plan() -> None:
 
 def test_deletions_count_per_name_and_run_highest_first() -> None:
     headers = [
-        ("list-unsubscribe", "<mailto:1@a.example>"),
-        ("Subject", "x"),
-        ("List-Unsubscribe", "<mailto:2@a.example>"),
-        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
-        ("List-Unsubscribe-Extra", "?"),
+        H("list-unsubscribe", b"<mailto:1@a.example>"),
+        H("Subject", b"x"),
+        H("List-Unsubscribe", b"<mailto:2@a.example>"),
+        H("List-Unsubscribe-Post", b"List-Unsubscribe=One-Click"),
+        H("List-Unsubscribe-Extra", b"?"),
     ]
     decision = decide_unsubscribe(BULK, headers, REPLACE, links(), "acme")
     assert decision.delete == (
@@ -139,7 +141,7 @@ def test_deletions_count_per_name_and_run_highest_first() -> None:
         HeaderDeletion("List-Unsubscribe-Extra", 1),
         HeaderDeletion("List-Unsubscribe-Post", 1),
     )
-    assert [name for name, _ in edited_headers(headers, decision)] == [
+    assert [field.name for field in edited_headers(headers, decision)] == [
         "Subject",
         "List-Unsubscribe",
         "List-Unsubscribe-Post",
@@ -147,6 +149,6 @@ def test_deletions_count_per_name_and_run_highest_first() -> None:
 
 
 def test_without_an_unsubscribe_service_broken_headers_are_left() -> None:
-    headers = [*BASE, ("List-Unsubscribe", "<mailto:u@a.example>")]
+    headers = [*BASE, H("List-Unsubscribe", b"<mailto:u@a.example>")]
     decision = decide_unsubscribe(BULK, headers, REPLACE, None, "acme")
     assert decision.action is UnsubscribeAction.LEAVE and not decision.add

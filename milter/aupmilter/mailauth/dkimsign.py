@@ -34,6 +34,8 @@ import dkim
 
 from aupmilter.config import SigningIdentity
 from aupmilter.message.wire import render_header_section
+from aupmilter.policy.actions import InsertHeader
+from aupmilter.policy.headers import HeaderField
 
 SIGNED_HEADERS = (
     "From",
@@ -63,11 +65,11 @@ class SigningError(Exception):
     """dkimpy refused to sign; the text says why (logged, the message is not signed)."""
 
 
-def header_list(headers: Sequence[tuple[str, str]]) -> list[str]:
+def header_list(headers: Sequence[HeaderField]) -> list[str]:
     """The h= list, lower-case, with over-signing."""
     counts: dict[str, int] = {}
-    for name, _value in headers:
-        counts[name.lower()] = counts.get(name.lower(), 0) + 1
+    for field in headers:
+        counts[field.key] = counts.get(field.key, 0) + 1
     listed: list[str] = []
     for name in SIGNED_HEADERS:
         key = name.lower()
@@ -79,16 +81,18 @@ def header_list(headers: Sequence[tuple[str, str]]) -> list[str]:
     return listed
 
 
-def render(headers: Sequence[tuple[str, str]], body: bytes) -> bytes:
-    """The message in wire form (CRLF), as dkimpy reads it; `headers` as `message.wire` has them."""
+def render(headers: Sequence[HeaderField], body: bytes) -> bytes:
+    """The message in wire form (CRLF), as dkimpy reads it: the header list, a blank line, body."""
     body = _BARE_LF.sub(b"\r\n", body)
     return render_header_section(headers) + b"\r\n" + body
 
 
-def sign(
-    headers: Sequence[tuple[str, str]], body: bytes, identity: SigningIdentity
-) -> tuple[str, str]:
-    """("DKIM-Signature", value) to insert at the top; folded with LF as libmilter expects."""
+def sign(headers: Sequence[HeaderField], body: bytes, identity: SigningIdentity) -> InsertHeader:
+    """The DKIM-Signature to insert at the top; its value folded with LF as libmilter expects.
+
+    `headers`: the header list as the MTA will deliver it (fields the milter
+    adds made with `HeaderField.added`).
+    """
     message = render(headers, body)
     try:
         signature = dkim.sign(
@@ -103,4 +107,4 @@ def sign(
     except dkim.DKIMException as exc:
         raise SigningError(f"{type(exc).__name__}: {exc}") from exc
     name, _, value = bytes(signature).decode("ascii").partition(":")
-    return name, value.strip().replace("\r\n", "\n")
+    return InsertHeader(name, value.strip().replace("\r\n", "\n"), index=0)

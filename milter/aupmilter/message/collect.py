@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from aupmilter import replies
 from aupmilter.config import MessageSettings
 from aupmilter.message.spool import Spool, SpoolError, SpoolFull
-from aupmilter.message.wire import header_pairs, render_header_section
+from aupmilter.message.wire import render_header_section
 from aupmilter.policy.headers import HeaderBlock, HeaderField, field_size
 
 
@@ -85,7 +85,7 @@ class Collected:
         """Header section + CRLF + body, CRLF line ends; None when the body was not kept."""
         if self.spool is None:
             return None
-        return render_header_section(header_pairs(self.fields)) + b"\r\n" + self.spool.read_all()
+        return render_header_section(self.fields) + b"\r\n" + self.spool.read_all()
 
     def _drop_spool(self) -> None:
         if self.spool is not None:

@@ -1,43 +1,38 @@
-"""Header fields in the form the MTA delivers them: the one header renderer.
+"""Header fields in wire form: the one header renderer.
 
-Inside the milter a header field is a (name, value) pair whose value keeps
-what the MTA passed: its leading white space, its folds and any 8-bit bytes
-(as surrogate escapes), so DKIM's canonicalization sees the bytes that were
-signed. A field the milter adds is written with one space after the colon,
-as the MTA will write it (`added_field`).
+Inside the milter a header field is a `policy.headers.HeaderField`: its raw
+bytes keep what the MTA passed (leading white space, folds, 8-bit bytes), so
+DKIM's canonicalization sees the bytes that were signed. A field the milter
+adds is made with `HeaderField.added`, one space after the colon, as the MTA
+will write it. Rendering only normalises line ends: nothing is decoded.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from aupmilter.policy.headers import HeaderField
 
-Headers = Sequence[tuple[str, str]]
-CRLF = "\r\n"
-_LINE_BREAK = re.compile(r"\r?\n")
+CRLF = b"\r\n"
+_LINE_BREAK = re.compile(rb"\r?\n")
 
 
-def header_pairs(fields: Iterable[HeaderField]) -> list[tuple[str, str]]:
-    """(name, value) with the value's raw bytes kept (surrogate escapes), leading space and all."""
-    return [(f.name, f.raw.decode("utf-8", "surrogateescape")) for f in fields]
+def render_header_section(fields: Iterable[HeaderField]) -> bytes:
+    """The header section in wire form: each field `name:raw` with CRLF line ends.
+
+    Folds passed as LF become CRLF; every other byte, a bare CR included, is
+    kept, so a signature is checked against what the client sent.
+    """
+    return b"".join(
+        f.name.encode("utf-8", "surrogateescape") + b":" + _LINE_BREAK.sub(CRLF, f.raw) + CRLF
+        for f in fields
+    )
 
 
-def added_field(name: str, value: str) -> tuple[str, str]:
-    """A field the milter adds, as the MTA will render it: one space after the colon."""
-    return name, value if value[:1] in (" ", "\t") else f" {value}"
-
-
-def render_header_section(headers: Iterable[tuple[str, str]]) -> bytes:
-    """The header section in wire form: each field `name:value` with CRLF line ends."""
-    lines = (f"{name}:{_LINE_BREAK.sub(CRLF, value)}{CRLF}" for name, value in headers)
-    return b"".join(line.encode("utf-8", "surrogateescape") for line in lines)
-
-
-def message_id_of(headers: Headers, added: Headers) -> str | None:
-    """The message's Message-ID, or the one the milter adds; None when neither has one."""
-    for name, value in [*headers, *added]:
-        if name.lower() == "message-id" and value.strip():
-            return value.strip()
+def message_id_of(fields: Iterable[HeaderField]) -> str | None:
+    """The first non-empty Message-ID among `fields` (the message's, then those the milter adds)."""
+    for field in fields:
+        if field.key == "message-id" and field.value.strip():
+            return field.value.strip()
     return None

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from aupmilter.policy.headers import HeaderField
 from aupmilter.policy.plans import UnsubscribePlan
 
 BULK_PRECEDENCE = frozenset({"bulk", "list", "junk"})
@@ -41,14 +42,15 @@ class Classification:
         return self.mail_class is MailClass.BULK
 
 
-def header_values(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
+def header_values(headers: Sequence[HeaderField], name: str) -> list[str]:
+    """The values of every `name` field, in order, leading white space kept."""
     wanted = name.lower()
-    return [value for key, value in headers if key.lower() == wanted]
+    return [field.value for field in headers if field.key == wanted]
 
 
 def classify(
     stream: str | None,
-    headers: Sequence[tuple[str, str]],
+    headers: Sequence[HeaderField],
     recipient_count: int,
     fingerprint_recipients: int | None,
     plan: UnsubscribePlan,

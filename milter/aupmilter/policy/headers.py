@@ -54,13 +54,39 @@ _COMMENT = re.compile(r"\([^()]*\)")
 
 @dataclass(frozen=True, slots=True)
 class HeaderField:
+    """One header field as the MTA delivers it: the model every module uses.
+
+    The raw bytes are kept, not a decoded string, because the checks judge
+    bytes (NUL, bare CR, 8-bit without SMTPUTF8) and DKIM's "simple"
+    canonicalization needs the exact bytes that were signed.
+    """
+
     name: str
     raw: bytes
     """The value as passed by the MTA: leading white space and folds (CRLF or LF + WSP) kept."""
 
+    @classmethod
+    def added(cls, name: str, value: str) -> HeaderField:
+        """A field the milter adds (`value` without leading space), as the MTA will render it.
+
+        The MTA writes one space after the colon (the glue sends it when
+        leading space was negotiated), so a signature over the edited header
+        list covers the bytes that are delivered.
+        """
+        return cls(name, f" {value}".encode("utf-8", "surrogateescape"))
+
     @property
     def key(self) -> str:
         return self.name.lower()
+
+    @property
+    def value(self) -> str:
+        """The raw bytes as text, leading white space and folds kept.
+
+        Undecodable bytes become surrogate escapes, so encoding the value back
+        (`utf-8`, `surrogateescape`) gives the raw bytes again.
+        """
+        return self.raw.decode("utf-8", "surrogateescape")
 
     @property
     def text(self) -> str:

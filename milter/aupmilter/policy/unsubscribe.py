@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from aupmilter import replies
+from aupmilter.policy.actions import AddHeader
 from aupmilter.policy.classify import Classification, MailClass
+from aupmilter.policy.headers import HeaderField
 from aupmilter.policy.plans import UnsubscribePlan, UnsubscribeSettings
 from aupmilter.policy.tokens import IssuedToken, TokenSigner
 from aupmilter.policy.verdict import Verdict
@@ -73,7 +75,8 @@ class UnsubscribeDecision:
     reason: str
     delete: tuple[HeaderDeletion, ...] = ()
     """Highest index first, so earlier deletions do not shift later ones."""
-    add: tuple[tuple[str, str], ...] = ()
+    add: tuple[AddHeader, ...] = ()
+    """The relay's pair, appended after the deletions."""
     links: UnsubscribeLinks | None = None
     verdict: Verdict | None = None
     """Set for REJECT only."""
@@ -96,10 +99,10 @@ def issue_links(
     return UnsubscribeLinks(issued, value)
 
 
-def compliance_problem(headers: Sequence[tuple[str, str]]) -> str | None:
+def compliance_problem(headers: Sequence[HeaderField]) -> str | None:
     """Why the message's own unsubscribe headers are not RFC 8058 one-click; None if they are."""
-    lists = [v for k, v in headers if k.lower() == LIST_UNSUBSCRIBE.lower()]
-    posts = [v for k, v in headers if k.lower() == LIST_UNSUBSCRIBE_POST.lower()]
+    lists = [f.value for f in headers if f.key == LIST_UNSUBSCRIBE.lower()]
+    posts = [f.value for f in headers if f.key == LIST_UNSUBSCRIBE_POST.lower()]
     if not lists:
         return "no List-Unsubscribe header"
     if len(lists) > 1:
@@ -117,21 +120,21 @@ def compliance_problem(headers: Sequence[tuple[str, str]]) -> str | None:
     return None
 
 
-def unsubscribe_deletions(headers: Sequence[tuple[str, str]]) -> tuple[HeaderDeletion, ...]:
+def unsubscribe_deletions(headers: Sequence[HeaderField]) -> tuple[HeaderDeletion, ...]:
     """Every List-Unsubscribe* header, as chgheader deletions, highest index first."""
     seen: dict[str, int] = {}
     found: list[HeaderDeletion] = []
-    for name, _value in headers:
-        key = name.lower()
+    for field in headers:
+        key = field.key
         seen[key] = seen.get(key, 0) + 1
         if key.startswith(LIST_UNSUBSCRIBE.lower()):
-            found.append(HeaderDeletion(name, seen[key]))
+            found.append(HeaderDeletion(field.name, seen[key]))
     return tuple(sorted(found, key=lambda d: (d.name.lower(), -d.index)))
 
 
 def decide_unsubscribe(
     classification: Classification,
-    headers: Sequence[tuple[str, str]],
+    headers: Sequence[HeaderField],
     plan: UnsubscribePlan,
     links: UnsubscribeLinks | None,
     tenant: str | None,
@@ -158,36 +161,37 @@ def decide_unsubscribe(
         problem,
         delete=deletions,
         add=(
-            (LIST_UNSUBSCRIBE, links.list_unsubscribe),
-            (LIST_UNSUBSCRIBE_POST, links.list_unsubscribe_post),
+            AddHeader(LIST_UNSUBSCRIBE, links.list_unsubscribe),
+            AddHeader(LIST_UNSUBSCRIBE_POST, links.list_unsubscribe_post),
         ),
         links=links,
     )
 
 
 def kept_headers(
-    headers: Sequence[tuple[str, str]], decision: UnsubscribeDecision
-) -> list[tuple[str, str]]:
+    headers: Sequence[HeaderField], decision: UnsubscribeDecision
+) -> list[HeaderField]:
     """The message's fields that the decision does not delete, in order."""
     doomed = {(d.name.lower(), d.index) for d in decision.delete}
     seen: dict[str, int] = {}
     kept = []
-    for name, value in headers:
-        key = name.lower()
+    for field in headers:
+        key = field.key
         seen[key] = seen.get(key, 0) + 1
         if (key, seen[key]) not in doomed:
-            kept.append((name, value))
+            kept.append(field)
     return kept
 
 
 def edited_headers(
-    headers: Sequence[tuple[str, str]], decision: UnsubscribeDecision
-) -> list[tuple[str, str]]:
+    headers: Sequence[HeaderField], decision: UnsubscribeDecision
+) -> list[HeaderField]:
     """The header list as the MTA will deliver it after the decision's edits (for signing).
 
     Deleted fields go, added ones are appended at the end, as smfi_addheader does.
     """
-    return [*kept_headers(headers, decision), *decision.add]
+    added = [HeaderField.added(a.name, a.value) for a in decision.add]
+    return [*kept_headers(headers, decision), *added]
 
 
 def one_recipient_per_bulk_message(

@@ -29,15 +29,15 @@ from datetime import UTC, datetime
 
 from aupmilter import replies
 from aupmilter.mailauth.dkimsign import SigningError
-from aupmilter.message.wire import header_pairs, message_id_of
+from aupmilter.message.wire import message_id_of
 from aupmilter.policy.actions import (
     AddHeader,
     ChangeHeader,
     DeleteRecipient,
-    InsertHeader,
     MilterAction,
     Quarantine,
 )
+from aupmilter.policy.headers import HeaderField
 from aupmilter.policy.tenancy import decide_store_error
 from aupmilter.policy.unsubscribe import UnsubscribeLinks
 from aupmilter.policy.verdict import Action, Verdict
@@ -54,11 +54,11 @@ class Draft:
 
     verdict: Verdict
     checks: MessageChecks
-    headers: list[tuple[str, str]]
+    headers: tuple[HeaderField, ...]
     body: bytes | None
     now: float
-    added: tuple[tuple[str, str], ...] = ()
-    """Fields the message checks add (a Message-ID), name and value without leading space."""
+    added: tuple[AddHeader, ...] = ()
+    """Fields the message checks add (a Message-ID)."""
     links: UnsubscribeLinks | None = None
     remaining: list[str] | None = None
     """Recipient keys left after suppression; None until the charge ran."""
@@ -92,7 +92,7 @@ def decide(txn: Transaction, checks: MessageChecks, now: float) -> EndOfMessageR
     draft = Draft(
         verdict=txn.verdict,
         checks=checks,
-        headers=header_pairs(collected.fields),
+        headers=tuple(collected.fields),
         body=collected.body_bytes() if needs_body else None,
         now=now,
     )
@@ -129,7 +129,8 @@ def _charge(txn: Transaction, draft: Draft) -> None:
     references: ReferenceWrite | None = None
     counters = []
     if listmail is not None:
-        message_id = message_id_of(draft.headers, draft.added) or txn.queue_id or txn.conn_id
+        added = (HeaderField.added(a.name, a.value) for a in draft.added)
+        message_id = message_id_of([*draft.headers, *added]) or txn.queue_id or txn.conn_id
         draft.links, references = listmail.links_for_charge(
             draft.headers, list(gate.accepted), message_id, draft.now
         )
@@ -182,9 +183,9 @@ def _header_edits(txn: Transaction, draft: Draft) -> None:
     decision = draft.outcome.decision if draft.outcome is not None else None
     if decision is not None:
         draft.actions += [ChangeHeader(d.name, d.index) for d in decision.delete]
-    draft.actions += [AddHeader(name, value) for name, value in draft.added]
+    draft.actions += draft.added
     if decision is not None:
-        draft.actions += [AddHeader(name, value) for name, value in decision.add]
+        draft.actions += decision.add
 
 
 def _signature(txn: Transaction, draft: Draft) -> None:
@@ -201,7 +202,7 @@ def _signature(txn: Transaction, draft: Draft) -> None:
         txn.log.error("DKIM signing failed, the message goes unsigned: %s", exc)
         return
     if signature is not None:
-        draft.actions.append(InsertHeader(*signature, index=0))
+        draft.actions.append(signature)
 
 
 def _quarantine(_txn: Transaction, draft: Draft) -> None:

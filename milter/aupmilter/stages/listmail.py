@@ -29,9 +29,10 @@ from dataclasses import dataclass
 
 from aupmilter.config import Config, Plan, SigningIdentity, UnsubscribePlan, UnsubscribeSettings
 from aupmilter.mailauth.dkimsign import sign
-from aupmilter.message.wire import added_field
+from aupmilter.policy.actions import AddHeader, InsertHeader
 from aupmilter.policy.classify import Classification, MailClass, classify, header_values
 from aupmilter.policy.fingerprint import body_fingerprint
+from aupmilter.policy.headers import HeaderField
 from aupmilter.policy.limits import Scope, Unit, Window
 from aupmilter.policy.tokens import Reference, TokenSigner
 from aupmilter.policy.unsubscribe import (
@@ -47,7 +48,7 @@ from aupmilter.policy.verdict import Verdict
 from aupmilter.store.client import ReferenceWrite
 
 FINGERPRINT_WINDOW = "content-fingerprint"
-Headers = Sequence[tuple[str, str]]
+Headers = Sequence[HeaderField]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +168,10 @@ class ListMail:
     def signature(
         self,
         headers: Headers,
-        added_before: Headers,
+        added_before: Sequence[AddHeader],
         outcome: ListMailOutcome,
         body: bytes | None,
-    ) -> tuple[str, str] | None:
+    ) -> InsertHeader | None:
         """DKIM-Signature for bulk mail, over the final header list; None when not signing.
 
         `added_before`: fields the milter adds ahead of the unsubscribe pair (e.g. a
@@ -178,7 +179,8 @@ class ListMail:
         """
         if self.identity is None or body is None or not outcome.classification.bulk:
             return None
-        added = [added_field(name, value) for name, value in (*added_before, *outcome.decision.add)]
+        adds = (*added_before, *outcome.decision.add)
+        added = [HeaderField.added(a.name, a.value) for a in adds]
         final = [*kept_headers(headers, outcome.decision), *added]
         return sign(final, body, self.identity)
 

@@ -29,6 +29,7 @@ from aupmilter.mailauth.psl import organizational_domain
 from aupmilter.mailauth.resolver import Resolver
 from aupmilter.mailauth.spfcheck import check_relay_ips
 from aupmilter.message.collect import Collected
+from aupmilter.policy.actions import AddHeader
 from aupmilter.policy.alignment import (
     DomainFacts,
     check_domains,
@@ -100,8 +101,8 @@ def sender_for(address: str, record: TenantRecord | None, config: Config, smtput
 @dataclass(frozen=True, slots=True)
 class EndOfMessage:
     verdict: Verdict
-    add_headers: tuple[tuple[str, str], ...] = ()
-    """Fields to add (name, value without leading space) when the message is accepted."""
+    add_headers: tuple[AddHeader, ...] = ()
+    """Fields to add when the message is accepted."""
 
 
 class MessageChecks:
@@ -184,7 +185,7 @@ class MessageChecks:
         if verdict.refuses or not add_message_id:
             return EndOfMessage(verdict)
         message_id = f"<{uuid.uuid4().hex}@{self._id_domain(mta_host)}>"
-        return EndOfMessage(verdict, (("Message-ID", message_id),))
+        return EndOfMessage(verdict, (AddHeader("Message-ID", message_id),))
 
     def _dkim(self, block: HeaderBlock) -> tuple[list[Finding], frozenset[str]]:
         plan, owned = self.sender.plan, self.sender.domains
