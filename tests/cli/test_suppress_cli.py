@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from aupmilter.cli.main import main
-from aupmilter.store.suppression import AUDIT_STREAM
+from aupmilter.store.keys import AUDIT_STREAM
 from aupmilter.store.tenants import TenantAdmin
 from tests.support import RedisServer
 

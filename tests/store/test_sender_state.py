@@ -6,7 +6,8 @@ import pytest
 import redis
 
 from aupmilter.config import RedisSettings
-from aupmilter.policy.tenancy import Lookup, LookupKind, tenant_lookup
+from aupmilter.policy.limits import LimitOverrides
+from aupmilter.policy.tenancy import Lookup, LookupKind, TenantRecord, tenant_lookup
 from aupmilter.store.client import Store, StoreUnavailable
 from aupmilter.store.tenants import TenantAdmin
 from tests.support import RedisServer, client_commands, free_port, record_of
@@ -24,13 +25,34 @@ def test_login_lookup_returns_the_tenant_hash(store: Store) -> None:
     record = record_of(store, tenant_lookup("acme", "x@elsewhere.example"))
     assert record is not None
     assert record.tenant_id == "acme"
-    assert record.fields == {
-        "status": "active",
-        "plan": "standard",
-        "reason": "",
-        "created_at": "1700000000",
-        "updated_at": "1700000000",
-    }
+    assert record == TenantRecord(
+        "acme",
+        exists=True,
+        status="active",
+        plan="standard",
+        reason="",
+        domains=frozenset({"acme.example"}),
+    )
+
+
+def test_the_read_parses_every_field_the_policy_uses(
+    store: Store, redis_client: redis.Redis
+) -> None:
+    redis_client.hset(
+        "aup:tenant:acme",
+        mapping={
+            "status": "suspended",
+            "reason": "spam reports",
+            "allowed_domains": "CRM.example, help.example.",
+            "max_recipients_per_message": "5",
+            "window.sender-rcpt-hour": "50",
+        },
+    )
+    record = record_of(store, tenant_lookup("acme", ""))
+    assert record is not None
+    assert (record.status, record.plan, record.reason) == ("suspended", "standard", "spam reports")
+    assert record.allowed_domains == {"crm.example", "help.example"}
+    assert record.overrides == LimitOverrides(5, {"sender-rcpt-hour": 50})
 
 
 def test_realm_form_login_is_its_own_mapping(store: Store) -> None:

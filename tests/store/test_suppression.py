@@ -9,15 +9,15 @@ import pytest
 import redis
 
 from aupmilter.policy.tokens import TokenSigner
+from aupmilter.store import keys
+from aupmilter.store.keys import AUDIT_STREAM
 from aupmilter.store.suppression import (
     AUDIT_RETENTION_SECONDS,
-    AUDIT_STREAM,
     AddressError,
     Source,
     Suppression,
     SuppressionStore,
     normalize_address,
-    suppressed_key,
     validate_address,
 )
 
@@ -38,7 +38,7 @@ def test_key_layout_is_the_one_the_eom_script_reads(
     store: SuppressionStore, redis_client: redis.Redis
 ) -> None:
     store.add("acme", "Alice@example.net", Source.ONE_CLICK, NOW)
-    assert suppressed_key("acme") == "aup:{acme}:suppressed"
+    assert keys.suppressed("acme") == "aup:{acme}:suppressed"
     assert redis_client.hgetall("aup:{acme}:suppressed") == {
         "Alice@example.net": "one-click 1700000000"
     }

@@ -32,7 +32,6 @@ from aupmilter.store.client import (
     Store,
     WindowCatalog,
 )
-from aupmilter.store.suppression import unsubscribe_ref_key
 from aupmilter.store.tenants import TenantAdmin
 from tests.support import RedisServer, client_commands
 
@@ -76,7 +75,7 @@ def read(store: Store, login: str = "alice", now: int = T0, sender: str = "") ->
 def open_for(store: Store, login: str = "alice", now: int = T0) -> RecipientGate:
     state = read(store, login, now)
     gate = open_gate(
-        GOLD.limits, state.record.fields, state.fills, sender=login, tenant="acme", now_ms=now
+        GOLD.limits, state.record.overrides, state.fills, sender=login, tenant="acme", now_ms=now
     )
     assert isinstance(gate, RecipientGate)
     return gate
@@ -259,7 +258,7 @@ def test_references_are_written_in_the_charge_call_only_for_bulk(
     write = ReferenceWrite((reference("a@x"),), 600, known_bulk, bulk_from)
     result = store.charge("acme", (), "alice", ["a@x"], T0, counters=counters, references=write)
     assert isinstance(result, Charged)
-    key = unsubscribe_ref_key(reference("a@x").ref_text)
+    key = keys.unsubscribe_ref(reference("a@x").ref_text)
     assert (redis_client.get(key) == "acme\na@x") is written
     if written:
         assert 0 < redis_client.ttl(key) <= 600

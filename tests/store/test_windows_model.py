@@ -106,7 +106,7 @@ def open_transaction(store: Store, sender: str, now: int) -> RecipientGate:
     )
     assert state is not None
     gate = open_gate(
-        PLAN.limits, state.record.fields, state.fills, sender=sender, tenant="acme", now_ms=now
+        PLAN.limits, state.record.overrides, state.fills, sender=sender, tenant="acme", now_ms=now
     )
     assert isinstance(gate, RecipientGate)
     return gate
@@ -196,7 +196,7 @@ def test_racing_transactions_never_overshoot(
             assert state is not None
             gate = open_gate(
                 plan.limits,
-                state.record.fields,
+                state.record.overrides,
                 state.fills,
                 sender=login,
                 tenant="acme",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aupmilter.policy.limits import (
+    LimitOverrides,
     Limits,
     OverrideError,
     RecipientGate,
@@ -20,6 +21,7 @@ from aupmilter.policy.limits import (
     with_overrides,
 )
 from aupmilter.policy.verdict import Action
+from aupmilter.store.tenants import limit_overrides
 
 HOUR = 3_600_000
 NOW = 1_000 * HOUR  # an exact multiple of every bucket length used below
@@ -141,7 +143,7 @@ def test_no_room_reply_after_a_concurrent_charge() -> None:
     ],
 )
 def test_overrides(fields: dict[str, str], cap: int, limits: tuple[int, ...]) -> None:
-    result = with_overrides(Limits(100, (RCPT_HOUR, MSG_HOUR)), fields)
+    result = with_overrides(Limits(100, (RCPT_HOUR, MSG_HOUR)), limit_overrides(fields))
     assert result.max_recipients == cap
     assert tuple(w.limit for w in result.windows) == limits
 
@@ -157,13 +159,24 @@ def test_overrides(fields: dict[str, str], cap: int, limits: tuple[int, ...]) ->
 )
 def test_bad_overrides(fields: dict[str, str], message: str) -> None:
     with pytest.raises(OverrideError, match=message):
-        with_overrides(Limits(100, (RCPT_HOUR,)), fields)
+        with_overrides(Limits(100, (RCPT_HOUR,)), limit_overrides(fields))
+
+
+def test_overrides_as_the_store_hands_them_over() -> None:
+    plan = Limits(100, (RCPT_HOUR, MSG_HOUR))
+    assert with_overrides(plan, LimitOverrides()) is plan
+    result = with_overrides(plan, LimitOverrides(7, {MSG_HOUR.name: 1}))
+    assert result.max_recipients == 7 and tuple(w.limit for w in result.windows) == (10, 1)
+    with pytest.raises(OverrideError, match="names no window of the plan"):
+        with_overrides(plan, LimitOverrides(windows={"gone": 1}))
+    with pytest.raises(OverrideError, match="the store's own words"):
+        with_overrides(plan, LimitOverrides(problems=("the store's own words",)))
 
 
 def test_open_gate_turns_a_bad_override_into_451_470() -> None:
     opened = open_gate(
         Limits(100, ()),
-        {"max_recipients_per_message": "x"},
+        limit_overrides({"max_recipients_per_message": "x"}),
         [],
         sender="alice",
         tenant="acme",
@@ -175,7 +188,9 @@ def test_open_gate_turns_a_bad_override_into_451_470() -> None:
 
 
 def test_open_gate_refuses_mismatched_fills() -> None:
-    opened = open_gate(Limits(100, (RCPT_HOUR,)), {}, [], sender="a", tenant="t", now_ms=NOW)
+    opened = open_gate(
+        Limits(100, (RCPT_HOUR,)), LimitOverrides(), [], sender="a", tenant="t", now_ms=NOW
+    )
     assert not isinstance(opened, RecipientGate) and opened.refuses
 
 

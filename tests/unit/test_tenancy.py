@@ -93,8 +93,10 @@ def test_tenant_lookup(login: str | None, sender: str, expected: Lookup) -> None
     assert tenant_lookup(login, sender) == expected
 
 
-def record(**fields: str) -> TenantRecord:
-    return TenantRecord("acme", fields)
+def record(status: str = "", plan: str = "", reason: str = "") -> TenantRecord:
+    """A tenant whose hash holds these fields (none: the hash is missing)."""
+    exists = bool(status or plan or reason)
+    return TenantRecord("acme", exists=exists, status=status, plan=plan, reason=reason)
 
 
 ACTIVE = {"status": "active", "plan": "standard"}

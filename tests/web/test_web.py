@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from aupmilter.policy.tokens import IssuedToken, TokenSigner
-from aupmilter.store.suppression import AUDIT_STREAM, SuppressionStore
+from aupmilter.store.keys import AUDIT_STREAM
+from aupmilter.store.suppression import SuppressionStore
 from tests.support import RedisServer
 from tests.web.harness import SECRET, WebService
 

@@ -228,12 +228,12 @@ def _print_tenants(tenants: Sequence[TenantInfo], as_json: bool, single: bool) -
     rows = [
         (
             t.tenant_id,
-            t.fields.get("status", "?"),
-            t.fields.get("plan", "?"),
+            "?" if t.status is None else t.status,
+            "?" if t.plan is None else t.plan,
             ",".join(t.logins) or "-",
             ",".join(t.domains) or "-",
-            _timestamp(t.fields.get("updated_at", "")),
-            t.fields.get("reason", "") or "-",
+            _timestamp(t.updated_at),
+            t.reason or "-",
         )
         for t in tenants
     ]

@@ -25,9 +25,6 @@ from aupmilter.policy.verdict import Verdict
 from aupmilter.replies import Reply
 
 BUCKETS_PER_WINDOW = 60
-MAX_RECIPIENTS_FIELD = "max_recipients_per_message"
-WINDOW_FIELD_PREFIX = "window."
-"""Tenant hash fields that override plan limits: ``window.<name>`` = limit."""
 
 
 class Scope(StrEnum):
@@ -90,36 +87,43 @@ class Limits:
     windows: tuple[Window, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class LimitOverrides:
+    """A tenant's own limits in place of its plan's, as the store read them from the tenant hash."""
+
+    max_recipients: int | None = None
+    windows: Mapping[str, int] = field(default_factory=dict)
+    """Window name -> limit, for windows the plan should have."""
+    problems: tuple[str, ...] = ()
+    """Stored values that are no limit, described for the operator (naming the field).
+
+    Any of them keeps the tenant's mail waiting (451) until an operator fixes it:
+    guessing a limit could let a tenant send more than it was allowed.
+    """
+
+
 class OverrideError(ValueError):
-    """A tenant hash field that should override a limit holds something else."""
+    """A tenant override that cannot apply: not a limit, or naming no window of the plan."""
 
 
-def with_overrides(limits: Limits, fields: Mapping[str, str]) -> Limits:
-    """The plan's limits with the tenant hash's overrides applied; OverrideError on bad values."""
-    cap = limits.max_recipients
-    if MAX_RECIPIENTS_FIELD in fields:
-        cap = _override_value(MAX_RECIPIENTS_FIELD, fields[MAX_RECIPIENTS_FIELD])
+def with_overrides(limits: Limits, overrides: LimitOverrides) -> Limits:
+    """The plan's limits with the tenant's overrides applied; OverrideError when one is broken."""
+    if overrides.problems:
+        raise OverrideError(overrides.problems[0])
+    names = {window.name for window in limits.windows}
+    for name in overrides.windows:
+        if name not in names:
+            raise OverrideError(f"the override of window {name!r} names no window of the plan")
+    cap = limits.max_recipients if overrides.max_recipients is None else overrides.max_recipients
     windows = limits.windows
-    if any(key.startswith(WINDOW_FIELD_PREFIX) for key in fields):
-        names = {window.name for window in windows}
-        for key in fields:
-            if key.startswith(WINDOW_FIELD_PREFIX) and key[len(WINDOW_FIELD_PREFIX) :] not in names:
-                raise OverrideError(f"field {key!r} names no window of the plan")
+    if overrides.windows:
         windows = tuple(
-            replace(w, limit=_override_value(key, fields[key]))
-            if (key := WINDOW_FIELD_PREFIX + w.name) in fields
-            else w
+            replace(w, limit=overrides.windows[w.name]) if w.name in overrides.windows else w
             for w in windows
         )
     if cap == limits.max_recipients and windows is limits.windows:
         return limits
     return Limits(max_recipients=cap, windows=windows)
-
-
-def _override_value(key: str, raw: str) -> int:
-    if not raw.isdigit() or len(raw) > 12:
-        raise OverrideError(f"field {key!r} must be a whole number, got {raw!r}")
-    return int(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +205,7 @@ class RecipientGate:
 
 def open_gate(
     plan_limits: Limits,
-    fields: Mapping[str, str],
+    overrides: LimitOverrides,
     fills: Sequence[WindowFill],
     *,
     sender: str,
@@ -210,7 +214,7 @@ def open_gate(
 ) -> RecipientGate | Verdict:
     """The RCPT gate for a tenant's transaction, or a 451 when its overrides are broken."""
     try:
-        limits = with_overrides(plan_limits, fields)
+        limits = with_overrides(plan_limits, overrides)
     except OverrideError as exc:
         return Verdict.refuse(replies.ACCOUNT_MISCONFIGURED, f"tenant {tenant}: {exc}", tenant)
     if len(fills) != len(limits.windows):

@@ -8,12 +8,12 @@ sender domain: otherwise any account could claim any mapped domain.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
 from aupmilter import replies
+from aupmilter.policy.limits import LimitOverrides
 from aupmilter.policy.verdict import Verdict
 from aupmilter.replies import safe_text
 
@@ -42,15 +42,26 @@ class Lookup:
 
 @dataclass(frozen=True, slots=True)
 class TenantRecord:
-    tenant_id: str
-    fields: Mapping[str, str]
-    """The tenant hash as stored; empty when the mapping points at a missing hash."""
-    domains: frozenset[str] = frozenset()
-    """The tenant's domains (`aup:tenant:<id>:domains`), for the message checks."""
+    """What the policy knows of a tenant: its hash and domains, parsed by the store.
 
-    @property
-    def exists(self) -> bool:
-        return bool(self.fields)
+    The store (`store.tenants.tenant_record`) is the only reader of the raw
+    hash, so the field names live with the key names (`store.keys`) alone.
+    """
+
+    tenant_id: str
+    exists: bool = True
+    """False when a mapping names a tenant whose hash is missing (or empty)."""
+    status: str = ""
+    """As stored: a `TenantStatus` value when well kept; anything else tempfails."""
+    plan: str = ""
+    reason: str = ""
+    """The operators' free text for the status, as stored (cleaned where it is used)."""
+    domains: frozenset[str] = frozenset()
+    """The tenant's domains, for the message checks."""
+    allowed_domains: frozenset[str] = frozenset()
+    """Extra Reply-To/Sender domains the tenant may use, normalized."""
+    overrides: LimitOverrides = field(default_factory=LimitOverrides)
+    """The tenant's own recipient cap and window limits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +134,7 @@ def decide_sender(
         return Verdict.refuse(
             replies.ACCOUNT_MISCONFIGURED, f"mapping points to tenant {tid!r} with no hash", tid
         )
-    status = record.fields.get("status", "")
-    reason = record.fields.get("reason", "")
+    status, reason = record.status, record.reason
     if status == TenantStatus.TERMINATED:
         return Verdict.refuse(
             replies.ACCOUNT_TERMINATED, _with_reason(f"tenant {tid} is terminated", reason), tid
@@ -135,10 +145,9 @@ def decide_sender(
         return Verdict.refuse(
             replies.ACCOUNT_MISCONFIGURED, f"tenant {tid} has unknown status {status!r}", tid
         )
-    plan = record.fields.get("plan", "")
-    if plan not in policy.known_plans:
+    if record.plan not in policy.known_plans:
         return Verdict.refuse(
-            replies.ACCOUNT_MISCONFIGURED, f"tenant {tid} has unknown plan {plan!r}", tid
+            replies.ACCOUNT_MISCONFIGURED, f"tenant {tid} has unknown plan {record.plan!r}", tid
         )
     return Verdict.accept(f"tenant {tid} is active", tid)
 

@@ -17,7 +17,6 @@ envelope. It runs after the tenant lookup so the plan's mode applies;
 
 from __future__ import annotations
 
-import re
 import socket
 import uuid
 from dataclasses import dataclass
@@ -62,10 +61,6 @@ from aupmilter.policy.subjects import bulk_by_headers, check_subject
 from aupmilter.policy.tenancy import TenantRecord, normalize_domain, sender_domain
 from aupmilter.policy.verdict import Verdict
 
-ALLOWED_DOMAINS_FIELD = "allowed_domains"
-"""Tenant hash field: extra Reply-To/Sender domains, separated by spaces or commas."""
-_SEPARATORS = re.compile(r"[\s,]+")
-
 
 @dataclass(frozen=True, slots=True)
 class Sender:
@@ -80,20 +75,23 @@ class Sender:
     smtputf8: bool = False
 
 
-def sender_for(address: str, record: TenantRecord | None, config: Config, smtputf8: bool) -> Sender:
+def sender_for(
+    address: str, record: TenantRecord | None, checks: PlanChecks | None, smtputf8: bool
+) -> Sender:
+    """Who sends, for the message checks; `checks` are those of the plan MAIL FROM resolved.
+
+    The plan is looked up once, by the caller, so a plan missing from the
+    configuration is answered in one place. No tenant (an unknown sender let
+    through): no domains to own and the default checks; None: the default checks.
+    """
     if record is None or not record.exists:
         return Sender(address, None, None, frozenset(), DEFAULT_PLAN_CHECKS, smtputf8)
-    plan = config.plans.get(record.fields.get("plan", ""))
-    allowed_text = record.fields.get(ALLOWED_DOMAINS_FIELD, "")
-    allowed = frozenset(
-        d for d in (normalize_domain(x) for x in _SEPARATORS.split(allowed_text) if x) if d
-    )
     return Sender(
         address,
         record.tenant_id,
-        frozenset(record.domains),
-        allowed,
-        plan.checks if plan is not None else DEFAULT_PLAN_CHECKS,
+        record.domains,
+        record.allowed_domains,
+        checks if checks is not None else DEFAULT_PLAN_CHECKS,
         smtputf8,
     )
 

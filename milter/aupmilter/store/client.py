@@ -25,7 +25,7 @@ from aupmilter.policy.plans import Plan
 from aupmilter.policy.tenancy import Lookup, TenantRecord
 from aupmilter.policy.tokens import Reference
 from aupmilter.store import keys
-from aupmilter.store.suppression import unsubscribe_ref_key
+from aupmilter.store.tenants import tenant_record
 
 log = logging.getLogger("aupmilter.store")
 
@@ -201,17 +201,15 @@ class Store:
             auth_login or "",
             sender,
             *(catalog.script_args(sender_id) if catalog else ["0"]),
-            keys.DOMAINS_SUFFIX,  # last: the message checks' tenant domains (issue 4)
+            keys.DOMAINS_SUFFIX,  # last: the tenant's domains, for the message checks
         ]
         reply = self._call(self._sender_state, mapping_keys, args)
         if not reply:
             return None
         _index, tenant_id, stream, fills, flat, domains = reply
-        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        fields = dict(zip(map(str, flat[::2]), map(str, flat[1::2]), strict=True))
         return SenderState(
-            record=TenantRecord(
-                tenant_id=str(tenant_id), fields=fields, domains=frozenset(map(str, domains))
-            ),
+            record=tenant_record(str(tenant_id), fields, map(str, domains)),
             stream=str(stream) or None,
             fills=tuple(parse_fill(fill) for fill in fills),
         )
@@ -248,7 +246,7 @@ class Store:
             args += ["0", "0", "0", "-1"]
         else:
             written = references.references
-            script_keys += [unsubscribe_ref_key(r.ref_text) for r in written]
+            script_keys += [keys.unsubscribe_ref(r.ref_text) for r in written]
             args += [
                 str(len(written)),
                 str(references.ttl_seconds),

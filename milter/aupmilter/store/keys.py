@@ -1,12 +1,27 @@
-"""The Redis key names, in one place (documented in README, "Redis keys").
+"""Every Redis key name and every tenant-hash field name, in one place.
 
-aup:tenant:<id>           hash: status, plan, reason, updated_at, created_at
+Documented for operators in README ("Redis keys"). Nothing else in the package
+spells a key or a field: the store builds keys here and parses the tenant hash
+into a `TenantRecord` (store.tenants), so the policy reads named attributes.
+
+aup:tenant:<id>           hash: the tenant (fields below)
 aup:tenant:<id>:logins    set: SASL logins mapped to the tenant (reverse index)
 aup:tenant:<id>:domains   set: sender domains mapped to the tenant (reverse index)
 aup:login:<login>         string: tenant id for an exact {auth_authen} value
 aup:domain:<domain>       string: tenant id for a sender domain (and its subdomains)
 aup:tenants               set: all tenant ids
 aup:tenant:<id>:streams   hash: SASL login or envelope sender -> "bulk" | "transactional"
+
+Fields of aup:tenant:<id> (FIELD_* below):
+
+status                      active | suspended | terminated
+plan                        the plan's name; also read by name in
+                            scripts/sender_state.lua, to choose the windows to fill
+reason                      the operators' free text for the status
+created_at, updated_at      Unix seconds, written by `aup-milter tenant`
+allowed_domains             extra Reply-To/Sender domains, separated by spaces or commas
+max_recipients_per_message  the tenant's own recipient cap, in place of the plan's
+window.<name>               the tenant's own limit for the plan's window <name>
 
 Keys written per transaction carry the tenant id as a Redis Cluster hash tag,
 so one script's keys always live on one slot:
@@ -23,6 +38,9 @@ Not per tenant (the unsubscribe service learns the tenant from it):
 aup:unsubref:<ref>        string: "<tenant>\n<address>" behind an unsubscribe token;
                           expires with the tokens (aupmilter.policy.tokens, store.suppression)
 aup:audit                 stream: audit events (suppressions), trimmed to about 8 days
+
+The Lua scripts get every key name through KEYS or ARGV (their headers say
+which); the one name a script spells itself is the `plan` field.
 """
 
 from __future__ import annotations
@@ -36,7 +54,19 @@ from aupmilter.policy.tenancy import LookupKind
 PREFIX = "aup:"
 TENANT_PREFIX = f"{PREFIX}tenant:"
 TENANTS = f"{PREFIX}tenants"
+AUDIT_STREAM = f"{PREFIX}audit"
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+FIELD_STATUS = "status"
+FIELD_PLAN = "plan"
+"""Spelled in scripts/sender_state.lua too: keep the two equal."""
+FIELD_REASON = "reason"
+FIELD_CREATED_AT = "created_at"
+FIELD_UPDATED_AT = "updated_at"
+FIELD_ALLOWED_DOMAINS = "allowed_domains"
+FIELD_MAX_RECIPIENTS = "max_recipients_per_message"
+FIELD_WINDOW_PREFIX = "window."
+"""``window.<name>`` overrides the limit of the plan's window ``<name>``."""
 
 
 def tenant(tenant_id: str) -> str:
@@ -98,3 +128,7 @@ def suppressed(tenant_id: str) -> str:
 
 def fingerprint_counter(tenant_id: str, fingerprint: str, period_ms: int) -> str:
     return tagged(tenant_id) + f"fp:{period_ms}:{fingerprint}"
+
+
+def unsubscribe_ref(ref_text: str) -> str:
+    return f"{PREFIX}unsubref:{ref_text}"

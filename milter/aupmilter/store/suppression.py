@@ -1,21 +1,22 @@
 """Per-tenant suppression lists in Redis, and the unsubscribe token references.
 
-Key layout (shared with the end-of-message script, which reads it):
+What this module stores under the keys of store.keys (the end-of-message
+script reads the first one too):
 
-aup:{<tenant>}:suppressed   hash: field = recipient address, normalised (local part as
+keys.suppressed(tenant)     hash: field = recipient address, normalised (local part as
                             given, domain lower-cased); value = "<source> <unix-time>"
                             with source one-click | mailto | complaint | bounce | manual
-aup:unsubref:<ref>          string: "<tenant>\\n<address>" for the unsubscribe token
+keys.unsubscribe_ref(ref)   string: "<tenant>\\n<address>" for the unsubscribe token
                             reference <ref> (see aupmilter.policy.tokens); expires with the tokens
-aup:audit                   stream: audit events, trimmed to about AUDIT_RETENTION
+keys.AUDIT_STREAM           stream: audit events, trimmed to about AUDIT_RETENTION_SECONDS
 
-The braces are a Redis Cluster hash tag: every key of one tenant lives in one
-slot, so a script may touch all of them. The first suppression of an address
+The suppression hash carries the tenant's Redis Cluster hash tag, so a script
+may touch it with the tenant's windows. The first suppression of an address
 is kept (HSETNX): a second unsubscribe is answered the same way but does not
 rewrite when and how the address left.
 
 Every change is an audit event: one log line (logger `aupmilter.suppression`)
-and one entry in the `aup:audit` stream. The commands are queued on a pipeline
+and one entry in the audit stream. The commands are queued on a pipeline
 by functions shared by the synchronous client (milter, CLI, intake) and the
 asyncio client (the web service).
 """
@@ -37,7 +38,6 @@ from aupmilter.store import keys
 
 log = logging.getLogger("aupmilter.suppression")
 
-AUDIT_STREAM = "aup:audit"
 AUDIT_RETENTION_SECONDS = 8 * 86_400
 """Entries older than this may be trimmed: at least the 7 days the AUP asks for survive."""
 MAX_ADDRESS_LENGTH = 254
@@ -57,14 +57,8 @@ class AddressError(ValueError):
     """An address that cannot be suppressed; the text says what is wrong with it."""
 
 
-suppressed_key = keys.suppressed
-"""aup:{<tenant>}:suppressed, the hash the end-of-message script reads."""
 normalize_address = recipient_key
 """Local part as given, domain lower-cased: the form stored, and compared at end of message."""
-
-
-def unsubscribe_ref_key(ref_text: str) -> str:
-    return f"aup:unsubref:{ref_text}"
 
 
 def validate_address(raw: str) -> str:
@@ -138,7 +132,7 @@ def audit_fields(
 def queue_audit(pipe: Any, fields: dict[str, str], now: float) -> None:
     """XADD with MINID trimming: entries younger than the retention always stay."""
     oldest_ms = max(0, int((now - AUDIT_RETENTION_SECONDS) * 1000))
-    pipe.xadd(AUDIT_STREAM, fields, minid=oldest_ms, approximate=True)
+    pipe.xadd(keys.AUDIT_STREAM, fields, minid=oldest_ms, approximate=True)
 
 
 def log_event(fields: dict[str, str]) -> None:
@@ -175,7 +169,7 @@ class SuppressionStore:
         audit_log: bool = True,
     ) -> list[Outcome]:
         """Suppress already-normalised addresses: two pipelined round trips per call."""
-        key = suppressed_key(tenant)
+        key = keys.suppressed(tenant)
         wanted = [Suppression(tenant, a, source, int(now)) for a in addresses]
         with self.client.pipeline(transaction=False) as pipe:
             for entry in wanted:
@@ -203,7 +197,7 @@ class SuppressionStore:
         return outcomes
 
     def remove(self, tenant: str, address: str, now: float, detail: str = "") -> bool:
-        key = suppressed_key(tenant)
+        key = keys.suppressed(tenant)
         with self.client.pipeline(transaction=False) as pipe:
             pipe.hget(key, address)
             pipe.hdel(key, address)
@@ -219,7 +213,7 @@ class SuppressionStore:
         return bool(removed)
 
     def get(self, tenant: str, address: str) -> Suppression | None:
-        value = self.client.hget(suppressed_key(tenant), address)
+        value = self.client.hget(keys.suppressed(tenant), address)
         return None if value is None else Suppression.parse(tenant, address, str(value))
 
     def suppressed_among(self, tenant: str, addresses: Iterable[str]) -> list[str]:
@@ -227,19 +221,19 @@ class SuppressionStore:
         wanted = list(addresses)
         if not wanted:
             return []
-        values = self.client.hmget(suppressed_key(tenant), wanted)
+        values = self.client.hmget(keys.suppressed(tenant), wanted)
         return [a for a, v in zip(wanted, values, strict=True) if v is not None]
 
     def count(self, tenant: str) -> int:
-        return int(self.client.hlen(suppressed_key(tenant)))
+        return int(self.client.hlen(keys.suppressed(tenant)))
 
     def scan(self, tenant: str) -> Iterator[Suppression]:
         """Every entry, in Redis's order; HSCAN keeps the server responsive on big lists."""
-        for address, value in self.client.hscan_iter(suppressed_key(tenant), count=BATCH_SIZE):
+        for address, value in self.client.hscan_iter(keys.suppressed(tenant), count=BATCH_SIZE):
             yield Suppression.parse(tenant, str(address), str(value))
 
     def resolve_reference(self, ref_text: str) -> str | None:
-        value = self.client.get(unsubscribe_ref_key(ref_text))
+        value = self.client.get(keys.unsubscribe_ref(ref_text))
         return None if value is None else str(value)
 
     def store_references(self, references: Iterable[Reference], ttl_seconds: int) -> None:
@@ -251,4 +245,4 @@ class SuppressionStore:
 
 
 def queue_reference(pipe: Any, reference: Reference, ttl_seconds: int) -> None:
-    pipe.set(unsubscribe_ref_key(reference.ref_text), reference.store_value, ex=ttl_seconds)
+    pipe.set(keys.unsubscribe_ref(reference.ref_text), reference.store_value, ex=ttl_seconds)

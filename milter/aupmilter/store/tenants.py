@@ -1,4 +1,7 @@
-"""Tenant administration (the `aup-milter tenant` commands).
+"""The tenant hash: read into a `TenantRecord`, and administered (`aup-milter tenant`).
+
+`tenant_record` is the one reader of the hash's fields for the milter, so the
+policy sees named attributes and the names stay in `store.keys`.
 
 Writes go through MULTI/EXEC with WATCH on the mapping keys, so two admins
 adding the same login at once cannot both win.
@@ -6,27 +9,91 @@ adding the same login at once cannot both win.
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
 import redis
 
-from aupmilter.policy.tenancy import TenantStatus, normalize_domain
+from aupmilter.policy.limits import LimitOverrides
+from aupmilter.policy.tenancy import TenantRecord, TenantStatus, normalize_domain
 from aupmilter.store import keys
+
+_DOMAIN_SEPARATORS = re.compile(r"[\s,]+")
+MAX_LIMIT_DIGITS = 12
+"""A stored limit longer than this is a typo, not a limit."""
 
 
 class TenantError(Exception):
     """A refused administrative change; the text says what to do instead."""
 
 
+def tenant_record(
+    tenant_id: str, fields: Mapping[str, str], domains: Iterable[str] = ()
+) -> TenantRecord:
+    """The tenant as the policy reads it, from its hash (empty: missing) and its domains set."""
+    allowed_text = fields.get(keys.FIELD_ALLOWED_DOMAINS, "")
+    allowed = (normalize_domain(x) for x in _DOMAIN_SEPARATORS.split(allowed_text) if x)
+    return TenantRecord(
+        tenant_id=tenant_id,
+        exists=bool(fields),
+        status=fields.get(keys.FIELD_STATUS, ""),
+        plan=fields.get(keys.FIELD_PLAN, ""),
+        reason=fields.get(keys.FIELD_REASON, ""),
+        domains=frozenset(domains),
+        allowed_domains=frozenset(d for d in allowed if d),
+        overrides=limit_overrides(fields),
+    )
+
+
+def limit_overrides(fields: Mapping[str, str]) -> LimitOverrides:
+    """The hash's limit fields; a value that is no whole number is kept as a problem."""
+    cap: int | None = None
+    windows: dict[str, int] = {}
+    problems: list[str] = []
+    for name, raw in sorted(fields.items()):
+        if name == keys.FIELD_MAX_RECIPIENTS:
+            target = None
+        elif name.startswith(keys.FIELD_WINDOW_PREFIX):
+            target = name[len(keys.FIELD_WINDOW_PREFIX) :]
+        else:
+            continue
+        if not raw.isdigit() or len(raw) > MAX_LIMIT_DIGITS:
+            problems.append(f"field {name!r} must be a whole number, got {raw!r}")
+        elif target is None:
+            cap = int(raw)
+        else:
+            windows[target] = int(raw)
+    return LimitOverrides(cap, windows, tuple(problems))
+
+
 @dataclass(frozen=True, slots=True)
 class TenantInfo:
+    """A tenant as `aup-milter tenant` shows it: the whole hash, logins and domains."""
+
     tenant_id: str
     fields: dict[str, str]
+    """The hash as stored, every field (JSON output shows them all)."""
     logins: list[str] = field(default_factory=list)
     domains: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str | None:
+        return self.fields.get(keys.FIELD_STATUS)
+
+    @property
+    def plan(self) -> str | None:
+        return self.fields.get(keys.FIELD_PLAN)
+
+    @property
+    def reason(self) -> str:
+        return self.fields.get(keys.FIELD_REASON, "")
+
+    @property
+    def updated_at(self) -> str:
+        return self.fields.get(keys.FIELD_UPDATED_AT, "")
 
     def as_json(self) -> dict[str, object]:
         return {"id": self.tenant_id, **self.fields, "logins": self.logins, "domains": self.domains}
@@ -98,11 +165,11 @@ class TenantAdmin:
             pipe.hset(
                 keys.tenant(tenant_id),
                 mapping={
-                    "status": state.value,
-                    "plan": plan,
-                    "reason": reason,
-                    "created_at": now,
-                    "updated_at": now,
+                    keys.FIELD_STATUS: state.value,
+                    keys.FIELD_PLAN: plan,
+                    keys.FIELD_REASON: reason,
+                    keys.FIELD_CREATED_AT: now,
+                    keys.FIELD_UPDATED_AT: now,
                 },
             )
             for key in mapping_keys:
@@ -125,7 +192,11 @@ class TenantAdmin:
             pipe.multi()
             pipe.hset(
                 tenant_key,
-                mapping={"status": state.value, "reason": reason, "updated_at": self._now()},
+                mapping={
+                    keys.FIELD_STATUS: state.value,
+                    keys.FIELD_REASON: reason,
+                    keys.FIELD_UPDATED_AT: self._now(),
+                },
             )
             pipe.execute()
         return self.show(tenant_id)

@@ -38,6 +38,7 @@ from aiohttp import web
 from aupmilter.config import Config, ConfigError, UnsubscribeSettings, WebSettings, load_config
 from aupmilter.exitcodes import EX_CONFIG, EX_OK
 from aupmilter.policy.tokens import InvalidToken, TokenClaims, TokenKind, TokenSigner
+from aupmilter.store import keys
 from aupmilter.store.suppression import (
     AddressError,
     Outcome,
@@ -46,8 +47,6 @@ from aupmilter.store.suppression import (
     audit_fields,
     log_event,
     queue_audit,
-    suppressed_key,
-    unsubscribe_ref_key,
     validate_address,
 )
 
@@ -230,7 +229,7 @@ class UnsubscribeService:
             return self._not_one_click()
         typed = form.get("address")
         try:
-            stored = await self.client.get(unsubscribe_ref_key(claims.ref_text))
+            stored = await self.client.get(keys.unsubscribe_ref(claims.ref_text))
             reference = claims.resolve(None if stored is None else str(stored))
         except InvalidToken as exc:
             log.info("refused token %.8s...: %s", claims.token, exc)
@@ -260,7 +259,7 @@ class UnsubscribeService:
     async def _suppress(self, tenant: str, address: str, detail: str) -> Outcome:
         now = self.clock()
         entry = Suppression(tenant, address, Source.ONE_CLICK, int(now))
-        key = suppressed_key(tenant)
+        key = keys.suppressed(tenant)
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.hsetnx(key, address, entry.value)
             pipe.hget(key, address)

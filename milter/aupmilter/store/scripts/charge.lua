@@ -35,6 +35,9 @@
 -- fill is the current bucket plus the `buckets` before it. Stale buckets are
 -- deleted here and every key expires once its newest bucket stops counting.
 --
+-- Every key comes in KEYS (built by store/keys.py); the script reads no field
+-- of the tenant hash.
+--
 -- The window and suppression keys share the tenant's hash tag; the reference
 -- keys cannot (the unsubscribe service finds them by token alone), so a
 -- message with relay links is single-slot only on a standalone Redis.

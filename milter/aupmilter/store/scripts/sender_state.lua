@@ -18,7 +18,7 @@
 -- ARGV[8]     number of plans P; then per plan: name, window count W, and W
 --             triples (key suffix, bucket length in ms, buckets per window)
 -- ARGV[#ARGV] (last) tail of the tenant's domains set key after the tenant id
---             (":domains"), for the end-of-message checks (issue 4)
+--             (":domains"), for the message checks
 --
 -- Returns     {} when no mapping exists; otherwise
 --             {matched_index, tenant_id, stream, fills, fields} where
@@ -29,7 +29,11 @@
 --             before it, the pairs the buckets that make it up,
 --             fields is HGETALL of the tenant hash (empty when missing).
 --             A sixth element, domains, is SMEMBERS of the tenant's domains
---             set (issue 4: From, Reply-To and Sender are checked against it).
+--             set (From, Reply-To and Sender are checked against it).
+--
+-- Field names: the one this script spells is the tenant hash's `plan`, to
+-- pick the plan's windows (store/keys.py FIELD_PLAN; keep the two equal).
+-- Every key name comes in KEYS or ARGV.
 --
 -- Not Redis-Cluster-safe: the tenant id is only known after the lookup, so
 -- the tenant, stream and window keys cannot be passed in KEYS. The daemon
@@ -87,7 +91,7 @@ for i, key in ipairs(KEYS) do
       end
       at = at + 3 * count
     end
-    -- issue 4: the tenant's domains, read in this same round trip
+    -- the tenant's domains, read in this same round trip
     local domains = redis.call('SMEMBERS', ARGV[1] .. tenant_id .. ARGV[#ARGV])
     return {i, tenant_id, stream, fills, fields, domains}
   end
