@@ -85,9 +85,9 @@ def _tenant(txn: Transaction, _passed: Verdict) -> Verdict:
 def _take_state(txn: Transaction, state: SenderState, passed: Verdict) -> Verdict:
     """The plan is looked up here once; a plan the configuration lost meanwhile tempfails."""
     record = state.record
-    plan = txn.runtime.config.plans.get(record.fields.get("plan", ""))
+    plan = txn.runtime.config.plans.get(record.plan)
     if plan is None:
-        reason = f"tenant {record.tenant_id} has unknown plan {record.fields.get('plan', '')!r}"
+        reason = f"tenant {record.tenant_id} has unknown plan {record.plan!r}"
         return Verdict.refuse(replies.ACCOUNT_MISCONFIGURED, reason, record.tenant_id)
     txn.tenant, txn.plan, txn.stream, txn.fills = record, plan, state.stream, state.fills
     return passed
@@ -99,7 +99,7 @@ def _windows(txn: Transaction, passed: Verdict) -> Verdict:
         return passed
     opened = open_gate(
         txn.plan.limits,
-        txn.tenant.fields,
+        txn.tenant.overrides,
         txn.fills,
         sender=sender_identity(txn.auth_login, txn.sender),
         tenant=txn.tenant.tenant_id,
@@ -127,7 +127,8 @@ def _list_mail(txn: Transaction, passed: Verdict) -> Verdict:
 def _envelope(txn: Transaction, passed: Verdict) -> Verdict:
     """The MAIL FROM domain: the tenant's own, and able to receive bounces (DNS)."""
     runtime = txn.runtime
-    sender = sender_for(txn.sender, txn.tenant, runtime.config, txn.smtputf8)
+    plan_checks = txn.plan.checks if txn.plan is not None else None
+    sender = sender_for(txn.sender, txn.tenant, plan_checks, txn.smtputf8)
     checks = MessageChecks(sender, runtime.config, runtime.resolver)
     checks.collected.keep_body = txn.listmail is not None and txn.listmail.needs_body
     txn.checks = checks
