@@ -23,16 +23,11 @@ from typing import Any
 from testbed.parts import runfolder
 from testbed.parts.daemon import MilterDaemon
 from testbed.parts.dnsservice import DnsService
-from testbed.parts.milterconfig import POLICIES_DIR, SAMPLE_CONFIG, MilterConfig
+from testbed.parts.milterconfig import MilterConfig
 from testbed.parts.postfixinstance import PostfixInstance
 from testbed.parts.redisserver import RedisServer
-from testbed.parts.runfolder import (
-    RUN_DIR_MARKER,
-    default_run_dir,
-    port_offset,
-    untraversable_parent,
-)
-from testbed.parts.service import HOST, MILTER_SOURCE_ROOT, REPO_ROOT
+from testbed.parts.runfolder import default_run_dir, port_offset
+from testbed.parts.service import HOST, REPO_ROOT
 from testbed.parts.sinkservice import SinkKind, SinkMessage, SinkService
 from testbed.parts.tenantadmin import TenantAdmin
 from testbed.parts.unsubscribeweb import UnsubscribeWeb
@@ -389,16 +384,5 @@ class Stack:
         self.tenants.add_demo_tenants()
 
 
-__all__ = [
-    "HOST",
-    "MILTER_SOURCE_ROOT",
-    "POLICIES_DIR",
-    "REPO_ROOT",
-    "RUN_DIR_MARKER",
-    "SAMPLE_CONFIG",
-    "SinkMessage",
-    "Stack",
-    "default_run_dir",
-    "port_offset",
-    "untraversable_parent",
-]
+# What callers import from here (the demo, the end-to-end tests, the bench).
+__all__ = ["HOST", "REPO_ROOT", "SinkMessage", "Stack", "default_run_dir", "port_offset"]
