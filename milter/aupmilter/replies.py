@@ -168,7 +168,7 @@ def recipients_unsubscribed(tenant: str) -> Reply:
     )
 
 
-# --- message checks (issue 4): each is used with the exact fault in front of its text ---
+# --- message checks: each is used with the exact fault in front of its text ---
 
 MALFORMED_HEADER = Reply(
     "550",

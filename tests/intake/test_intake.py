@@ -131,12 +131,12 @@ def test_redis_down_defers(tmp_path: Path) -> None:
 def test_config_problems_defer(tmp_path: Path, redis_server: RedisServer) -> None:
     broken = tmp_path / "broken.toml"
     broken.write_text("[unsubscribe]\nurl_base = 1\n")
-    assert intake(broken, message("x@y.example"), None).returncode == 78
+    assert intake(broken, message("x@y.example"), None).returncode == 75
     config = write_config(tmp_path, redis_server.url, 8895)
     text = config.read_text()
     config.write_text(text[: text.index("[unsubscribe]")])
     done = intake(config, message("x@y.example"), None)
-    assert done.returncode == 78 and "[unsubscribe]" in done.stderr
+    assert done.returncode == 75 and "[unsubscribe]" in done.stderr
 
 
 def test_large_message_is_read_to_the_end(config: Path, redis_client: redis.Redis) -> None:

@@ -3,7 +3,8 @@
 RFC 8058: mailbox providers offer one-click unsubscribe only when a valid DKIM
 signature covers both List-Unsubscribe and List-Unsubscribe-Post. So the
 milter signs after deciding its header edits, over the edited header list
-(`policy.unsubscribe.edited_headers`) and the body, and inserts the
+(`stages.listmail.ListMail.signature`: the kept fields, then those the milter
+adds) and the body, and inserts the
 DKIM-Signature at the top. A signature the tenant made itself stays (ours is
 added beside it).
 

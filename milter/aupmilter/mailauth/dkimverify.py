@@ -17,10 +17,9 @@ from typing import Any
 import dkim as dkimpy
 
 from aupmilter.mailauth.resolver import Resolver
-from aupmilter.policy.evidence import DkimResult, DkimStatus, Status
 
 # Re-exported: the stages still name the signature type through this module.
-from aupmilter.policy.evidence import Signature as Signature
+from aupmilter.policy.evidence import DkimResult, DkimStatus, Signature, Status
 
 MAX_SIGNATURES = 8
 """Signatures verified per message at most; each costs a key lookup and a hash of the body."""

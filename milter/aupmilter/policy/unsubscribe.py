@@ -184,13 +184,17 @@ def kept_headers(
 
 
 def edited_headers(
-    headers: Sequence[HeaderField], decision: UnsubscribeDecision
+    headers: Sequence[HeaderField],
+    decision: UnsubscribeDecision,
+    added_before: Sequence[AddHeader] = (),
 ) -> list[HeaderField]:
-    """The header list as the MTA will deliver it after the decision's edits (for signing).
+    """The header list as the MTA will deliver it after the edits (what gets signed).
 
-    Deleted fields go, added ones are appended at the end, as smfi_addheader does.
+    Deleted fields go; added ones are appended at the end in the order they are
+    added, as smfi_addheader does: `added_before` (e.g. a Message-ID the milter
+    adds) first, then the decision's unsubscribe pair.
     """
-    added = [HeaderField.added(a.name, a.value) for a in decision.add]
+    added = [HeaderField.added(a.name, a.value) for a in (*added_before, *decision.add)]
     return [*kept_headers(headers, decision), *added]
 
 

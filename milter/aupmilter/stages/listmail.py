@@ -27,13 +27,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aupmilter.config import Config, Plan, SigningIdentity, UnsubscribePlan, UnsubscribeSettings
+from aupmilter.config import Config, SigningIdentity
 from aupmilter.mailauth.dkimsign import sign
 from aupmilter.policy.actions import AddHeader, InsertHeader
 from aupmilter.policy.classify import Classification, MailClass, classify, header_values
 from aupmilter.policy.fingerprint import body_fingerprint
 from aupmilter.policy.headers import HeaderField
 from aupmilter.policy.limits import Scope, Unit, Window
+from aupmilter.policy.plans import Plan, UnsubscribePlan, UnsubscribeSettings
 from aupmilter.policy.tokens import Reference, TokenSigner
 from aupmilter.policy.unsubscribe import (
     UnsubscribeAction,
@@ -41,8 +42,8 @@ from aupmilter.policy.unsubscribe import (
     UnsubscribeLinks,
     compliance_problem,
     decide_unsubscribe,
+    edited_headers,
     issue_links,
-    kept_headers,
 )
 from aupmilter.policy.verdict import Verdict
 from aupmilter.store.client import ReferenceWrite
@@ -179,9 +180,7 @@ class ListMail:
         """
         if self.identity is None or body is None or not outcome.classification.bulk:
             return None
-        adds = (*added_before, *outcome.decision.add)
-        added = [HeaderField.added(a.name, a.value) for a in adds]
-        final = [*kept_headers(headers, outcome.decision), *added]
+        final = edited_headers(headers, outcome.decision, added_before)
         return sign(final, body, self.identity)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from aupmilter.config import Config
-from aupmilter.mailauth.dkimverify import Signature, signatures, verify_signatures
+from aupmilter.mailauth.dkimverify import signatures, verify_signatures
 from aupmilter.mailauth.psl import organizational_domain
 from aupmilter.mailauth.resolver import Resolver
 from aupmilter.mailauth.spfcheck import check_relay_ips
@@ -43,6 +43,7 @@ from aupmilter.policy.envelope import (
     needs_address_lookup,
     passing_dkim_domains,
 )
+from aupmilter.policy.evidence import Signature
 from aupmilter.policy.findings import (
     DEFAULT_PLAN_CHECKS,
     Check,

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aupmilter.audit import Envelope
-from aupmilter.config import Plan
 from aupmilter.live_config import Runtime
 from aupmilter.logs import ConnectionLog
 from aupmilter.policy.limits import RecipientGate, WindowFill
+from aupmilter.policy.plans import Plan
 from aupmilter.policy.tenancy import TenantRecord
 from aupmilter.policy.verdict import Verdict
 from aupmilter.stages.listmail import ListMail

@@ -15,13 +15,12 @@ delivery status:
   65  EX_DATAERR   a message token but no usable From address: bounced
   67  EX_NOUSER    not an unsubscribe address of ours, or a token that does not
                    verify (forged, altered, expired): bounced ("user unknown")
-  75  EX_TEMPFAIL  Redis unreachable, or an unexpected error: deferred, retried
-  78  EX_CONFIG    the configuration does not load: bounced (Postfix gives
-                   EX_CONFIG 5.3.5, a permanent error)
+  75  EX_TEMPFAIL  Redis unreachable, the configuration does not load, or an
+                   unexpected error: deferred, retried
 
-Redis trouble and unexpected faults defer the message, so they lose no
-unsubscribe. A configuration that does not load is permanent to Postfix: the
-message bounces, so its sender at least learns the unsubscribe did not happen.
+Every fault of the relay's own making defers the message, so it loses no
+unsubscribe: Postfix keeps it in its queue until the configuration is fixed
+(EX_CONFIG would be permanent to Postfix, 5.3.5, and bounce the request).
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from typing import BinaryIO
 import redis
 
 from aupmilter.config import ConfigError, UnsubscribeSettings, load_config
-from aupmilter.exitcodes import EX_CONFIG, EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE
+from aupmilter.exitcodes import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE
 from aupmilter.policy.tokens import InvalidToken, TokenKind, TokenSigner
 from aupmilter.store.suppression import (
     AddressError,
@@ -171,12 +170,12 @@ def main(args: argparse.Namespace, stdin: BinaryIO | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        return EX_CONFIG
+        return EX_TEMPFAIL
     logs.configure(config.log)
     if config.unsubscribe is None:
         print(f"{config.path}: key 'unsubscribe': expected an [unsubscribe] section, got none",
               file=sys.stderr)  # fmt: skip
-        return EX_CONFIG
+        return EX_TEMPFAIL
     from aupmilter.store.client import connect
 
     raw = read_message(stdin or sys.stdin.buffer)
