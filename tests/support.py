@@ -16,7 +16,7 @@ import redis
 
 from aupmilter.policy.tenancy import Lookup, TenantRecord
 from aupmilter.store.client import Store
-from testbed.parts.redisserver import REDIS_SERVER, RedisServer
+from testbed.parts.redisserver import RedisServer
 from testbed.proc import free_port, tail, wait_until
 
 STARTUP_TIMEOUT = 15.0
@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 __all__ = [
-    "REDIS_SERVER",
     "STARTUP_TIMEOUT",
     "HarnessError",
     "RedisServer",

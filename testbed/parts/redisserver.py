@@ -9,6 +9,8 @@ can take Redis away and bring it back where clients expect it.
 from __future__ import annotations
 
 import shutil
+import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -22,7 +24,16 @@ MARKER = "redis-server"
 
 
 class RedisServer(Service):
-    """redis-server on ``host:port`` (a free port when none is given), run from ``run_dir``."""
+    """redis-server on ``host:port`` (a free port when none is given), run from ``run_dir``.
+
+    With ``unix_socket`` it listens on that socket (owner only), and on TCP
+    only when ``port`` is given too: the tests of ``unix://`` URLs must prove
+    the socket alone carries them. ``password`` is the default user's
+    (``requirepass``); ``acl_users`` are ACL rules, one user each, as
+    ``ACL SETUSER`` takes them (``"milter on >secret ~aup:* +@all"``).
+    Clients made here (``client``, ``cli``, ``url``) use the socket when
+    there is one, and the default user's password.
+    """
 
     def __init__(
         self,
@@ -30,24 +41,40 @@ class RedisServer(Service):
         port: int | None = None,
         *,
         host: str = HOST,
+        unix_socket: Path | None = None,
+        password: str | None = None,
+        acl_users: Sequence[str] = (),
         timeout: float = 30.0,
     ) -> None:
         super().__init__(run_dir, stem="redis", marker=MARKER, what="redis-server", timeout=timeout)
         self.host = host
-        self.port = port or free_port(host)
+        self.unix_socket = unix_socket
+        # Port 0 keeps redis-server off TCP altogether.
+        self.port = port or (0 if unix_socket is not None else free_port(host))
+        self.password = password
+        self.acl_users = tuple(acl_users)
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f":{urllib.parse.quote(self.password, safe='')}@" if self.password else ""
+        if self.unix_socket is not None:
+            return f"unix://{auth}{self.unix_socket}?db=0"
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def client(self) -> redis.Redis:
         """A redis-py client that decodes replies (the caller closes it)."""
+        if self.unix_socket is not None:
+            return redis.Redis(
+                unix_socket_path=str(self.unix_socket), password=self.password, db=0,
+                decode_responses=True, socket_timeout=5,
+            )  # fmt: skip
         return redis.Redis(
-            host=self.host, port=self.port, db=0, decode_responses=True, socket_timeout=5
-        )
+            host=self.host, port=self.port, db=0, password=self.password,
+            decode_responses=True, socket_timeout=5,
+        )  # fmt: skip
 
     def argv(self) -> list[str]:
-        return [
+        argv = [
             REDIS_SERVER,
             "--bind", self.host,
             "--port", str(self.port),
@@ -59,12 +86,20 @@ class RedisServer(Service):
             "--dir", str(self.run_dir),
             "--logfile", "",
         ]  # fmt: skip
+        if self.unix_socket is not None:
+            argv += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
+        if self.password is not None:
+            argv += ["--requirepass", self.password]
+        for rule in self.acl_users:
+            argv += ["--user", *rule.split()]
+        return argv
 
     def start(self) -> None:
         """Start it unless it already runs from ``run_dir``; return once it answers PING."""
         if self.running:
             return
-        require_free_port(self.host, self.port, self.what, self.run_dir)
+        if self.port:
+            require_free_port(self.host, self.port, self.what, self.run_dir)
         try:
             self.launch(self.argv())
         except FileNotFoundError:
@@ -82,8 +117,13 @@ class RedisServer(Service):
 
     def cli(self, *args: str) -> str:
         """Run one redis-cli command (as ops would type it); its reply as text."""
-        argv = ["redis-cli", "-h", self.host, "-p", str(self.port), *args]
-        done = run(argv, what=f"redis-cli {' '.join(args)}", timeout=10.0)
+        if self.unix_socket is not None:
+            argv = ["redis-cli", "-s", str(self.unix_socket)]
+        else:
+            argv = ["redis-cli", "-h", self.host, "-p", str(self.port)]
+        if self.password is not None:
+            argv += ["--no-auth-warning", "-a", self.password]
+        done = run([*argv, *args], what=f"redis-cli {' '.join(args)}", timeout=10.0)
         reply = done.stdout.strip()
         if reply.startswith(("ERR", "WRONGTYPE", "(error)")) or "Could not connect" in done.stderr:
             raise TestbedError(f"redis-cli {' '.join(args)}: {reply or done.stderr.strip()}")

@@ -27,6 +27,8 @@ from email.utils import formatdate
 from enum import StrEnum
 from types import TracebackType
 
+from testbed.proc import milter_socket_address
+
 PROTOCOL_VERSION = 6
 MAX_PACKET = 1 << 20
 """A reply longer than this is a protocol error (libmilter's own cap is 64 KiB by default)."""
@@ -290,21 +292,6 @@ class TransactionResult:
         return self.eom.quarantine_reason if self.eom is not None else None
 
 
-def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
-    """``unix:/path``, ``local:/path``, ``inet:PORT@HOST``, ``inet6:PORT@HOST`` -> socket args."""
-    kind, sep, rest = address.partition(":")
-    if not sep:
-        raise ValueError(f"milter address needs a kind prefix: {address!r}")
-    if kind in ("unix", "local"):
-        return socket.AF_UNIX, rest
-    if kind in ("inet", "inet6"):
-        port_text, _, host = rest.partition("@")
-        family = socket.AF_INET if kind == "inet" else socket.AF_INET6
-        default = "127.0.0.1" if kind == "inet" else "::1"
-        return family, (host or default, int(port_text))
-    raise ValueError(f"unsupported milter address {address!r}")
-
-
 def _cstr(value: str) -> bytes:
     if "\0" in value:
         raise ValueError(f"NUL in a milter protocol string: {value!r}")
@@ -321,7 +308,7 @@ class MilterClient:
     """One MTA-to-milter connection (one SMTP session's worth of transactions)."""
 
     def __init__(self, address: str, timeout: float = 5.0) -> None:
-        family, target = parse_address(address)
+        family, target = milter_socket_address(address)
         self.address = address
         self.timeout = timeout
         self.sock = socket.socket(family, socket.SOCK_STREAM)

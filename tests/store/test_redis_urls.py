@@ -2,54 +2,38 @@
 
 from __future__ import annotations
 
-import subprocess
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from aupmilter.config import RedisSettings
 from aupmilter.policy.tenancy import tenant_lookup
 from aupmilter.store.client import Store, StoreUnavailable
 from aupmilter.store.tenants import TenantAdmin
-from tests.support import REDIS_SERVER, record_of, wait_until
+from tests.support import STARTUP_TIMEOUT, RedisServer, record_of
 
 
 @pytest.fixture
 def locked_redis() -> Iterator[Path]:
     """A redis-server on a unix socket only, with an ACL user for the milter."""
     # Short path: unix socket paths are limited to 108 bytes.
-    workdir = Path(subprocess.check_output(["mktemp", "-d", "/tmp/aupr-XXXX"], text=True).strip())
+    workdir = Path(tempfile.mkdtemp(prefix="aupr-", dir="/tmp"))
     sock = workdir / "redis.sock"
-    proc = subprocess.Popen(
-        [
-            REDIS_SERVER, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-            "--save", "", "--appendonly", "no", "--dir", str(workdir),
-            "--requirepass", "admin-secret",
-            "--user", "milter", "on", ">milter-secret", "~aup:*", "+@all",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    server = RedisServer(
+        workdir, unix_socket=sock, password="admin-secret",
+        acl_users=["milter on >milter-secret ~aup:* +@all"], timeout=STARTUP_TIMEOUT,
     )  # fmt: skip
-
-    def ready() -> bool:
-        try:
-            return bool(redis.Redis(unix_socket_path=str(sock), password="admin-secret").ping())
-        except redis.RedisError:
-            return False
-
     try:
-        wait_until(ready, timeout=10, what="redis-server on a unix socket")
-        admin = redis.Redis(
-            unix_socket_path=str(sock), password="admin-secret", decode_responses=True
-        )
-        TenantAdmin(admin).add("acme", "standard", ["acme"], ["acme.example"])
+        server.start()
+        with server.client() as admin:
+            TenantAdmin(admin).add("acme", "standard", ["acme"], ["acme.example"])
         yield sock
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        subprocess.run(["rm", "-rf", str(workdir)], check=True)
+        server.stop()
+        shutil.rmtree(workdir)
 
 
 def lookup_via(url: str) -> str | None:

@@ -1,24 +1,26 @@
 """The real `aup-milter web` in a subprocess, a real Redis, plain HTTP requests.
 
-Requests go through http.client, which never follows redirects: a 3xx from the
-service would be seen as such.
+The service is the test bed's own part (``testbed.parts.unsubscribeweb``), so
+these tests start it the way the stack does; what they add is the config
+under test and the requests. Requests go through http.client, which never
+follows redirects: a 3xx from the service would be seen as such.
 """
 
 from __future__ import annotations
 
 import http.client
-import subprocess
-import sys
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from testbed import toml
-from tests.milter.harness import PLANS_DIR, child_env
-from tests.support import HarnessError, free_port, tail, wait_until
+from testbed.parts.unsubscribeweb import UnsubscribeWeb
+from tests.milter.harness import PLANS_DIR
+from tests.support import free_port
 
 SECRET = "web-tests-secret-0123456789abcdef0123456789"
+START_TIMEOUT = 20.0
 
 
 @dataclass
@@ -48,44 +50,13 @@ def write_config(folder: Path, redis_url: str, port: int, **web: Any) -> Path:
     return path
 
 
-class WebService:
+class WebService(UnsubscribeWeb):
+    """``aup-milter web`` on a free port of its own, with the settings ``web`` under test."""
+
     def __init__(self, folder: Path, redis_url: str, **web: Any) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.config = write_config(folder, redis_url, self.port, **web)
-        self.log_path = folder / "web.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "aupmilter", "web", "-c", str(self.config)],
-                stdout=log, stderr=subprocess.STDOUT, env=child_env(),
-            )  # fmt: skip
-        proc = self.proc
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise HarnessError(f"aup-milter web exited {proc.returncode}{tail(self.log_path)}")
-            try:
-                return self.request("GET", "/healthz").status == 200
-            except OSError:
-                return False
-
-        wait_until(ready, timeout=20, what="aup-milter web", on_timeout=lambda: tail(self.log_path))
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        port = free_port()
+        config = write_config(folder, redis_url, port, **web)
+        super().__init__(folder, port, config, timeout=START_TIMEOUT)
 
     def request(
         self,
@@ -94,7 +65,7 @@ class WebService:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> Response:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             reply = conn.getresponse()
