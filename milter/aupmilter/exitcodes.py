@@ -17,6 +17,7 @@ EX_FAILURE = 1
 """Not a sysexits code (C's EXIT_FAILURE): a request refused, the message says why."""
 EX_USAGE = 64
 EX_DATAERR = 65
+EX_NOINPUT = 66
 EX_NOUSER = 67
 EX_UNAVAILABLE = 69
 EX_TEMPFAIL = 75

@@ -31,7 +31,8 @@ def test_the_table_is_the_only_home_of_exit_codes() -> None:
 
 def test_codes_are_sysexits_but_for_the_generic_failure() -> None:
     assert TABLE["EX_OK"] == 0 and TABLE["EX_FAILURE"] == 1
-    sysexits = {"EX_USAGE": 64, "EX_DATAERR": 65, "EX_NOUSER": 67, "EX_UNAVAILABLE": 69}
+    sysexits = {"EX_USAGE": 64, "EX_DATAERR": 65, "EX_NOINPUT": 66, "EX_NOUSER": 67}
+    sysexits |= {"EX_UNAVAILABLE": 69}
     sysexits |= {"EX_TEMPFAIL": 75, "EX_CONFIG": 78}
     assert {k: v for k, v in TABLE.items() if v >= 64} == sysexits
 
@@ -44,6 +45,7 @@ def test_codes_are_sysexits_but_for_the_generic_failure() -> None:
         ["tenant", "add", "acme"],
         ["suppress", "add", "--tenant"],
         ["intake", "--no-such-option"],
+        ["report", "classify"],
     ],
     ids=str,
 )

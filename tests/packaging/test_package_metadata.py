@@ -24,6 +24,7 @@ DEBIAN_NAMES = {
     "pynacl": "python3-nacl",
     "publicsuffix2": "python3-publicsuffix2",
     "aiohttp": "python3-aiohttp",
+    "flufl.bounce": "python3-flufl.bounce",
 }
 
 
@@ -52,7 +53,8 @@ def test_every_runtime_library_is_a_package_dependency() -> None:
     for name in runtime_requirements():
         assert name in DEBIAN_NAMES, f"{name}: which Debian 12 package provides it?"
         assert re.search(rf"\b{DEBIAN_NAMES[name]}\b", control), f"control lacks {name}"
-        assert f"python3dist({name})" in spec, f"the RPM spec lacks {name}"
+        # python3dist() takes the PEP 503 form of the name: flufl.bounce is flufl-bounce.
+        assert f"python3dist({re.sub(r'[-_.]+', '-', name)})" in spec, f"the RPM spec lacks {name}"
 
 
 def test_both_packages_ship_the_same_files() -> None:

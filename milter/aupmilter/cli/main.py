@@ -1,4 +1,4 @@
-"""The `aup-milter` command line: run, check, tenant, suppress, web, intake."""
+"""The `aup-milter` command line: run, check, tenant, suppress, web, intake, report."""
 
 from __future__ import annotations
 
@@ -88,9 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     remove = actions.add_parser("remove", help="delete a tenant and its mappings")
     remove.add_argument("tenant_id", metavar="ID")
 
+    from aupmilter.cli import report as reportcli
     from aupmilter.cli import unsubscribe as unsubcli
 
     unsubcli.add_parsers(commands, config_option)
+    reportcli.add_parser(commands)
     return parser
 
 
@@ -104,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from aupmilter.cli import unsubscribe as unsubcli
 
         return unsubcli.run(args, lambda: _tenant_redis(args)[0])
+    if args.command == "report":
+        from aupmilter.cli import report as reportcli
+
+        return reportcli.run(args)
     return cmd_tenant(args)
 
 
