@@ -1,4 +1,4 @@
-"""List mail at end of message, over the milter protocol: headers, tokens, DKIM.
+"""List mail at end of message, over the milter protocol: headers, tokens, Feedback-ID, DKIM.
 
 The delivered message is rebuilt from what the milter asked the MTA to do
 (delete, add, insert header fields) and its DKIM signature is verified by
@@ -143,6 +143,7 @@ def test_bulk_mail_gets_both_headers_signed(
     match = LINK.match(added["List-Unsubscribe"])
     assert match, added
     assert added["List-Unsubscribe-Post"].strip() == "List-Unsubscribe=One-Click"
+    assert "Feedback-ID" not in added, "no [feedback_id] section: no Feedback-ID"
     token = match["token"]
     claims = SIGNER.verify(token, time.time())
     assert claims.kind is TokenKind.RECIPIENT
@@ -282,3 +283,123 @@ def test_round_trips_bulk_mail_with_relay_links(
         "EVALSHA",
     ]
     assert len(redis_db.keys("aup:unsubref:*")) == 1, "transactional mail stores no reference"
+
+
+# --- Feedback-ID ----------------------------------------------------------------------
+
+RELAY_ID = "relay1"
+CONTENT_STAMP = re.compile(r"^(?P<campaign>[0-9a-f]{12}):acme:bulk:relay1$")
+
+
+@pytest.fixture
+def stamping(start_daemon: StartDaemon, setup_dir: Path) -> Daemon:
+    """The list-mail daemon with `[feedback_id]` configured."""
+    return start_daemon(
+        policy={"plans_dir": str(setup_dir / "policies")},
+        unsubscribe=unsubscribe_settings(setup_dir),
+        dkim={
+            "tenant": {
+                "acme": {
+                    "domain": "acme.example",
+                    "selector": "test2048",
+                    "key_file": str(setup_dir / "acme.key"),
+                }
+            }
+        },
+        feedback_id={"relay_id": RELAY_ID},
+    )
+
+
+def feedback_ids(message: bytes) -> list[bytes]:
+    return re.findall(rb"(?im)^feedback-id:(.*)$", message.split(b"\r\n\r\n", 1)[0])
+
+
+def test_bulk_mail_gets_one_signed_feedback_id(
+    stamping: Daemon, acme: str, dns_server: DnsServer
+) -> None:
+    headers = message_headers(["x@d.example"], ("Precedence", "bulk"))
+    eom = send(stamping, ["x@d.example"], headers)
+    assert eom.response.kind is Kind.CONTINUE
+    stamps = [value for name, value in eom.added_headers if name == "Feedback-ID"]
+    assert len(stamps) == 1, eom.added_headers
+    match = CONTENT_STAMP.match(stamps[0].strip())
+    assert match, stamps
+    assert [name for name, _ in eom.added_headers][-1] == "Feedback-ID", (
+        "after the unsubscribe pair"
+    )
+    listed = signed_headers(eom)
+    assert listed.count("feedback-id") == 2, "over-signed: none can be added under the signature"
+    message = delivered(headers, eom)
+    assert feedback_ids(message) == [b" " + match[0].encode()]
+    assert verify(message, dns_server)
+    forged = message.replace(b":acme:bulk:", b":other:bulk:", 1)
+    assert not verify(forged, dns_server)
+    line = stamping.log.matching("verdict accept")[-1]
+    assert line["feedback_id"] == match[0] and line["feedback_campaign"] == "content"
+
+    again = send(
+        stamping, ["y@d.example"], message_headers(["y@d.example"], ("Precedence", "bulk"))
+    )
+    assert dict(again.added_headers)["Feedback-ID"].strip() == match[0], "same content, same id"
+
+
+def test_the_tenants_feedback_id_is_replaced_with_its_campaign_kept(
+    stamping: Daemon, acme: str, dns_server: DnsServer
+) -> None:
+    own = ("Feedback-ID", "spring24:cust9:promo:theiresp")
+    headers = message_headers(["x@d.example"], ("List-Id", "<news.acme.example>"), own)
+    eom = send(stamping, ["x@d.example"], headers)
+    assert (1, "Feedback-ID", "") in eom.changed_headers
+    stamps = [value.strip() for name, value in eom.added_headers if name == "Feedback-ID"]
+    assert stamps == ["spring24:acme:bulk:relay1"]
+    message = delivered(headers, eom)
+    assert feedback_ids(message) == [b" spring24:acme:bulk:relay1"], "theirs is gone"
+    assert verify(message, dns_server)
+    line = stamping.log.matching("verdict accept")[-1]
+    assert line["feedback_campaign"] == "tenant" and line["feedback_id_replaced"] == 1
+
+
+def test_a_list_id_names_the_campaign(stamping: Daemon, acme: str, dns_server: DnsServer) -> None:
+    headers = message_headers(["x@d.example"], ("List-Id", "Acme News <news.acme.example>"))
+    eom = send(stamping, ["x@d.example"], headers)
+    assert dict(eom.added_headers)["Feedback-ID"].strip() == "news.acme.example:acme:bulk:relay1"
+    assert verify(delivered(headers, eom), dns_server)
+
+
+def test_transactional_mail_gets_no_feedback_id(stamping: Daemon, acme: str) -> None:
+    headers = message_headers(["x@d.example"], ("Feedback-ID", "receipt:acme:tx:theiresp"))
+    eom = send(stamping, ["x@d.example"], headers)
+    assert eom.response.kind is Kind.CONTINUE
+    assert not eom.added_headers and not eom.inserted_headers and not eom.changed_headers
+    line = stamping.log.matching("verdict accept")[-1]
+    assert line["class"] == "transactional" and "feedback_id" not in line
+
+
+def test_feedback_id_alone_stamps_bulk_mail(
+    start_daemon: StartDaemon, setup_dir: Path, acme: str
+) -> None:
+    """Without unsubscribe service or signing identity the class still matters: it is stamped."""
+    daemon = start_daemon(
+        policy={"plans_dir": str(setup_dir / "policies")}, feedback_id={"relay_id": RELAY_ID}
+    )
+    bulk = send(daemon, ["x@d.example"], message_headers(["x@d.example"], ("Precedence", "bulk")))
+    assert [name for name, _ in bulk.added_headers] == ["Feedback-ID"]
+    assert CONTENT_STAMP.match(bulk.added_headers[0][1].strip())
+    assert not bulk.inserted_headers, "no identity: not signed"
+    plain = send(daemon, ["x@d.example"], message_headers(["x@d.example"]))
+    assert not plain.added_headers
+
+
+def test_round_trips_with_feedback_id(
+    stamping: Daemon, acme: str, shared_redis: RedisServer
+) -> None:
+    """Computed locally: still the two script calls (after the connection's handshake)."""
+    send(stamping, ["w@d.example"], message_headers(["w@d.example"], ("Precedence", "bulk")))
+
+    def bulk() -> None:
+        eom = send(
+            stamping, ["z@d.example"], message_headers(["z@d.example"], ("Precedence", "bulk"))
+        )
+        assert "Feedback-ID" in dict(eom.added_headers)
+
+    assert [c.split()[0] for c in client_commands(shared_redis, bulk)] == ["EVALSHA", "EVALSHA"]

@@ -6,9 +6,10 @@ of frozen objects; a reload builds a new tree and swaps it in whole.
 
 One module per group of sections, all reading through `loader.Section`:
 `daemon` ([milter], [redis], [log]), `plans` ([policy] and the plan files),
-`messages` ([messages], [dns]) and `unsubscribe` ([unsubscribe], [web],
-[dkim]). The plan types are the policy layer's (`aupmilter.policy.plans`);
-they are re-exported here because the loader builds them.
+`messages` ([messages], [dns]), `unsubscribe` ([unsubscribe], [web], [dkim])
+and `feedback` ([feedback_id]). The plan types are the policy layer's
+(`aupmilter.policy.plans`); they are re-exported here because the loader
+builds them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aupmilter.config.daemon import (
     read_milter,
     read_redis,
 )
+from aupmilter.config.feedback import FeedbackIdSettings, read_feedback_id
 from aupmilter.config.loader import ConfigError, Section, read_toml
 from aupmilter.config.messages import MessageSettings, read_dns, read_messages
 from aupmilter.config.plans import (
@@ -50,6 +52,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DkimSettings",
+    "FeedbackIdSettings",
     "ListenAddress",
     "LogSettings",
     "MessageSettings",
@@ -85,6 +88,8 @@ class Config:
     """None without an [unsubscribe] section: bulk mail then gets no List-Unsubscribe."""
     web: WebSettings = field(default_factory=WebSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
+    feedback_id: FeedbackIdSettings | None = None
+    """None without a [feedback_id] section: bulk mail then gets no Feedback-ID."""
 
     @property
     def plan_names(self) -> frozenset[str]:
@@ -111,6 +116,7 @@ def load_config(path: Path) -> Config:
     unsubscribe_settings, web_settings, dkim_settings = read_unsubscribe_sections(
         path, root, problems
     )
+    feedback_id_settings = read_feedback_id(path, root, problems)
     root.reject_unknown()
 
     plans: dict[str, Plan] = {}
@@ -136,4 +142,5 @@ def load_config(path: Path) -> Config:
         unsubscribe=unsubscribe_settings,
         web=web_settings,
         dkim=dkim_settings,
+        feedback_id=feedback_id_settings,
     )

@@ -1,12 +1,12 @@
 """DKIM signing (dkimpy) of the message as the MTA will deliver it.
 
 RFC 8058: mailbox providers offer one-click unsubscribe only when a valid DKIM
-signature covers both List-Unsubscribe and List-Unsubscribe-Post. So the
-milter signs after deciding its header edits, over the edited header list
+signature covers both List-Unsubscribe and List-Unsubscribe-Post, and Gmail's
+feedback loop trusts a Feedback-ID only under one. So the milter signs after
+deciding its header edits, over the edited header list
 (`stages.listmail.ListMail.signature`: the kept fields, then those the milter
-adds) and the body, and inserts the
-DKIM-Signature at the top. A signature the tenant made itself stays (ours is
-added beside it).
+adds) and the body, and inserts the DKIM-Signature at the top. A signature
+the tenant made itself stays (ours is added beside it).
 
 `h=` lists the identity and content headers below. Each one present is listed
 once more than it occurs ("over-signed"): nobody can add another instance
@@ -55,6 +55,7 @@ SIGNED_HEADERS = (
     "List-Id",
     "List-Unsubscribe",
     "List-Unsubscribe-Post",
+    "Feedback-ID",
 )
 MAY_BE_ADDED_DOWNSTREAM = frozenset(
     {"date", "message-id", "mime-version", "content-type", "content-transfer-encoding"}

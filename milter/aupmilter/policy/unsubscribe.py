@@ -169,10 +169,10 @@ def decide_unsubscribe(
 
 
 def kept_headers(
-    headers: Sequence[HeaderField], decision: UnsubscribeDecision
+    headers: Sequence[HeaderField], deletions: Sequence[HeaderDeletion]
 ) -> list[HeaderField]:
-    """The message's fields that the decision does not delete, in order."""
-    doomed = {(d.name.lower(), d.index) for d in decision.delete}
+    """The message's fields that `deletions` do not delete, in order."""
+    doomed = {(d.name.lower(), d.index) for d in deletions}
     seen: dict[str, int] = {}
     kept = []
     for field in headers:
@@ -185,17 +185,17 @@ def kept_headers(
 
 def edited_headers(
     headers: Sequence[HeaderField],
-    decision: UnsubscribeDecision,
-    added_before: Sequence[AddHeader] = (),
+    deletions: Sequence[HeaderDeletion],
+    added: Sequence[AddHeader],
 ) -> list[HeaderField]:
     """The header list as the MTA will deliver it after the edits (what gets signed).
 
-    Deleted fields go; added ones are appended at the end in the order they are
-    added, as smfi_addheader does: `added_before` (e.g. a Message-ID the milter
-    adds) first, then the decision's unsubscribe pair.
+    Deleted fields go (every deletion counts among the message's own fields:
+    the milter sends them before any addition); added ones are appended at
+    the end in the order they are added, as smfi_addheader does.
     """
-    added = [HeaderField.added(a.name, a.value) for a in (*added_before, *decision.add)]
-    return [*kept_headers(headers, decision), *added]
+    appended = [HeaderField.added(a.name, a.value) for a in added]
+    return [*kept_headers(headers, deletions), *appended]
 
 
 def one_recipient_per_bulk_message(

@@ -13,7 +13,8 @@ the actions saved so far are not applied: a refused message changes nothing).
    windows' atomic re-check and charge, the content fingerprint's counter,
    the references behind the message's unsubscribe links);
 4. header edits: the unsubscribe decision over the recipients left, and the
-   fields the milter adds (Message-ID, List-Unsubscribe pair);
+   fields the milter adds (Message-ID, List-Unsubscribe pair, Feedback-ID);
+   the deletions first, so their indexes count the message's own fields;
 5. signature: DKIM over the header list as the MTA will deliver it;
 6. quarantine: a suspended tenant's mail goes to the hold queue.
 
@@ -62,6 +63,8 @@ class Draft:
     links: UnsubscribeLinks | None = None
     remaining: list[str] | None = None
     """Recipient keys left after suppression; None until the charge ran."""
+    fingerprint: str | None = None
+    """The content fingerprint, when the charge counted it (the Feedback-ID may reuse it)."""
     outcome: ListMailOutcome | None = None
     suppressed: list[str] = field(default_factory=list)
     """Recipients removed because they are on the tenant's suppression list, as written."""
@@ -137,6 +140,7 @@ def _charge(txn: Transaction, draft: Draft) -> None:
         if listmail.counts_fingerprints and draft.body is not None:
             window = listmail.fingerprint_window()
             fingerprint = message_fingerprint(draft.headers, draft.body)
+            draft.fingerprint = fingerprint
             key = keys.fingerprint_counter(gate.tenant, fingerprint, window.period_ms)
             counters.append((key, window))
     now_ms = int(draft.now * 1000)
@@ -178,14 +182,19 @@ def _header_edits(txn: Transaction, draft: Draft) -> None:
     listmail = txn.listmail
     if listmail is not None and draft.remaining is not None:
         draft.outcome = listmail.after_charge(
-            draft.headers, draft.remaining, txn.fingerprint_recipients, draft.links
+            draft.headers,
+            draft.remaining,
+            txn.fingerprint_recipients,
+            draft.links,
+            body=draft.body,
+            fingerprint=draft.fingerprint,
         )
-    decision = draft.outcome.decision if draft.outcome is not None else None
-    if decision is not None:
-        draft.actions += [ChangeHeader(d.name, d.index) for d in decision.delete]
+    outcome = draft.outcome
+    if outcome is not None:
+        draft.actions += [ChangeHeader(d.name, d.index) for d in outcome.deletions]
     draft.actions += draft.added
-    if decision is not None:
-        draft.actions += decision.add
+    if outcome is not None:
+        draft.actions += outcome.additions
 
 
 def _signature(txn: Transaction, draft: Draft) -> None:

@@ -11,12 +11,14 @@ The glue calls this in two steps around the one end-of-message Redis call:
   call, and only when the message is charged and bulk: two round trips;
 - `ListMail.after_charge`: with the suppressed recipients gone and the
   content fingerprint's count known, the final classification and header
-  decision, using those same links.
+  decision, using those same links, and on bulk mail the relay's
+  Feedback-ID (`policy.feedback`, when `[feedback_id]` is configured).
 
 `signature` then signs the header list as the MTA will deliver it (the
 message's fields minus the deletions, plus the added fields, in order) with
 the tenant's DKIM identity. Bulk mail is signed (RFC 8058 needs a signature
-over both unsubscribe headers); transactional mail is left to the tenant.
+over both unsubscribe headers, Gmail's feedback loop one over the
+Feedback-ID); transactional mail is left to the tenant.
 
 No I/O here except the CPU work of signing: the tokens are pure (time passed
 in), and what the tokens stand for is returned for the glue to store.
@@ -31,12 +33,14 @@ from aupmilter.config import Config, SigningIdentity
 from aupmilter.mailauth.dkimsign import sign
 from aupmilter.policy.actions import AddHeader, InsertHeader
 from aupmilter.policy.classify import Classification, MailClass, classify, header_values
+from aupmilter.policy.feedback import FeedbackStamp, feedback_stamp, needs_fingerprint
 from aupmilter.policy.fingerprint import body_fingerprint
 from aupmilter.policy.headers import HeaderField
 from aupmilter.policy.limits import Scope, Unit, Window
 from aupmilter.policy.plans import Plan, UnsubscribePlan, UnsubscribeSettings
 from aupmilter.policy.tokens import Reference, TokenSigner
 from aupmilter.policy.unsubscribe import (
+    HeaderDeletion,
     UnsubscribeAction,
     UnsubscribeDecision,
     UnsubscribeLinks,
@@ -58,10 +62,23 @@ class ListMailOutcome:
     decision: UnsubscribeDecision
     references: tuple[Reference, ...] = ()
     """What the issued token stands for: store it before the message leaves."""
+    feedback: FeedbackStamp | None = None
+
+    @property
+    def deletions(self) -> tuple[HeaderDeletion, ...]:
+        """The message's fields to delete: the unsubscribe decision's, then the Feedback-IDs."""
+        feedback = self.feedback.delete if self.feedback is not None else ()
+        return (*self.decision.delete, *feedback)
+
+    @property
+    def additions(self) -> tuple[AddHeader, ...]:
+        """The fields to append, in order: the unsubscribe pair, then the Feedback-ID."""
+        feedback = (self.feedback.add,) if self.feedback is not None else ()
+        return (*self.decision.add, *feedback)
 
     @property
     def changes_headers(self) -> bool:
-        return bool(self.decision.delete or self.decision.add)
+        return bool(self.deletions or self.additions)
 
     def log_fields(self) -> dict[str, object]:
         fields: dict[str, object] = {
@@ -71,6 +88,11 @@ class ListMailOutcome:
         }
         if self.decision.links is not None:
             fields["unsubscribe_token"] = self.decision.links.issued.reference.kind.name.lower()
+        if self.feedback is not None:
+            fields["feedback_id"] = self.feedback.value
+            fields["feedback_campaign"] = self.feedback.campaign_source.value
+            if self.feedback.delete:
+                fields["feedback_id_replaced"] = len(self.feedback.delete)
         return fields
 
 
@@ -81,11 +103,17 @@ class ListMail:
     plan: UnsubscribePlan
     settings: UnsubscribeSettings | None
     identity: SigningIdentity | None
+    feedback_relay_id: str | None = None
+    """`[feedback_id] relay_id`; None: bulk mail gets no Feedback-ID."""
 
     @property
     def acts(self) -> bool:
-        """The class changes something only with unsubscribe links or a signing identity."""
-        return self.settings is not None or self.identity is not None
+        """The class matters only with unsubscribe links, a Feedback-ID or a signing identity."""
+        return (
+            self.settings is not None
+            or self.identity is not None
+            or self.feedback_relay_id is not None
+        )
 
     @property
     def counts_fingerprints(self) -> bool:
@@ -98,7 +126,12 @@ class ListMail:
 
     @property
     def needs_body(self) -> bool:
-        return self.counts_fingerprints or self.identity is not None
+        """Signing, the content counter, or a Feedback-ID whose campaign may be the content."""
+        return (
+            self.counts_fingerprints
+            or self.identity is not None
+            or self.feedback_relay_id is not None
+        )
 
     def fingerprint_window(self) -> Window:
         return Window(
@@ -152,9 +185,12 @@ class ListMail:
         recipients: Sequence[str],
         fingerprint_recipients: int | None,
         links: UnsubscribeLinks | None,
+        body: bytes | None = None,
+        fingerprint: str | None = None,
     ) -> ListMailOutcome:
         """`recipients`: those left after suppression, normalised; `links` from
-        `links_for_charge` (their references were stored with the charge if bulk)."""
+        `links_for_charge` (their references were stored with the charge if bulk);
+        `fingerprint`: the content's, if the charge already computed it from `body`."""
         classification = classify(
             self.stream, headers, len(recipients), fingerprint_recipients, self.plan
         )
@@ -164,7 +200,19 @@ class ListMail:
         references: tuple[Reference, ...] = ()
         if decision.links is not None:
             references = (decision.links.issued.reference,)
-        return ListMailOutcome(classification, decision, references)
+        feedback = None
+        if classification.bulk and self.feedback_relay_id is not None:
+            # Hashing the body costs CPU: only when no header names the campaign.
+            if fingerprint is None and body is not None and needs_fingerprint(headers):
+                fingerprint = message_fingerprint(headers, body)
+            feedback = feedback_stamp(
+                headers,
+                tenant=self.tenant,
+                stream=classification.mail_class.value,
+                relay_id=self.feedback_relay_id,
+                fingerprint=fingerprint,
+            )
+        return ListMailOutcome(classification, decision, references, feedback)
 
     def signature(
         self,
@@ -175,12 +223,12 @@ class ListMail:
     ) -> InsertHeader | None:
         """DKIM-Signature for bulk mail, over the final header list; None when not signing.
 
-        `added_before`: fields the milter adds ahead of the unsubscribe pair (e.g. a
+        `added_before`: fields the milter adds ahead of the outcome's (e.g. a
         Message-ID), in the order they are added.
         """
         if self.identity is None or body is None or not outcome.classification.bulk:
             return None
-        final = edited_headers(headers, outcome.decision, added_before)
+        final = edited_headers(headers, outcome.deletions, [*added_before, *outcome.additions])
         return sign(final, body, self.identity)
 
 
@@ -198,4 +246,5 @@ def list_mail_for(config: Config, tenant: str, stream: str | None, plan: Plan) -
         plan=plan.unsubscribe,
         settings=config.unsubscribe,
         identity=config.dkim.identity_for(tenant),
+        feedback_relay_id=config.feedback_id.relay_id if config.feedback_id else None,
     )

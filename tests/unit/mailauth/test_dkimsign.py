@@ -124,6 +124,9 @@ def test_header_list_rules() -> None:
     assert listed.count("to") == 3 and listed.count("from") == 2
     assert "date" not in listed and "message-id" not in listed, "an MTA may add these"
     assert "list-unsubscribe" in listed and "list-unsubscribe-post" in listed
+    assert listed.count("feedback-id") == 1, "absent: listed once, so none can be added later"
+    stamped = header_list([H("From", b" a"), H("Feedback-ID", b" c:acme:bulk:relay1")])
+    assert stamped.count("feedback-id") == 2, "present: over-signed"
 
 
 def test_existing_tenant_signature_is_kept(key: KeyPair, tmp_path: Path) -> None:

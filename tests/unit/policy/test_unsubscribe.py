@@ -108,7 +108,7 @@ def test_broken_headers_are_replaced(headers: list[H], problem: str) -> None:
     decision = decide_unsubscribe(BULK, [*BASE, *headers], REPLACE, made, "acme")
     assert decision.action is UnsubscribeAction.REPLACE
     assert problem in decision.reason
-    final = edited_headers([*BASE, *headers], decision)
+    final = edited_headers([*BASE, *headers], decision.delete, decision.add)
     assert final == [
         *BASE,
         H.added("List-Unsubscribe", made.list_unsubscribe),
@@ -141,7 +141,7 @@ def test_deletions_count_per_name_and_run_highest_first() -> None:
         HeaderDeletion("List-Unsubscribe-Extra", 1),
         HeaderDeletion("List-Unsubscribe-Post", 1),
     )
-    assert [field.name for field in edited_headers(headers, decision)] == [
+    assert [field.name for field in edited_headers(headers, decision.delete, decision.add)] == [
         "Subject",
         "List-Unsubscribe",
         "List-Unsubscribe-Post",
