@@ -26,6 +26,7 @@ reply that quotes "550 5.1.1" is not one.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -39,6 +40,10 @@ log = logging.getLogger("aupmilter.reports.bounces")
 
 WINDOW = 600
 """Characters after an address in which its reply code is looked for."""
+MAX_DETECTOR_CHARS = 256 * 1024
+"""The most text handed to flufl.bounce (see `_bounded`)."""
+MAX_MENTIONS = 5000
+"""Addresses read from one bounce's text: a few per failed recipient, MAX_ADDRESSES of those."""
 _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _ENHANCED = re.compile(r"(?<![\d.])([245])\.\d{1,3}\.\d{1,3}(?!\.?\d)")
 _REPLY = re.compile(r"(?<![\w.:/#-])([45])\d\d(?=[ -][A-Za-z0-9<\[(\"'])")
@@ -99,7 +104,7 @@ def text_bounces(
 ) -> tuple[list[TextBounce], str]:
     """The failed addresses of a non-RFC-3464 bounce, judged; and a note on the detectors."""
     skip = {a.lower() for a in excluded}
-    temporary, permanent, note = _flufl(message)
+    temporary, permanent, note = _flufl(_bounded(message, own_text))
     header_failed = [
         address
         for value in iter_headers(message, "X-Failed-Recipients")
@@ -120,8 +125,9 @@ def text_bounces(
     temporary_set = {a.lower() for a in temporary}
     listed = {a.lower() for a in (*header_failed, *flufl_found)}
     found: list[TextBounce] = []
+    mentions = _mentions(own_text)
     for address in candidates[:MAX_ADDRESSES]:
-        window = _window(own_text, address, candidates)
+        window = _window(own_text, address, mentions)
         judged = _judge(window, warning is not None, permanent_words)
         if judged is None and address.lower() in listed:
             if address.lower() in temporary_set:
@@ -134,6 +140,27 @@ def text_bounces(
             source = "flufl.bounce" if address.lower() in listed else "heuristic"
             found.append(TextBounce(address, judged[0], f"{judged[1]} ({source})"))
     return found, note
+
+
+def _bounded(message: Message, own_text: str) -> Message:
+    """The message, or past MAX_DETECTOR_CHARS its header and own text alone.
+
+    flufl.bounce's detectors read every line of every part, the returned
+    original included, several times over: a 10 MiB message takes seconds.
+    Real bounces are a few KiB and keep their structure, which some detectors need.
+    """
+    size = 0
+    for part in message.walk():
+        payload = part.get_payload()
+        size += len(payload) if isinstance(payload, str) else 0
+        if size > MAX_DETECTOR_CHARS:
+            view = Message()
+            for name, value in message.items():
+                if name.lower() not in ("content-type", "content-transfer-encoding"):
+                    view[name] = value
+            view.set_payload(own_text[:MAX_DETECTOR_CHARS])
+            return view
+    return message
 
 
 def _flufl(message: Message) -> tuple[list[str], list[str], str]:
@@ -160,33 +187,50 @@ def _decoded(found: Iterable[bytes | str]) -> list[str]:
     return addresses
 
 
+def _mentions(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, lower-case address) of every address in the text, in order, bounded."""
+    found = []
+    for match in _ADDRESS.finditer(text):
+        found.append((match.start(), match.end(), match.group(0).rstrip(".").lower()))
+        if len(found) >= MAX_MENTIONS:
+            break
+    return found
+
+
 def _mentioned(text: str) -> list[str]:
     """Addresses of the bounce's text that a failure code or phrase follows."""
-    addresses = [m.group(0) for m in _ADDRESS.finditer(text)]
-    normal = [a for a in (mailbox(a.rstrip(".")) for a in addresses) if a]
-    keep = []
-    for address in unique(normal):
-        window = _window(text, address, normal)
-        if _ENHANCED.search(window) or _REPLY.search(window) or _MISSING.search(window):
+    mentions = _mentions(text)
+    keep: list[str] = []
+    for start, _end, lower in mentions:
+        address = mailbox(text[start : start + len(lower)])
+        if address is None or address.lower() in (k.lower() for k in keep):
+            continue
+        window = _window(text, address, mentions)
+        if any(p.search(window) for p in (_ENHANCED, _REPLY, _MISSING, _FULL)):
             keep.append(address)
+            if len(keep) >= MAX_ADDRESSES:
+                break
     return keep
 
 
-def _window(text: str, address: str, others: Sequence[str]) -> str:
+def _window(text: str, address: str, mentions: Sequence[tuple[int, int, str]]) -> str:
     """The text after the address's first mention, up to the next other address or WINDOW."""
-    lower = text.lower()
-    start = lower.find(address.lower())
-    if start < 0:
-        return ""
-    start += len(address)
-    end = min(len(text), start + WINDOW)
-    for other in others:
-        if other.lower() == address.lower():
-            continue
-        at = lower.find(other.lower(), start, end)
-        if at >= 0:
-            end = at
-    return text[start:end]
+    lower = address.lower()
+    first = next((m for m in mentions if m[2] == lower), None)
+    if first is None:
+        at = text.lower().find(lower)
+        if at < 0:
+            return ""
+        first = (at, at + len(lower), lower)
+    end = min(len(text), first[1] + WINDOW)
+    index = bisect.bisect_right(mentions, (first[1],))
+    for start, _end, other in mentions[index:]:
+        if start >= end:
+            break
+        if other != lower:
+            end = start
+            break
+    return text[first[1] : end]
 
 
 def _judge(window: str, warning: bool, permanent_words: bool) -> tuple[Kind, str] | None:

@@ -113,11 +113,8 @@ def _complaint(parts: mime.Parts, lookup: TenantLookup, own: Sequence[str]) -> R
         complainers = unique([feedback.original_recipient], excluded)
         source = feedback.original_recipient_source
     else:
-        complainers, source = (), f"complainer unknown ({feedback.original_recipient_source})"
-    if complainers and source != "Original-Rcpt-To" and not source.startswith("complainer"):
-        source = f"complainer from {source}"
-    elif complainers:
-        source = "complainer from Original-Rcpt-To"
+        complainers, source = (), feedback.original_recipient_source
+    source = f"complainer from {source}" if complainers else f"complainer unknown ({source})"
     reason = f"ARF complaint ({label}); {source}; {whose}"
     return Report(
         Kind.COMPLAINT, _line(reason), complainers, complainers, tenant, feedback.feedback_type

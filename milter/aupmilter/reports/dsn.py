@@ -100,7 +100,8 @@ def judge(block: Message) -> RecipientStatus:
     if reply is not None:
         digit = reply.group(1) or reply.group(2)
         kind = Kind.HARD_BOUNCE if digit == "5" else Kind.SOFT_BOUNCE
-        return RecipientStatus(address, kind, action, f"Diagnostic-Code {reply.group(0).strip()}")
+        code = reply.group(0).lstrip("; \t")
+        return RecipientStatus(address, kind, action, f"Diagnostic-Code {code}")
     return RecipientStatus(address, Kind.SOFT_BOUNCE, action, "no status")
 
 
