@@ -154,3 +154,16 @@ def test_the_command_goes_on_without_an_unreachable_store(
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("unavailable") == 1
     assert len(done.stdout.splitlines()) == len(paths)
+
+
+@pytest.mark.parametrize(("relay_id", "tenant"), [("relay01", "acme"), ("other01", None)])
+def test_the_command_takes_only_our_relay_ids_feedback_id(
+    tmp_path: Path, relay_id: str, tenant: str | None
+) -> None:
+    (tmp_path / "config").mkdir()
+    config = write_config(tmp_path / "config", "redis://127.0.0.1:1/0", 8895)
+    config.write_text(config.read_text() + f'\n[feedback_id]\nrelay_id = "{relay_id}"\n')
+    sample = REPORTS_DIR / "arf-truncated-original.eml"
+    done = classify_command("-c", str(config), str(sample))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tenant"] == tenant

@@ -2,7 +2,9 @@
 
 One JSON line per file: kind, recipients, suppress, tenant, feedback_type,
 reason (reports/classify.py). Without `-c` the classification is pure: the
-tenant comes only from our Feedback-ID. With `-c CONFIG` it also verifies our
+tenant comes only from a Feedback-ID of our form. With `-c CONFIG` that form
+must end in the configuration's `[feedback_id] relay_id` (when set), and it
+also verifies our
 unsubscribe tokens with the configuration's secrets and reads (never writes)
 Redis: a token's reference (tenant, and the recipient a recipient token
 names) and the domain -> tenant map for DKIM d= and sender domains, the
@@ -100,8 +102,12 @@ def _store_lookup(path: Path, redis_url: str | None) -> TenantLookup | None:
         signer = TokenSigner(config.unsubscribe.secrets, config.unsubscribe.token_lifetime_days)
         resolve_token = token_resolver(signer, reader.reference, time.time())
     shared = frozenset({config.dkim.default.domain} if config.dkim.default is not None else ())
+    relay_id = config.feedback_id.relay_id if config.feedback_id is not None else None
     return store_lookup(
-        resolve_token=resolve_token, domain_tenant=reader.domain_tenant, shared_domains=shared
+        resolve_token=resolve_token,
+        domain_tenant=reader.domain_tenant,
+        shared_domains=shared,
+        relay_id=relay_id,
     )
 
 
