@@ -27,6 +27,7 @@ reply that quotes "550 5.1.1" is not one.
 from __future__ import annotations
 
 import bisect
+import copy
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -37,6 +38,23 @@ from aupmilter.reports.mime import iter_headers
 from aupmilter.reports.model import MAX_ADDRESSES, Kind, mailbox, unique
 
 log = logging.getLogger("aupmilter.reports.bounces")
+
+
+class _NoTraceback(logging.Filter):
+    """flufl.bounce logs a detector's exception with its traceback before re-raising it.
+
+    `_flufl` catches it and says so in the reason; the log keeps one debug line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is not None:
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+logging.getLogger("flufl.bounce").addFilter(_NoTraceback())
 
 WINDOW = 600
 """Characters after an address in which its reply code is looked for."""
@@ -157,10 +175,20 @@ def _bounded(message: Message, own_text: str) -> Message:
             view = Message()
             for name, value in message.items():
                 if name.lower() not in ("content-type", "content-transfer-encoding"):
-                    view[name] = value
+                    view[name] = str(value)
             view.set_payload(own_text[:MAX_DETECTOR_CHARS])
             return view
-    return message
+    if all(isinstance(value, str) for _, value in message.items()):
+        return message
+    # An 8-bit header comes back as an email.header.Header, which some detectors call
+    # str methods on (and crash, ending the scan): give them text.
+    view = copy.copy(message)
+    for name in {name for name, value in message.items() if not isinstance(value, str)}:
+        values = [str(value) for value in message.get_all(name, [])]
+        del view[name]
+        for value in values:
+            view[name] = value
+    return view
 
 
 def _flufl(message: Message) -> tuple[list[str], list[str], str]:

@@ -200,3 +200,16 @@ def test_a_detector_that_crashes_is_noted_not_raised(monkeypatch: pytest.MonkeyP
     assert report.kind is Kind.HARD_BOUNCE and report.suppress == ("a@example.com",)
     found, note = bounces.text_bounces(HEADERS.parsestr("Subject: x\n\n"), "", ())
     assert found == [] and "flufl.bounce failed (ValueError)" in note
+
+
+def test_an_8bit_header_does_not_stop_the_detectors(caplog: pytest.LogCaptureFixture) -> None:
+    """compat32 returns such a header as a Header object, which a detector calls .lower() on."""
+    raw = (
+        b"From: Mail Delivery System <Mailer-Daemon@mx.example.net>\n"
+        b"To: J\xc3\xb6rg <bounce@acme.example>\nX-Failed-Recipients: a@example.com\n"
+        b"Subject: Mail delivery failed\n\n  a@example.com\n    550 5.1.1 unknown\n"
+    )
+    with caplog.at_level("DEBUG"):
+        report = classify_bytes(raw)
+    assert report.kind is Kind.HARD_BOUNCE and "flufl.bounce" in report.reason
+    assert all(r.exc_info is None for r in caplog.records)
