@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from aupmilter.store import keys
 from testbed.proc import TestbedError, tail, tcp_port_free
 from testbed.stack import HOST, Stack, default_run_dir
 
@@ -204,7 +205,7 @@ class Side:
         self.stack.start(clean=True)
         if self.with_milter:
             self.stack.add_demo_tenants()
-            self.stack.redis_cli("HSET", "aup:tenant:acme", "plan", BENCH_PLAN)
+            self.stack.redis_cli("HSET", keys.tenant("acme"), keys.FIELD_PLAN, BENCH_PLAN)
             self.milter_pid = self.stack.status()["milter"]
             if self.milter_pid is None:
                 raise BenchError(f"{self.label}: aup-milter is not running{self.log_tails()}")
