@@ -23,11 +23,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aupmilter.exitcodes import EX_CONFIG, EX_NOINPUT, EX_OK
 from aupmilter.reports.mime import MAX_REPORT_BYTES
 from aupmilter.reports.model import TenantLookup
+
+if TYPE_CHECKING:
+    from aupmilter.config import Config
 
 STDIN = "-"
 
@@ -83,8 +86,6 @@ def _read(name: str) -> bytes:
 def _store_lookup(path: Path, redis_url: str | None) -> TenantLookup | None:
     """The lookup over tokens, Feedback-ID and domains; None (reported) if the config fails."""
     from aupmilter.config import ConfigError, RedisSettings, load_config
-    from aupmilter.policy.tokens import TokenSigner
-    from aupmilter.reports.tenant import store_lookup, token_resolver
     from aupmilter.store.client import connect
 
     try:
@@ -96,7 +97,14 @@ def _store_lookup(path: Path, redis_url: str | None) -> TenantLookup | None:
     settings = config.redis
     if redis_url:
         settings = RedisSettings(redis_url, settings.connect_timeout, settings.timeout)
-    reader = StoreReader(connect(settings), settings.url)
+    return lookup_for(config, StoreReader(connect(settings), settings.url))
+
+
+def lookup_for(config: Config, reader: StoreReader) -> TenantLookup:
+    """Tokens (with the configuration's secrets), our Feedback-ID, then domains, through reader."""
+    from aupmilter.policy.tokens import TokenSigner
+    from aupmilter.reports.tenant import store_lookup, token_resolver
+
     resolve_token = None
     if config.unsubscribe is not None and config.unsubscribe.secrets:
         signer = TokenSigner(config.unsubscribe.secrets, config.unsubscribe.token_lifetime_days)
@@ -112,12 +120,18 @@ def _store_lookup(path: Path, redis_url: str | None) -> TenantLookup | None:
 
 
 class StoreReader:
-    """Read-only Redis look-ups that give up, with one line on stderr, at the first failure."""
+    """Read-only Redis look-ups that give up at the first failure, with one line on stderr.
 
-    def __init__(self, client: Any, url: str) -> None:
+    `quiet` leaves the line to the caller, which reads `failure` (the intake
+    defers the report rather than judge it without its tenant).
+    """
+
+    def __init__(self, client: Any, url: str, quiet: bool = False) -> None:
         self._client = client
         self._url = url
         self._down = False
+        self._quiet = quiet
+        self.failure: Exception | None = None
 
     def reference(self, ref_text: str) -> str | None:
         from aupmilter.store import keys
@@ -147,6 +161,9 @@ class StoreReader:
             value = self._client.get(key)
         except (redis.RedisError, OSError) as exc:
             self._down = True
+            self.failure = exc
+            if self._quiet:
+                return None
             print(
                 f"aup-milter report: Redis at {self._url} unavailable ({exc});"
                 " tenants from tokens and domains are not looked up",

@@ -23,13 +23,18 @@ def add_parsers(
     config_option(web)
     intake = commands.add_parser(
         "intake",
-        help="read one unsubscribe message on stdin (Postfix pipe transport) and suppress",
+        help="read one unsubscribe message or report on stdin (Postfix pipe) and act on it",
     )
     config_option(intake)
     intake.add_argument(
         "--recipient",
         metavar="ADDRESS",
         help="the envelope recipient (Postfix: ${recipient}); default: from the headers",
+    )
+    intake.add_argument(
+        "--reports",
+        action="store_true",
+        help="the message is a complaint or bounce report (Postfix: the aup-reports service)",
     )
 
 

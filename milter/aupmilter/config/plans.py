@@ -24,7 +24,7 @@ from aupmilter.config.loader import (
 )
 from aupmilter.policy.findings import DEFAULT_MODES, AlignmentMode, Check, Mode, PlanChecks
 from aupmilter.policy.limits import Limits, Scope, Unit, Window
-from aupmilter.policy.plans import Plan, UnsubscribePlan
+from aupmilter.policy.plans import BouncePlan, Plan, UnsubscribePlan
 
 PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 WINDOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -116,6 +116,7 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
         Section(file, f"plan.{name}.checks", section.subtable("checks"), section.problems)
     )
     unsubscribe_plan = read_plan_unsubscribe(section)
+    bounce_plan = read_plan_bounces(section)
     section.reject_unknown()
     return Plan(
         name=name,
@@ -124,6 +125,7 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
         limits=Limits(max_recipients=max_recipients, windows=windows),
         checks=checks,
         unsubscribe=unsubscribe_plan,
+        bounces=bounce_plan,
     )
 
 
@@ -253,3 +255,21 @@ def read_plan_unsubscribe(section: Section) -> UnsubscribePlan:
         on_noncompliant_unsubscribe=cast(Literal["replace", "reject"], noncompliant),
         bulk_one_recipient_per_message=one_recipient,
     )
+
+
+def read_plan_bounces(section: Section) -> BouncePlan:
+    """The report intake's keys of one [plan.NAME] table: soft bounces that become hard."""
+    defaults = BouncePlan()
+    count = section.get(
+        "soft_bounces_to_suppress",
+        defaults.soft_bounces_to_suppress,
+        "a whole number from 1 to 100",
+        integer(1, 100),
+    )
+    window = section.get(
+        "soft_bounce_window",
+        defaults.soft_bounce_window,
+        "seconds from 3600 to 2678400 (31 days)",
+        integer(3600, MAX_PERIOD_SECONDS),
+    )
+    return BouncePlan(soft_bounces_to_suppress=count, soft_bounce_window=window)

@@ -30,6 +30,17 @@ class UnsubscribePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class BouncePlan:
+    """What the report intake does with a tenant's temporary failures."""
+
+    soft_bounces_to_suppress: int = 3
+    """This many soft bounces of one address within `soft_bounce_window` suppress it (bounce)."""
+    soft_bounce_window: int = 7 * 86_400
+    """Seconds a soft-bounce count lives from its first bounce: the intake never sees a delivery,
+    so "in a row" means within this span; it also bounds the counters' memory."""
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     name: str
     description: str
@@ -37,6 +48,7 @@ class Plan:
     limits: Limits
     checks: PlanChecks = field(default_factory=PlanChecks)
     unsubscribe: UnsubscribePlan = field(default_factory=UnsubscribePlan)
+    bounces: BouncePlan = field(default_factory=BouncePlan)
 
 
 @dataclass(frozen=True, slots=True)

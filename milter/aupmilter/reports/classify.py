@@ -143,7 +143,11 @@ def _delivery_status(parts: mime.Parts, lookup: TenantLookup, own: Sequence[str]
     )
     more = f" and {len(statuses) - 5} more" if len(statuses) > 5 else ""
     reason = f"DSN (RFC 3464): {judged}{more}; {whose}"
-    return Report(kind, _line(reason), recipients, hard, tenant)
+    soft, delayed = (
+        unique((s.address for s in statuses if s.kind is k and s.address), [*excluded, *hard])
+        for k in (Kind.SOFT_BOUNCE, Kind.DELAYED)
+    )
+    return Report(kind, _line(reason), recipients, hard, tenant, soft=soft, delayed=delayed)
 
 
 def _text_bounce(
@@ -170,7 +174,11 @@ def _text_bounce(
     hard = unique(b.address for b in found if b.kind is Kind.HARD_BOUNCE)
     judged = "; ".join(f"{b.address} {b.kind} {b.evidence}" for b in found[:5])
     reason = f"bounce without a status part: {judged}; {whose}"
-    return Report(kind, _line(reason), recipients, hard, tenant)
+    soft, delayed = (
+        unique((b.address for b in found if b.kind is k), hard)
+        for k in (Kind.SOFT_BOUNCE, Kind.DELAYED)
+    )
+    return Report(kind, _line(reason), recipients, hard, tenant, soft=soft, delayed=delayed)
 
 
 def _tenant(attribution: Attribution | None) -> tuple[str | None, str]:

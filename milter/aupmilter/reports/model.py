@@ -94,6 +94,10 @@ class Report:
     """Exactly what the intake adds to the tenant's suppression list; a subset of recipients."""
     tenant: str | None = None
     feedback_type: str | None = None
+    soft: tuple[str, ...] = ()
+    """Recipients that failed with a temporary status: the intake counts them, N make one hard."""
+    delayed: tuple[str, ...] = ()
+    """Recipients still being retried: the intake counts them apart and suppresses none."""
 
     def as_json(self, file: str) -> dict[str, object]:
         return {

@@ -32,6 +32,10 @@ aup:{<id>}:w:<unit>:<period_ms>:s:<sender>   hash: per-sender window buckets
 aup:{<id>}:suppressed                        hash: address -> "<source> <unix time>"
 aup:{<id>}:fp:<period_ms>:<fingerprint>      hash: recipients a content fingerprint
                                              reached (bucket index -> count; as windows)
+aup:{<id>}:soft:<address>                    string: soft bounces of the address counted
+                                             by the report intake; expires the plan's
+                                             soft_bounce_window after the first
+aup:{<id>}:delayed:<address>                 string: delay notices of the address, the same way
 
 Not per tenant (the unsubscribe service learns the tenant from it):
 
@@ -132,3 +136,11 @@ def fingerprint_counter(tenant_id: str, fingerprint: str, period_ms: int) -> str
 
 def unsubscribe_ref(ref_text: str) -> str:
     return f"{PREFIX}unsubref:{ref_text}"
+
+
+def soft_bounces(tenant_id: str, address: str) -> str:
+    return tagged(tenant_id) + f"soft:{address}"
+
+
+def delays(tenant_id: str, address: str) -> str:
+    return tagged(tenant_id) + f"delayed:{address}"

@@ -1,15 +1,28 @@
-"""The mailto unsubscribe path: `aup-milter intake -c FILE --recipient ADDRESS`.
+"""The intake behind Postfix's pipe transport: `aup-milter intake -c FILE [--recipient ADDRESS]`
+for mailto unsubscribes, `aup-milter intake -c FILE --reports` for complaints and bounces.
 
-Postfix's pipe transport, bound to `UNSUB_LOCAL+*@UNSUB_DOMAIN`, hands over one
-message on standard input and its recipient as `${recipient}`
-(postfix-sample/master.cf.intake). The token in the recipient's local part is
-verified like the web service's; a recipient token suppresses its recipient,
-a message token suppresses the message's From address.
+Unsubscribes: the `aup-intake` pipe service, bound to `UNSUB_LOCAL+*@UNSUB_DOMAIN`,
+hands over one message on standard input and its recipient as `${recipient}`
+or Delivered-To (postfix-sample/master.cf.intake). The token in the
+recipient's local part is verified like the web service's; a recipient token
+suppresses its recipient, a message token suppresses the message's From address.
+
+Reports: the `aup-reports` pipe service runs the same command with `--reports`
+for the addresses the transport map routes to it (the feedback-loop address
+given to mailbox providers, and the one that receives a copy of every DSN the
+relay's Postfix returns to a tenant). Which service, not the message, decides:
+a report is never read as an unsubscribe, nor the reverse.
+unsubscribe/report_intake.py says what each kind of report changes.
 
 Exit codes (aupmilter.exitcodes, sysexits.h), which Postfix's pipe maps to
 delivery status:
 
-  0   EX_OK        suppressed (or already suppressed): delivered
+  0   EX_OK        unsubscribe: suppressed (or already suppressed): delivered.
+                   report: acted on (complaint, hard bounce suppressed; soft bounce,
+                   delay counted), or nothing to do, with a log line saying why:
+                   not a report (auto-reply, vacation, challenge-response,
+                   auth-failure report, positive DSN), the tenant unknown, or
+                   unparseable or hostile (too big, too deep, broken MIME): discarded.
   64  EX_USAGE     no recipient address given or found in the headers, or
                    arguments argparse refuses: bounced
   65  EX_DATAERR   a message token but no usable From address: bounced
@@ -19,8 +32,15 @@ delivery status:
                    unexpected error: deferred, retried
 
 Every fault of the relay's own making defers the message, so it loses no
-unsubscribe: Postfix keeps it in its queue until the configuration is fixed
-(EX_CONFIG would be permanent to Postfix, 5.3.5, and bounce the request).
+unsubscribe and no report: Postfix keeps it in its queue until the fault is
+fixed (EX_CONFIG would be permanent to Postfix, 5.3.5, and bounce it).
+
+An unparseable report exits 0 on purpose: a bounce of it would go to the
+null sender of a DSN (Postfix drops it, or mails the postmaster a double
+bounce) or to a provider's feedback loop, which reads no replies and may
+end the loop for a relay that answers; deferring would keep it in the queue
+to expire days later with the same result. The warning log line (reason,
+bound broken) is what is kept, and `aup-milter report classify` reads a copy.
 """
 
 from __future__ import annotations
@@ -36,7 +56,7 @@ from typing import BinaryIO
 
 import redis
 
-from aupmilter.config import ConfigError, UnsubscribeSettings, load_config
+from aupmilter.config import Config, ConfigError, UnsubscribeSettings, load_config
 from aupmilter.exitcodes import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE
 from aupmilter.policy.tokens import InvalidToken, TokenKind, TokenSigner
 from aupmilter.store.suppression import (
@@ -59,9 +79,9 @@ class IntakeRefusal(Exception):
         self.code = code
 
 
-def read_message(stream: BinaryIO) -> bytes:
-    """The first MAX_KEPT_BYTES; the rest is drained so the MTA's write does not fail."""
-    kept = stream.read(MAX_KEPT_BYTES)
+def read_message(stream: BinaryIO, limit: int = MAX_KEPT_BYTES) -> bytes:
+    """The first `limit` bytes; the rest is drained so the MTA's write does not fail."""
+    kept = stream.read(limit)
     drained = 0
     while drained < MAX_DRAINED_BYTES:
         chunk = stream.read(65536)
@@ -172,6 +192,8 @@ def main(args: argparse.Namespace, stdin: BinaryIO | None = None) -> int:
             print(problem, file=sys.stderr)
         return EX_TEMPFAIL
     logs.configure(config.log)
+    if args.reports:
+        return reports_main(config, stdin or sys.stdin.buffer)
     if config.unsubscribe is None:
         print(f"{config.path}: key 'unsubscribe': expected an [unsubscribe] section, got none",
               file=sys.stderr)  # fmt: skip
@@ -196,4 +218,27 @@ def main(args: argparse.Namespace, stdin: BinaryIO | None = None) -> int:
     finally:
         client.close()
     print(f"aup-milter intake: {address} unsubscribed")
+    return EX_OK
+
+
+def reports_main(config: Config, stdin: BinaryIO) -> int:
+    """`--reports`: one complaint or bounce report acted on (unsubscribe/report_intake.py)."""
+    from aupmilter.reports.mime import MAX_REPORT_BYTES
+    from aupmilter.store.client import connect
+    from aupmilter.unsubscribe.report_intake import StoreDown, process_report
+
+    # One byte past the bound: a longer report classifies as unparseable, within the bound.
+    raw = read_message(stdin, MAX_REPORT_BYTES + 1)
+    client = connect(config.redis)
+    try:
+        process_report(raw, config, client, time.time())
+    except StoreDown as exc:
+        print(f"aup-milter intake: policy store unavailable, try again later: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return EX_TEMPFAIL
+    except Exception:
+        log.exception("unexpected error; deferring the report")
+        return EX_TEMPFAIL
+    finally:
+        client.close()
     return EX_OK

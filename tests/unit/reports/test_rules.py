@@ -213,3 +213,29 @@ def test_an_8bit_header_does_not_stop_the_detectors(caplog: pytest.LogCaptureFix
         report = classify_bytes(raw)
     assert report.kind is Kind.HARD_BOUNCE and "flufl.bounce" in report.reason
     assert all(r.exc_info is None for r in caplog.records)
+
+
+def test_soft_and_delayed_recipients_are_named_apart() -> None:
+    """The intake counts these; only the hard ones are in `suppress`."""
+    blocks = [
+        ("hard@example.net", "failed", "5.1.1"),
+        ("soft@example.net", "failed", "4.2.2"),
+        ("late@example.net", "delayed", "4.4.1"),
+        ("fine@example.net", "delivered", "2.0.0"),
+    ]
+    status = "\n".join(
+        f"Final-Recipient: rfc822; {a}\nAction: {action}\nStatus: {code}\n"
+        for a, action, code in blocks
+    )
+    raw = (
+        "From: MAILER-DAEMON@relay.example.net\nTo: news@acme.example\nSubject: failure\n"
+        "MIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; "
+        'boundary="b"\n\n--b\nContent-Type: text/plain\n\nfailed\n\n--b\n'
+        "Content-Type: message/delivery-status\n\nReporting-MTA: dns; relay.example.net\n\n"
+        f"{status}\n--b--\n"
+    ).encode()
+    report = classify_bytes(raw)
+    assert report.kind is Kind.HARD_BOUNCE
+    assert report.suppress == ("hard@example.net",)
+    assert report.soft == ("soft@example.net",)
+    assert report.delayed == ("late@example.net",)

@@ -1,0 +1,132 @@
+"""The report half of `aup-milter intake --reports`: a classified report acted on.
+
+A message delivered to the relay's report addresses (the `aup-reports` pipe
+service of postfix-sample/master.cf.intake: feedback-loop reports and the
+copies of the bounces Postfix returns to tenants) is classified by
+`reports.classify_bytes`, with the tenant looked up in Redis as `report
+classify -c` does, and then:
+
+  complaint      each address in `suppress` suppressed for the tenant, source complaint
+  hard-bounce    each address in `suppress` suppressed, source bounce
+  soft-bounce,   the temporary failures and the delays counted per tenant and address
+  delayed        (store/bounces.py); the plan's `soft_bounces_to_suppress` soft bounces
+                 of one address within its `soft_bounce_window` suppress it, source bounce
+  not-a-report   nothing changed
+  unparseable    nothing changed
+  tenant unknown nothing changed (also when the evidence names no tenant of this relay)
+
+Every outcome is one log line (logger `aupmilter.reports.intake`); each
+suppression is also an audit event (store/suppression.py). The exit codes
+are the intake's (unsubscribe/intake.py has the table). Redis failing at any
+step defers the whole report (StoreDown); a report that needs no Redis at
+all (an auto-reply with no clue to look up, an unparseable message) is
+judged without it, since there is nothing to lose.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis
+
+from aupmilter.config import Config
+from aupmilter.policy.plans import BouncePlan
+from aupmilter.reports.model import Kind, Report
+from aupmilter.store import keys
+from aupmilter.store.bounces import BounceCounters
+from aupmilter.store.suppression import Source, SuppressionStore
+
+log = logging.getLogger("aupmilter.reports.intake")
+
+SOURCES = {Kind.COMPLAINT: Source.COMPLAINT, Kind.HARD_BOUNCE: Source.BOUNCE}
+MAX_DETAIL = 200
+"""Of the report's reason, kept with each suppression's audit event."""
+
+
+class StoreDown(Exception):
+    """Redis failed while the report was looked up or acted on: the message is deferred."""
+
+
+@dataclass(frozen=True, slots=True)
+class Acted:
+    report: Report
+    suppressed: tuple[str, ...] = ()
+    """Addresses newly suppressed (already suppressed ones are not repeated)."""
+    counted: tuple[str, ...] = ()
+    """`address soft N/LIMIT` or `address delayed N`, for the log line."""
+    note: str = ""
+    """Why nothing was done, when nothing was."""
+
+
+def process_report(
+    raw: bytes, config: Config, client: redis.Redis, now: float, report_sender: str | None = None
+) -> Acted:
+    """Classify and act; StoreDown when Redis fails.
+
+    A retry after a failure half way repeats no harm: suppressions are
+    idempotent (the first record is kept); a soft bounce may be counted twice.
+    """
+    from aupmilter.cli.report import StoreReader, lookup_for
+    from aupmilter.reports.classify import classify_bytes
+
+    reader = StoreReader(client, config.redis.url, quiet=True)
+    report = classify_bytes(raw, lookup_for(config, reader), report_sender)
+    if reader.failure is not None:
+        raise StoreDown(str(reader.failure))
+    try:
+        acted = _act(report, config, client, now)
+    except (redis.RedisError, OSError) as exc:
+        raise StoreDown(str(exc)) from exc
+    _log(acted)
+    return acted
+
+
+def _act(report: Report, config: Config, client: redis.Redis, now: float) -> Acted:
+    if report.kind is Kind.UNPARSEABLE:
+        return Acted(report, note="not readable as a report; discarded")
+    if not (report.suppress or report.soft or report.delayed):
+        return Acted(report, note="names no one to suppress or count")
+    if report.tenant is None:
+        return Acted(report, note="tenant unknown: nothing suppressed")
+    plan_name = client.hget(keys.tenant(report.tenant), keys.FIELD_PLAN)
+    if plan_name is None:
+        return Acted(report, note=f"{report.tenant} is not a tenant here: nothing suppressed")
+    plan = config.plans.get(str(plan_name))
+    bounces = plan.bounces if plan is not None else BouncePlan()
+    detail = report.reason[:MAX_DETAIL]
+    store = SuppressionStore(client)
+    suppressed: list[str] = []
+    source = SOURCES.get(report.kind, Source.BOUNCE)
+    if report.suppress:
+        outcomes = store.add_many(report.tenant, report.suppress, source, now, detail)
+        suppressed += [o.suppression.address for o in outcomes if o.added]
+    counters = BounceCounters(client)
+    soft, delayed = counters.count(
+        report.tenant, report.soft, report.delayed, bounces.soft_bounce_window
+    )
+    limit = bounces.soft_bounces_to_suppress
+    counted = [f"{a} soft {n}/{limit}" for a, n in zip(report.soft, soft, strict=True)]
+    counted += [f"{a} delayed {n}" for a, n in zip(report.delayed, delayed, strict=True)]
+    hardened = [a for a, n in zip(report.soft, soft, strict=True) if n >= limit]
+    if hardened:
+        why = f"{limit} soft bounces within {bounces.soft_bounce_window}s; last: {detail}"
+        outcomes = store.add_many(report.tenant, hardened, Source.BOUNCE, now, why[:MAX_DETAIL])
+        suppressed += [o.suppression.address for o in outcomes if o.added]
+        counters.forget(report.tenant, hardened)
+    note = "" if suppressed else "nothing new suppressed"
+    return Acted(report, tuple(suppressed), tuple(counted), note)
+
+
+def _log(acted: Acted) -> None:
+    report = acted.report
+    parts = [f"report {report.kind}", f"tenant {report.tenant or 'unknown'}"]
+    if acted.suppressed:
+        parts.append("suppressed " + ", ".join(acted.suppressed))
+    if acted.counted:
+        parts.append("counted " + ", ".join(acted.counted))
+    if acted.note:
+        parts.append(acted.note)
+    parts.append(f"({report.reason})")
+    level = logging.WARNING if report.kind is Kind.UNPARSEABLE else logging.INFO
+    log.log(level, "; ".join(parts[:-1]) + " " + parts[-1], extra={"event": report.as_json("-")})
