@@ -5,6 +5,11 @@ can look at exactly what left the relay. The envelope is prepended as
 ``Return-Path:`` and ``X-Sink-Rcpt-To:`` headers (like a delivery agent adds
 Return-Path), which keeps one file per message.
 
+A recipient whose local part starts with REFUSE_PREFIX (``refuse-550-``) is
+answered ``550 5.1.1`` at RCPT, as a remote server refuses an unknown user,
+so that tests see the DSN the relay's own Postfix makes of it; every other
+recipient is accepted.
+
 Run: ``python -m testbed.sink --host 127.0.0.1 --port N --maildir DIR --pidfile F``
 """
 
@@ -27,6 +32,7 @@ from testbed.proc import write_pidfile
 # Temp files live in a subfolder of the maildir, so a rename is atomic and a
 # reader listing ``*.eml`` never sees a half-written message.
 TMP_SUBDIR = ".tmp"
+REFUSE_PREFIX = "refuse-550-"
 
 
 class MaildirHandler:
@@ -37,6 +43,19 @@ class MaildirHandler:
         self.tmpdir = maildir / TMP_SUBDIR
         self.tmpdir.mkdir(parents=True, exist_ok=True)
         self._counter = itertools.count(1)
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if address.lower().startswith(REFUSE_PREFIX):
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown (sink)"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.store(envelope.mail_from or "", list(envelope.rcpt_tos), _content_bytes(envelope))

@@ -7,9 +7,11 @@ With ``Stack(unsubscribe=True)`` (the demo and the end-to-end tests):
   tenants, signing with the test key ``testbed/dkim/test-rsa2048`` whose public
   half the test DNS publishes as ``test2048._domainkey.<domain>``;
 - Postfix gets the intake of ``postfix-sample/main.cf.intake`` and
-  ``master.cf.intake`` (the pipe service runs ``aup-milter intake``), plus a
-  listener without the milter on INTAKE_PORT, as the sample recommends for
-  the intake domain's MX;
+  ``master.cf.intake`` (the pipe services run ``aup-milter intake``, and
+  ``aup-milter intake --reports`` for REPORT_ADDRESS and BOUNCE_ADDRESS, which
+  receives Postfix's own bounce and delay notices), plus a listener without
+  the milter on INTAKE_PORT, as the sample recommends for the intake
+  domain's MX;
 - the secrets and keys are files of the intake's user (pipe never runs
   commands as root): ``nobody`` here, the package's ``aup-milter`` account
   in production;
@@ -49,9 +51,22 @@ UNSUB_LOCAL = "unsubscribe"
 SIGNING_SELECTOR = "test2048"
 SIGNING_KEY = "test-rsa2048"
 SIGNED_TENANTS = {"acme": "acme.example", "globex": "globex.example"}
-# main.cf.intake settings the testbed takes; bounce notices (notify_classes) are
-# the complaint/bounce intake's business and would add noise to every test.
-MAIN_SETTINGS = ("relay_domains", "transport_maps", "_destination_recipient_limit", "_time_limit")
+# main.cf.intake settings the testbed takes: all but error_notice_recipient
+# (postmaster has no mailbox here). The bounce and delay notices go to the
+# report intake, as in production.
+MAIN_SETTINGS = (
+    "relay_domains",
+    "transport_maps",
+    "_destination_recipient_limit",
+    "_time_limit",
+    "notify_classes",
+    "bounce_notice_recipient",
+    "delay_notice_recipient",
+)
+SERVICES = ("aup-intake", "aup-reports")
+"""The pipe services of master.cf.intake, each running SAMPLE_COMMAND."""
+REPORT_ADDRESS = f"reports@{UNSUB_DOMAIN}"
+BOUNCE_ADDRESS = f"bounces@{UNSUB_DOMAIN}"
 
 
 def secrets_path(run_dir: Path) -> Path:
@@ -157,13 +172,16 @@ def transport_lines() -> str:
 def master_cf_lines(config: Path, intake_port: int) -> list[str]:
     """The sample's pipe service running this checkout's intake, and a milter-free listener."""
     text = MASTER_SAMPLE.read_text()
-    service = re.search(r"^aup-intake\s.*\n(?:[ \t]+\S.*\n)*", text, re.MULTILINE)
-    if service is None or SAMPLE_COMMAND not in service.group(0):
-        raise ValueError(f"{MASTER_SAMPLE}: no aup-intake pipe service running {SAMPLE_COMMAND}")
     # The environment has this checkout installed in editable mode: no PYTHONPATH.
     command = f"{intake_python()} -m aupmilter"
-    block = service.group(0).replace(SAMPLE_COMMAND, command)
-    block = block.replace(SAMPLE_CONFIG, str(config)).replace(SAMPLE_USER, f"user={INTAKE_USER}")
+    blocks = []
+    for name in SERVICES:
+        service = re.search(rf"^{name}\s.*\n(?:[ \t]+\S.*\n)*", text, re.MULTILINE)
+        if service is None or SAMPLE_COMMAND not in service.group(0):
+            raise ValueError(f"{MASTER_SAMPLE}: no {name} pipe service running {SAMPLE_COMMAND}")
+        block = service.group(0).replace(SAMPLE_COMMAND, command)
+        block = block.replace(SAMPLE_CONFIG, str(config))
+        blocks.append(block.replace(SAMPLE_USER, f"user={INTAKE_USER}").rstrip("\n"))
     # The sample's chroot column is n already; the testbed never chroots.
     listener = (
         f"127.0.0.1:{intake_port} inet n - n - - smtpd\n"
@@ -172,4 +190,4 @@ def master_cf_lines(config: Path, intake_port: int) -> list[str]:
         "  -o smtpd_sasl_auth_enable=no\n"
         "  -o smtpd_relay_restrictions=reject_unauth_destination\n"
     )
-    return [block.rstrip("\n"), listener.rstrip("\n")]
+    return [*blocks, listener.rstrip("\n")]

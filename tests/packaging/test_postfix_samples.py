@@ -134,10 +134,28 @@ def test_intake_domain_is_routed_to_the_pipe_service(merged: Checked) -> None:
     assert merged.postconf("-h", "aup-intake_destination_recipient_limit").strip() == "1"
 
 
-def test_bounce_notices_go_to_the_intake_domain(merged: Checked) -> None:
+def test_bounce_notices_go_to_the_report_intake(merged: Checked) -> None:
     domain = merged.postconf("-h", "relay_domains").strip()
-    assert "bounce" in merged.postconf("-h", "notify_classes")
-    assert merged.postconf("-h", "bounce_notice_recipient").strip().endswith("@" + domain)
+    classes = merged.postconf("-h", "notify_classes")
+    assert "bounce" in classes and "delay" in classes
+    transport_map = merged.postconf("-xh", "transport_maps").strip()
+    for name in ("bounce_notice_recipient", "delay_notice_recipient"):
+        recipient = merged.postconf("-h", name).strip()
+        assert recipient.endswith("@" + domain)
+        route = _run(["postmap", "-c", str(merged.config_dir), "-q", recipient, transport_map])
+        assert route.stdout.strip() == "aup-reports:", (name, route.stderr)
+
+
+def test_report_address_is_routed_to_the_report_service(merged: Checked) -> None:
+    domain = merged.postconf("-h", "relay_domains").strip()
+    transport_map = merged.postconf("-xh", "transport_maps").strip()
+    query = ["postmap", "-c", str(merged.config_dir), "-q", f"reports@{domain}", transport_map]
+    route = _run(query)
+    assert route.stdout.strip() == "aup-reports:", route.stderr
+    service = merged.postconf("-M", "aup-reports/unix")
+    assert re.search(r"\bpipe\b", service) and "user=aup-milter" in service, service
+    assert "aup-milter intake --reports -c /etc/aup-milter/aup-milter.toml" in service
+    assert merged.postconf("-h", "aup-reports_destination_recipient_limit").strip() == "1"
 
 
 def test_chroot_variant_is_valid_on_debians_chrooted_smtpd(tmp_path: Path) -> None:
