@@ -4,16 +4,20 @@ A complaint (ARF) about a message the relay delivered is mailed to the
 report address through the intake listener, as a feedback loop does; the
 relay's own bounce of a recipient the next hop refuses reaches the intake as
 Postfix's postmaster copy (postfix-sample/main.cf.intake). Either way the
-tenant's next message to that address is refused.
+tenant's next message to that address is refused; complaints past the
+plan's threshold suspend the tenant, and its next message is held.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from aupmilter.policy.reputation import ReputationPlan
+from aupmilter.store import keys
 from testbed import Stack
 from testbed.client import ClientFactory, SmtpClient, make_message
 from testbed.proc import wait_until
@@ -139,3 +143,43 @@ def test_the_relay_s_own_bounce_suppresses_the_refused_recipient(
         on_timeout=lambda: fresh.postfix_log()[-3000:],
     )
     refused_next(client, reader)
+
+
+def test_complaints_past_the_threshold_suspend_and_the_next_message_is_held(
+    fresh: Stack, connect: ClientFactory
+) -> None:
+    window = ReputationPlan().counter(keys.RATE_DELIVERED)
+    delivered = keys.rate_counter("acme", keys.RATE_DELIVERED, window.period_ms)
+    complaints = keys.rate_counter("acme", "complaints", window.period_ms)
+    fresh.redis_cli("DEL", delivered, complaints)
+    # 997 recipients delivered earlier this week; the three messages below make 1000.
+    bucket = int(time.time() * 1000) // window.bucket_ms
+    fresh.redis_cli("HINCRBY", delivered, str(bucket), "997")
+    try:
+        client = connect("acme")
+        readers = [f"reader{i}@example.net" for i in range(3)]
+        originals = [send_bulk(client, fresh, reader) for reader in readers]
+        assert fresh.redis_cli("HGET", delivered, str(bucket)) == "1000"
+        with SmtpClient(fresh.host, fresh.intake_port) as provider:
+            for original in originals:
+                report = feedback_report(original)
+                outcome = provider.send("fbl@provider.example", [REPORT_ADDRESS], report)
+                assert outcome.accepted, outcome
+        wait_until(
+            lambda: fresh.redis_cli("HGET", "aup:tenant:acme", "status") == "suspended",
+            timeout=60,
+            interval=0.2,
+            what="three complaints in 1000 delivered recipients to suspend acme",
+            on_timeout=lambda: fresh.postfix_log()[-3000:],
+        )
+        reason = fresh.redis_cli("HGET", "aup:tenant:acme", "reason")
+        assert reason.startswith("automatic suspension: complaint rate 0.30 % (3 complaints"), (
+            reason
+        )
+        message, token = make_message(SENDER, ["newcomer@example.net"], subject="Spring news")
+        outcome = client.send(SENDER, ["newcomer@example.net"], message)
+        assert outcome.accepted and outcome.queue_id, outcome
+        fresh.wait_for_queue(outcome.queue_id, "hold")
+        assert fresh.find_sink_message(token) is None
+    finally:
+        fresh.redis_cli("DEL", delivered, complaints)

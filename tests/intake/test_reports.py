@@ -17,6 +17,8 @@ import pytest
 import redis
 
 from aupmilter.config import load_config
+from aupmilter.policy.reputation import ReputationPlan
+from aupmilter.store import keys
 from aupmilter.store.suppression import SuppressionStore
 from aupmilter.store.tenants import TenantAdmin
 from aupmilter.unsubscribe.report_intake import Acted, process_report
@@ -264,3 +266,85 @@ def test_a_report_is_not_an_unsubscribe(config: Path, tenants: redis.Redis) -> N
     done = subprocess.run(argv, input=raw, capture_output=True, env=child_env(), timeout=60)
     assert done.returncode in (64, 67), done.stderr
     assert tenants.exists(ACME) == 0
+
+
+WEEK = 7 * 86_400
+
+
+def delivered(client: redis.Redis, tenant: str, count: int) -> None:
+    """The delivered recipients the end-of-message script would have charged by now."""
+    window = ReputationPlan().counter(keys.RATE_DELIVERED)
+    bucket = int(time.time() * 1000) // window.bucket_ms
+    client.hset(
+        keys.rate_counter(tenant, keys.RATE_DELIVERED, window.period_ms), str(bucket), count
+    )
+
+
+def test_complaints_past_the_threshold_suspend_with_the_figures(
+    config: Path, tenants: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    delivered(tenants, "acme", 1000)
+    raw = sample("arf-yahoo-complainer-in-to.eml", tenants)
+    for _ in range(2):
+        acted = act(config, tenants, raw)
+        assert acted.rate.endswith(": review"), acted.rate
+    assert tenants.hget("aup:tenant:acme", "status") == "active"
+    with caplog.at_level("WARNING", logger="aupmilter.reports.intake"):
+        acted = act(config, tenants, raw)
+    assert acted.rate.endswith(": suspended"), acted.rate
+    fields = tenants.hgetall("aup:tenant:acme")
+    assert fields["status"] == "suspended"
+    assert fields["reason"] == (
+        "automatic suspension: complaint rate 0.30 % (3 complaints / 1000 delivered"
+        " recipients; review 0.10 %, suspend 0.30 %, from 1000 delivered)"
+    )
+    assert fields["auto_suspended_at"] == fields["updated_at"]
+    assert "suspended automatically" in caplog.text
+    events = [f["event"] for _id, f in audit(tenants)]
+    assert events.count("auto-review") == 2 and events[-1] == "auto-suspend"
+    # Suspended: further complaints suppress but are not counted, nothing else fires.
+    acted = act(config, tenants, raw)
+    assert acted.rate == "complaints not counted: tenant is suspended"
+    assert [f["event"] for _id, f in audit(tenants)][-1] == "suppress"
+
+
+def test_a_lifted_suspension_does_not_fire_again_on_the_same_evidence(
+    config: Path, tenants: redis.Redis
+) -> None:
+    delivered(tenants, "acme", 1000)
+    raw = sample("arf-yahoo-complainer-in-to.eml", tenants)
+    for _ in range(3):
+        act(config, tenants, raw)
+    assert tenants.hget("aup:tenant:acme", "status") == "suspended"
+    TenantAdmin(tenants).set_status("acme", "active", "investigated: a bought list, cleaned")
+    acted = act(config, tenants, raw)
+    assert acted.rate.startswith("complaint rate 0.10 % (1 complaints"), acted.rate
+    assert tenants.hget("aup:tenant:acme", "status") == "active"
+
+
+def test_complaints_below_the_minimum_volume_do_not_suspend(
+    config: Path, tenants: redis.Redis
+) -> None:
+    delivered(tenants, "acme", 999)
+    raw = sample("arf-yahoo-complainer-in-to.eml", tenants)
+    for _ in range(5):
+        acted = act(config, tenants, raw)
+    assert acted.rate.endswith("below the minimum volume of 1000"), acted.rate
+    assert tenants.hget("aup:tenant:acme", "status") == "active"
+    assert [f["event"] for _id, f in audit(tenants)] == ["suppress"] * 5
+
+
+def test_bounce_rate_review_logs_a_warning_and_an_audit_event(
+    config: Path, tenants: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    delivered(tenants, "acme", 200)
+    raw = sample("dsn-postfix-550-user-unknown.eml", tenants)
+    with caplog.at_level("WARNING", logger="aupmilter.reports.intake"):
+        for _ in range(10):
+            acted = act(config, tenants, raw)
+    assert acted.rate.startswith("bounce rate 5.00 % (10 bounces / 200"), acted.rate
+    assert acted.rate.endswith(": review")
+    assert "tenant acme needs review: bounce rate 5.00 %" in caplog.text
+    [review] = [f for _id, f in audit(tenants) if f["event"] == "auto-review"]
+    assert (review["measure"], review["events"], review["delivered"]) == ("bounces", "10", "200")
+    assert tenants.hget("aup:tenant:acme", "status") == "active"

@@ -136,6 +136,9 @@ def test_cli_round_trip(redis_server: RedisServer, redis_client: redis.Redis) ->
     table = cli(*base, "list").stdout.splitlines()
     assert table[0].split() == ["ID", "STATUS", "PLAN", "LOGINS", "DOMAINS", "UPDATED", "REASON"]
     assert table[1].split()[:5] == ["acme", "suspended", "standard", "acme", "acme.example"]
+    shown_text = cli(*base, "show", "acme").stdout.splitlines()
+    assert shown_text[2].startswith("complaint rate 0.00 % (0 complaints / 0 delivered")
+    assert shown_text[3].startswith("bounce rate 0.00 % (0 bounces / 0 delivered")
     assert cli(*base, "remove", "globex").stdout.strip() == "removed tenant globex"
     missing = cli(*base, "show", "globex", check=False)
     assert missing.returncode == 1 and "no tenant 'globex'" in missing.stderr

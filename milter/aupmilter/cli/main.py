@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from aupmilter import __version__
 from aupmilter.config import DEFAULT_CONFIG_PATH, Config, ConfigError, RedisSettings, load_config
@@ -205,7 +205,10 @@ def cmd_tenant(args: argparse.Namespace) -> int:
             )
             _print_tenants([info], args.json, single=True)
         elif args.action == "show":
-            _print_tenants([admin.show(args.tenant_id)], args.json, single=True)
+            info = admin.show(args.tenant_id)
+            _print_tenants([info], args.json, single=True)
+            if not args.json:
+                _print_rates(client, info, config)
         elif args.action == "list":
             _print_tenants(admin.list(), args.json, single=False)
         elif args.action == "set-status":
@@ -250,6 +253,21 @@ def _print_tenants(tenants: Sequence[TenantInfo], as_json: bool, single: bool) -
                 str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
             ).rstrip()
         )
+
+
+def _print_rates(client: Any, info: TenantInfo, config: Config | None) -> None:
+    """The complaint and bounce rates with their thresholds: two reads, nothing counted."""
+    from aupmilter.policy.reputation import Measure, ReputationPlan, decide
+    from aupmilter.store.reputation import ReputationCounters
+
+    plan = config.plans.get(info.plan or "") if config is not None else None
+    reputation = plan.reputation if plan is not None else ReputationPlan()
+    counters = ReputationCounters(client)
+    now = time.time()
+    for measure in Measure:
+        counts = counters.count(info.tenant_id, measure, 0, reputation, now)
+        decision = decide(measure, counts.events, counts.delivered, reputation, "active")
+        print(decision.figures)
 
 
 def _timestamp(value: str) -> str:

@@ -18,6 +18,7 @@ from aupmilter.config.loader import (
     choice,
     domain_set,
     integer,
+    number,
     patterns,
     read_toml,
     string,
@@ -25,6 +26,7 @@ from aupmilter.config.loader import (
 from aupmilter.policy.findings import DEFAULT_MODES, AlignmentMode, Check, Mode, PlanChecks
 from aupmilter.policy.limits import Limits, Scope, Unit, Window
 from aupmilter.policy.plans import BouncePlan, Plan, UnsubscribePlan
+from aupmilter.policy.reputation import Measure, ReputationPlan, Thresholds
 
 PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 WINDOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -117,6 +119,7 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
     )
     unsubscribe_plan = read_plan_unsubscribe(section)
     bounce_plan = read_plan_bounces(section)
+    reputation = read_plan_reputation(section)
     section.reject_unknown()
     return Plan(
         name=name,
@@ -126,6 +129,7 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
         checks=checks,
         unsubscribe=unsubscribe_plan,
         bounces=bounce_plan,
+        reputation=reputation,
     )
 
 
@@ -273,3 +277,45 @@ def read_plan_bounces(section: Section) -> BouncePlan:
         integer(3600, MAX_PERIOD_SECONDS),
     )
     return BouncePlan(soft_bounces_to_suppress=count, soft_bounce_window=window)
+
+
+PERCENT_FORM = "a percentage from 0.0001 to 100 (0.3 means 0.3 %)"
+
+
+def read_plan_reputation(section: Section) -> ReputationPlan:
+    """The complaint and bounce rates' keys of one [plan.NAME] table.
+
+    Percentages become parts per million, so the decision compares integers;
+    a review threshold above the suspend threshold is a problem, not a silent swap.
+    """
+    defaults = ReputationPlan()
+    period = section.get(
+        "rate_period",
+        defaults.period,
+        "seconds from 86400 (1 day) to 2678400 (31 days)",
+        integer(86_400, MAX_PERIOD_SECONDS),
+    )
+    measures: dict[Measure, Thresholds] = {}
+    for measure, prefix in ((Measure.COMPLAINTS, "complaint"), (Measure.BOUNCES, "bounce")):
+        base = defaults.thresholds(measure)
+        minimum = section.get(
+            f"{prefix}_min_delivered",
+            base.min_delivered,
+            "a whole number of delivered recipients from 1 to 100000000",
+            integer(1, 100_000_000),
+        )
+        review, suspend = (
+            section.get(
+                f"{prefix}_{name}",
+                default / 10_000,
+                PERCENT_FORM,
+                number(0.0001, 100.0),
+            )
+            for name, default in (("review", base.review_ppm), ("suspend", base.suspend_ppm))
+        )
+        if review > suspend:
+            section.fail(f"{prefix}_review", f"at most {prefix}_suspend ({suspend})", review)
+        measures[measure] = Thresholds(minimum, round(review * 10_000), round(suspend * 10_000))
+    return ReputationPlan(
+        period=period, complaints=measures[Measure.COMPLAINTS], bounces=measures[Measure.BOUNCES]
+    )

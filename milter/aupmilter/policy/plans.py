@@ -14,6 +14,7 @@ from typing import Literal
 
 from aupmilter.policy.findings import PlanChecks
 from aupmilter.policy.limits import Limits
+from aupmilter.policy.reputation import ReputationPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class Plan:
     checks: PlanChecks = field(default_factory=PlanChecks)
     unsubscribe: UnsubscribePlan = field(default_factory=UnsubscribePlan)
     bounces: BouncePlan = field(default_factory=BouncePlan)
+    reputation: ReputationPlan = field(default_factory=ReputationPlan)
 
 
 @dataclass(frozen=True, slots=True)

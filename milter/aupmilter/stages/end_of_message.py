@@ -10,8 +10,9 @@ the actions saved so far are not applied: a refused message changes nothing).
 2. unsubscribe compliance: bulk mail with broken unsubscribe headers on a
    plan that rejects them is refused before any charge;
 3. charge: the one end-of-message script (suppression of the recipients, the
-   windows' atomic re-check and charge, the content fingerprint's counter,
-   the references behind the message's unsubscribe links);
+   windows' atomic re-check and charge, the delivered-recipients counter of
+   the complaint and bounce rates, the content fingerprint's counter, the
+   references behind the message's unsubscribe links);
 4. header edits: the unsubscribe decision over the recipients left, and the
    fields the milter adds (Message-ID, List-Unsubscribe pair, Feedback-ID);
    the deletions first, so their indexes count the message's own fields;
@@ -131,6 +132,13 @@ def _charge(txn: Transaction, draft: Draft) -> None:
         return
     references: ReferenceWrite | None = None
     counters = []
+    if txn.plan is not None and draft.verdict.action is not Action.QUARANTINE:
+        # The complaint and bounce rates' denominator, in the same script call;
+        # held mail is not delivered (yet), so it does not dilute the rates.
+        delivered = txn.plan.reputation.counter(keys.RATE_DELIVERED)
+        delivered_key = keys.rate_counter(gate.tenant, keys.RATE_DELIVERED, delivered.period_ms)
+        counters.append((delivered_key, delivered))
+    fingerprinted = False
     if listmail is not None:
         added = (HeaderField.added(a.name, a.value) for a in draft.added)
         message_id = message_id_of([*draft.headers, *added]) or txn.queue_id or txn.conn_id
@@ -143,6 +151,7 @@ def _charge(txn: Transaction, draft: Draft) -> None:
             draft.fingerprint = fingerprint
             key = keys.fingerprint_counter(gate.tenant, fingerprint, window.period_ms)
             counters.append((key, window))
+            fingerprinted = True
     now_ms = int(draft.now * 1000)
     try:
         result = runtime.store.charge(
@@ -172,7 +181,7 @@ def _charge(txn: Transaction, draft: Draft) -> None:
         reply = replies.recipients_unsubscribed(tenant)
         draft.verdict = Verdict.refuse(reply, "every recipient has unsubscribed", tenant)
         return
-    if counters:
+    if fingerprinted:
         txn.fingerprint_recipients = result.fills[-1]
     gone = set(result.suppressed)
     draft.remaining = [key for key in gate.accepted if key not in gone]

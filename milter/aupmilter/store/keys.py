@@ -22,6 +22,8 @@ created_at, updated_at      Unix seconds, written by `aup-milter tenant`
 allowed_domains             extra Reply-To/Sender domains, separated by spaces or commas
 max_recipients_per_message  the tenant's own recipient cap, in place of the plan's
 window.<name>               the tenant's own limit for the plan's window <name>
+auto_suspended_at           Unix seconds of the last automatic suspension (complaint or
+                            bounce rate); kept when ops lift it, for the record
 
 Keys written per transaction carry the tenant id as a Redis Cluster hash tag,
 so one script's keys always live on one slot:
@@ -36,6 +38,10 @@ aup:{<id>}:soft:<address>                    string: soft bounces of the address
                                              by the report intake; expires the plan's
                                              soft_bounce_window after the first
 aup:{<id>}:delayed:<address>                 string: delay notices of the address, the same way
+aup:{<id>}:rate:<measure>:<period_ms>        hash: the plan's rolling rate counters, bucketed
+                                             as windows: delivered recipients (charged at end
+                                             of message), complaints and bounces (counted by
+                                             the report intake; reset at an automatic suspension)
 
 Not per tenant (the unsubscribe service learns the tenant from it):
 
@@ -69,6 +75,7 @@ FIELD_CREATED_AT = "created_at"
 FIELD_UPDATED_AT = "updated_at"
 FIELD_ALLOWED_DOMAINS = "allowed_domains"
 FIELD_MAX_RECIPIENTS = "max_recipients_per_message"
+FIELD_AUTO_SUSPENDED_AT = "auto_suspended_at"
 FIELD_WINDOW_PREFIX = "window."
 """``window.<name>`` overrides the limit of the plan's window ``<name>``."""
 
@@ -144,3 +151,11 @@ def soft_bounces(tenant_id: str, address: str) -> str:
 
 def delays(tenant_id: str, address: str) -> str:
     return tagged(tenant_id) + f"delayed:{address}"
+
+
+RATE_DELIVERED = "delivered"
+"""The rate counters' denominator; the numerators are named by policy.reputation.Measure."""
+
+
+def rate_counter(tenant_id: str, measure: str, period_ms: int) -> str:
+    return tagged(tenant_id) + f"rate:{measure}:{period_ms}"

@@ -11,6 +11,11 @@ classify -c` does, and then:
   soft-bounce,   the temporary failures and the delays counted per tenant and address
   delayed        (store/bounces.py); the plan's `soft_bounces_to_suppress` soft bounces
                  of one address within its `soft_bounce_window` suppress it, source bounce
+  complaint,     then counted into the tenant's rolling complaint or bounce rate
+  hard-bounce    (store/reputation.py, policy/reputation.py): past the plan's review
+                 threshold a log warning and an audit event (auto-review), past its
+                 suspend threshold the tenant suspended with the figures as its reason
+                 (auto-suspend); only while the tenant is active
   not-a-report   nothing changed
   unparseable    nothing changed
   tenant unknown nothing changed (also when the evidence names no tenant of this relay)
@@ -32,14 +37,18 @@ import redis
 
 from aupmilter.config import Config
 from aupmilter.policy.plans import BouncePlan
+from aupmilter.policy.reputation import Action, Measure, ReputationPlan, decide
+from aupmilter.policy.tenancy import TenantStatus
 from aupmilter.reports.model import Kind, Report
 from aupmilter.store import keys
 from aupmilter.store.bounces import BounceCounters
+from aupmilter.store.reputation import ReputationCounters
 from aupmilter.store.suppression import Source, SuppressionStore
 
 log = logging.getLogger("aupmilter.reports.intake")
 
 SOURCES = {Kind.COMPLAINT: Source.COMPLAINT, Kind.HARD_BOUNCE: Source.BOUNCE}
+MEASURES = {Kind.COMPLAINT: Measure.COMPLAINTS, Kind.HARD_BOUNCE: Measure.BOUNCES}
 MAX_DETAIL = 200
 """Of the report's reason, kept with each suppression's audit event."""
 
@@ -57,6 +66,8 @@ class Acted:
     """`address soft N/LIMIT` or `address delayed N`, for the log line."""
     note: str = ""
     """Why nothing was done, when nothing was."""
+    rate: str = ""
+    """The rate counted and what it led to, when the report counts towards one."""
 
 
 def process_report(
@@ -89,11 +100,14 @@ def _act(report: Report, config: Config, client: redis.Redis, now: float) -> Act
         return Acted(report, note="names no one to suppress or count")
     if report.tenant is None:
         return Acted(report, note="tenant unknown: nothing suppressed")
-    plan_name = client.hget(keys.tenant(report.tenant), keys.FIELD_PLAN)
+    plan_name, status = client.hmget(
+        keys.tenant(report.tenant), [keys.FIELD_PLAN, keys.FIELD_STATUS]
+    )
     if plan_name is None:
         return Acted(report, note=f"{report.tenant} is not a tenant here: nothing suppressed")
     plan = config.plans.get(str(plan_name))
     bounces = plan.bounces if plan is not None else BouncePlan()
+    reputation = plan.reputation if plan is not None else ReputationPlan()
     detail = report.reason[:MAX_DETAIL]
     store = SuppressionStore(client)
     suppressed: list[str] = []
@@ -115,7 +129,45 @@ def _act(report: Report, config: Config, client: redis.Redis, now: float) -> Act
         suppressed += [o.suppression.address for o in outcomes if o.added]
         counters.forget(report.tenant, hardened)
     note = "" if suppressed else "nothing new suppressed"
-    return Acted(report, tuple(suppressed), tuple(counted), note)
+    rate = _rate(report, str(status), reputation, client, now)
+    return Acted(report, tuple(suppressed), tuple(counted), note, rate)
+
+
+def _rate(
+    report: Report, status: str, plan: ReputationPlan, client: redis.Redis, now: float
+) -> str:
+    """Count the report into its rate and take the action the plan's thresholds call for.
+
+    Only an active tenant's reports are counted: those received while it is
+    suspended concern mail sent before, the evidence ops are looking at, and
+    the counters are reset at the suspension; so after a lift the rate counts
+    only what came in since, and the same evidence cannot suspend it again.
+    """
+    measure = MEASURES.get(report.kind)
+    if measure is None or not report.suppress or report.tenant is None:
+        return ""
+    if status != TenantStatus.ACTIVE.value:
+        return f"{measure.value} not counted: tenant is {status}"
+    tenant = report.tenant
+    counters = ReputationCounters(client)
+    counts = counters.count(tenant, measure, len(report.suppress), plan, now)
+    decision = decide(measure, counts.events, counts.delivered, plan, status)
+    if decision.action is Action.SUSPEND:
+        if counters.suspend(tenant, decision, plan, now):
+            fields = counters.audit(tenant, "auto-suspend", decision, now)
+            log.warning(
+                "tenant %s suspended automatically: %s",
+                tenant,
+                decision.figures,
+                extra={"event": fields},
+            )
+            return f"{decision.figures}: suspended"
+        return f"{decision.figures}: not suspended, the tenant is no longer active"
+    if decision.action is Action.REVIEW:
+        fields = counters.audit(tenant, "auto-review", decision, now)
+        log.warning("tenant %s needs review: %s", tenant, decision.figures, extra={"event": fields})
+        return f"{decision.figures}: review"
+    return f"{decision.figures}: {decision.why}"
 
 
 def _log(acted: Acted) -> None:
@@ -127,6 +179,8 @@ def _log(acted: Acted) -> None:
         parts.append("counted " + ", ".join(acted.counted))
     if acted.note:
         parts.append(acted.note)
+    if acted.rate:
+        parts.append(acted.rate)
     parts.append(f"({report.reason})")
     level = logging.WARNING if report.kind is Kind.UNPARSEABLE else logging.INFO
     log.log(level, "; ".join(parts[:-1]) + " " + parts[-1], extra={"event": report.as_json("-")})

@@ -7,7 +7,10 @@
 -- overshoot a window, and a refused message charges nothing.
 --
 -- KEYS[1]     the tenant's suppression hash (aup:{<id>}:suppressed)
--- KEYS[2..W+1] the window hashes (aup:{<id>}:w:...), all with the same tag
+-- KEYS[2..W+1] the window hashes (aup:{<id>}:w:...), all with the same tag;
+--             the count-only ones come last: the tenant's delivered recipients
+--             for the complaint and bounce rates (aup:{<id>}:rate:delivered:...),
+--             then the content fingerprint's (aup:{<id>}:fp:...), when counted
 -- KEYS[W+2..W+1+R] unsubscribe references to store once charged
 --             (aup:unsubref:<ref>); R is 0 for mail that gets no relay link
 -- ARGV[1]     now, in milliseconds since the epoch
@@ -30,6 +33,10 @@
 --             {0, index, pairs}       window `index` (1-based) has no room:
 --                                     nothing charged; pairs = its fill as
 --                                     {used, index1, count1, ...}
+--
+-- A count-only window of unit "r" is charged the delivered recipients (those
+-- left after suppression): that is the rates' denominator, at 3 commands per
+-- message (HGETALL, HINCRBY, PEXPIRE; an HDEL when a bucket went stale).
 --
 -- Window hashes map bucket index (floor(now / bucket length)) to a count; the
 -- fill is the current bucket plus the `buckets` before it. Stale buckets are
