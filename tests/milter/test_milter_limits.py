@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import redis
 
+from aupmilter.policy.reputation import ReputationPlan
 from aupmilter.store import keys
 from tests.milter.harness import Daemon, Tenants
 from tests.milter.mta import Kind
@@ -84,3 +85,27 @@ def test_two_redis_round_trips_per_transaction_whatever_the_recipients(
     for count in (1, 50):
         sent = client_commands(shared_redis, lambda count=count: transaction(count))  # type: ignore[misc]
         assert [c.split()[0] for c in sent] == ["EVALSHA", "EVALSHA"], (count, sent)
+
+
+def delivered_count(redis_db: redis.Redis, tenant: str) -> int:
+    window = ReputationPlan().counter(keys.RATE_DELIVERED)
+    counter = keys.rate_counter(tenant, keys.RATE_DELIVERED, window.period_ms)
+    return sum(int(n) for n in redis_db.hvals(counter))
+
+
+def test_delivered_recipients_are_counted_for_the_rates_in_the_same_call(
+    daemon: Daemon, acme: str, redis_db: redis.Redis, tenants: Tenants
+) -> None:
+    redis_db.hset(keys.suppressed("acme"), "gone@d.example", "manual 1")
+    with daemon.client() as client:
+        sent = client.send_message(
+            "a@acme.example", ["1@d.example", "2@d.example", "gone@d.example"], auth_login="acme"
+        )
+        assert sent.eom is not None and sent.eom.response.kind is Kind.CONTINUE
+    assert delivered_count(redis_db, "acme") == 2, "suppressed recipients are not delivered"
+    # Held mail is not delivered: it does not dilute the complaint and bounce rates.
+    tenants.set_status("acme", "suspended", reason="ops")
+    with daemon.client() as client:
+        held = client.send_message("a@acme.example", ["3@d.example"], auth_login="acme")
+        assert held.eom is not None and held.eom.response.kind is Kind.CONTINUE
+    assert delivered_count(redis_db, "acme") == 2

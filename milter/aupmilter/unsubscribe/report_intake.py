@@ -76,7 +76,9 @@ def process_report(
     """Classify and act; StoreDown when Redis fails.
 
     A retry after a failure half way repeats no harm: suppressions are
-    idempotent (the first record is kept); a soft bounce may be counted twice.
+    idempotent (the first record is kept); a soft bounce, a complaint or a
+    hard bounce may be counted twice, which errs towards review, never by more
+    than the one report.
     """
     from aupmilter.cli.report import StoreReader, lookup_for
     from aupmilter.reports.classify import classify_bytes
