@@ -12,6 +12,7 @@ import shutil
 import time
 from email.utils import formatdate
 from pathlib import Path
+from typing import Any
 
 import dkim
 import pytest
@@ -58,12 +59,12 @@ def setup_dir(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def daemon(start_daemon: StartDaemon, setup_dir: Path) -> Daemon:
-    return start_daemon(
-        policy={"plans_dir": str(setup_dir / "policies")},
-        unsubscribe=unsubscribe_settings(setup_dir),
-        dkim={
+def list_mail_settings(setup_dir: Path) -> dict[str, Any]:
+    """The daemon's plans, unsubscribe service and acme's signing identity."""
+    return {
+        "policy": {"plans_dir": str(setup_dir / "policies")},
+        "unsubscribe": unsubscribe_settings(setup_dir),
+        "dkim": {
             "tenant": {
                 "acme": {
                     "domain": "acme.example",
@@ -72,7 +73,12 @@ def daemon(start_daemon: StartDaemon, setup_dir: Path) -> Daemon:
                 }
             }
         },
-    )
+    }
+
+
+@pytest.fixture
+def daemon(start_daemon: StartDaemon, setup_dir: Path) -> Daemon:
+    return start_daemon(**list_mail_settings(setup_dir))
 
 
 def message_headers(recipients: list[str], *extra: tuple[str, str]) -> list[tuple[str, str]]:
@@ -294,20 +300,7 @@ CONTENT_STAMP = re.compile(r"^(?P<campaign>[0-9a-f]{12}):acme:bulk:relay1$")
 @pytest.fixture
 def stamping(start_daemon: StartDaemon, setup_dir: Path) -> Daemon:
     """The list-mail daemon with `[feedback_id]` configured."""
-    return start_daemon(
-        policy={"plans_dir": str(setup_dir / "policies")},
-        unsubscribe=unsubscribe_settings(setup_dir),
-        dkim={
-            "tenant": {
-                "acme": {
-                    "domain": "acme.example",
-                    "selector": "test2048",
-                    "key_file": str(setup_dir / "acme.key"),
-                }
-            }
-        },
-        feedback_id={"relay_id": RELAY_ID},
-    )
+    return start_daemon(**list_mail_settings(setup_dir), feedback_id={"relay_id": RELAY_ID})
 
 
 def feedback_ids(message: bytes) -> list[bytes]:

@@ -21,16 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aupmilter.exitcodes import EX_CONFIG, EX_NOINPUT, EX_OK
 from aupmilter.reports.mime import MAX_REPORT_BYTES
 from aupmilter.reports.model import TenantLookup
 
 if TYPE_CHECKING:
-    from aupmilter.config import Config
+    pass
 
 STDIN = "-"
 
@@ -87,6 +86,7 @@ def _store_lookup(path: Path, redis_url: str | None) -> TenantLookup | None:
     """The lookup over tokens, Feedback-ID and domains; None (reported) if the config fails."""
     from aupmilter.config import ConfigError, RedisSettings, load_config
     from aupmilter.store.client import connect
+    from aupmilter.store.report_lookup import StoreReader, lookup_for
 
     try:
         config = load_config(path)
@@ -97,77 +97,9 @@ def _store_lookup(path: Path, redis_url: str | None) -> TenantLookup | None:
     settings = config.redis
     if redis_url:
         settings = RedisSettings(redis_url, settings.connect_timeout, settings.timeout)
-    return lookup_for(config, StoreReader(connect(settings), settings.url))
+    reader = StoreReader(connect(settings), settings.url, warn=_warn)
+    return lookup_for(config, reader)
 
 
-def lookup_for(config: Config, reader: StoreReader) -> TenantLookup:
-    """Tokens (with the configuration's secrets), our Feedback-ID, then domains, through reader."""
-    from aupmilter.policy.tokens import TokenSigner
-    from aupmilter.reports.tenant import store_lookup, token_resolver
-
-    resolve_token = None
-    if config.unsubscribe is not None and config.unsubscribe.secrets:
-        signer = TokenSigner(config.unsubscribe.secrets, config.unsubscribe.token_lifetime_days)
-        resolve_token = token_resolver(signer, reader.reference, time.time())
-    shared = frozenset({config.dkim.default.domain} if config.dkim.default is not None else ())
-    relay_id = config.feedback_id.relay_id if config.feedback_id is not None else None
-    return store_lookup(
-        resolve_token=resolve_token,
-        domain_tenant=reader.domain_tenant,
-        shared_domains=shared,
-        relay_id=relay_id,
-    )
-
-
-class StoreReader:
-    """Read-only Redis look-ups that give up at the first failure, with one line on stderr.
-
-    `quiet` leaves the line to the caller, which reads `failure` (the intake
-    defers the report rather than judge it without its tenant).
-    """
-
-    def __init__(self, client: Any, url: str, quiet: bool = False) -> None:
-        self._client = client
-        self._url = url
-        self._down = False
-        self._quiet = quiet
-        self.failure: Exception | None = None
-
-    def reference(self, ref_text: str) -> str | None:
-        from aupmilter.store import keys
-
-        return self._get(keys.unsubscribe_ref(ref_text))
-
-    def domain_tenant(self, domain: str) -> str | None:
-        """The tenant of the domain or of its closest parent, as MAIL FROM looks it up."""
-        from aupmilter.policy.tenancy import normalize_domain, parent_domains
-        from aupmilter.store import keys
-
-        normal = normalize_domain(domain)
-        if normal is None:
-            return None
-        for candidate in parent_domains(normal)[:-1]:  # never a bare top-level domain
-            found = self._get(keys.domain(candidate))
-            if found:
-                return found
-        return None
-
-    def _get(self, key: str) -> str | None:
-        import redis
-
-        if self._down:
-            return None
-        try:
-            value = self._client.get(key)
-        except (redis.RedisError, OSError) as exc:
-            self._down = True
-            self.failure = exc
-            if self._quiet:
-                return None
-            print(
-                f"aup-milter report: Redis at {self._url} unavailable ({exc});"
-                " tenants from tokens and domains are not looked up",
-                file=sys.stderr,
-            )
-            return None
-        return None if value is None else str(value)
+def _warn(text: str) -> None:
+    print(f"aup-milter report: {text}", file=sys.stderr)

@@ -158,28 +158,27 @@ def process(
     try:
         claims = signer.verify(token, now)
     except InvalidToken as exc:
-        log.info("refused unsubscribe address %s: %s", address_to[:24], exc)
-        raise IntakeRefusal(
-            EX_NOUSER,
-            "this unsubscribe address is not valid (altered or expired);"
-            " use the unsubscribe link of a more recent message",
-        ) from None
+        raise _refusal(address_to, exc, "is not valid (altered or expired)") from None
     stored = store.resolve_reference(claims.ref_text)
     try:
         reference = claims.resolve(stored)
     except InvalidToken as exc:
-        log.info("refused unsubscribe address %s: %s", address_to[:24], exc)
-        raise IntakeRefusal(
-            EX_NOUSER,
-            "this unsubscribe address is not valid any more;"
-            " use the unsubscribe link of a more recent message",
-        ) from None
+        raise _refusal(address_to, exc, "is not valid any more") from None
     address = reference.address
     if claims.kind is TokenKind.MESSAGE:
         address = sender_address(headers)
     detail = f"token {claims.token[:8]} message {claims.message_tag_text}".strip()
     store.add(reference.tenant, address, Source.MAILTO, now, detail=detail)
     return address
+
+
+def _refusal(address: str, exc: InvalidToken, why: str) -> IntakeRefusal:
+    """EX_NOUSER ("user unknown" to Postfix) for a token that does not stand."""
+    log.info("refused unsubscribe address %s: %s", address[:24], exc)
+    return IntakeRefusal(
+        EX_NOUSER,
+        f"this unsubscribe address {why}; use the unsubscribe link of a more recent message",
+    )
 
 
 def main(args: argparse.Namespace, stdin: BinaryIO | None = None) -> int:

@@ -80,10 +80,10 @@ def process_report(
     hard bounce may be counted twice, which errs towards review, never by more
     than the one report.
     """
-    from aupmilter.cli.report import StoreReader, lookup_for
     from aupmilter.reports.classify import classify_bytes
+    from aupmilter.store.report_lookup import StoreReader, lookup_for
 
-    reader = StoreReader(client, config.redis.url, quiet=True)
+    reader = StoreReader(client, config.redis.url)
     report = classify_bytes(raw, lookup_for(config, reader), report_sender)
     if reader.failure is not None:
         raise StoreDown(str(reader.failure))
