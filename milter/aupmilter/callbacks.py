@@ -144,7 +144,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             now=self.clock(),
         )
         if not self.lifecycle.begin():
-            verdict = Verdict.refuse(replies.SHUTTING_DOWN, "milter is stopping")
+            verdict = Verdict.refuse(replies.SHUTTING_DOWN, "milter is stopping", rule="stopping")
             audit.record(self.conn.conn_id, txn.envelope, verdict, "mail")
             txn.close()
             return self._reply(replies.SHUTTING_DOWN)

@@ -30,7 +30,9 @@ def make_record(logger: logging.Logger, emit: object) -> logging.LogRecord:
 
 def test_verdict_line_has_every_field() -> None:
     txn = audit.Envelope(sender="a@acme.example", auth_login="acme", queue_id="4AbC", recipients=2)
-    verdict = Verdict.refuse(replies.ACCOUNT_TERMINATED, "tenant acme is terminated", "acme")
+    verdict = Verdict.refuse(
+        replies.ACCOUNT_TERMINATED, "tenant acme is terminated", "acme", rule="tenant-terminated"
+    )
     logger = logging.getLogger("aupmilter.verdict")
     record = make_record(logger, lambda: audit.record("c7", txn, verdict, "mail"))
     line = json.loads(JsonFormatter().format(record))

@@ -161,6 +161,12 @@ def decide(findings: Iterable[Finding], plan: PlanChecks, passed: Verdict) -> Ve
         reason = f"message refused by {refusal.describe()}"
         if others:
             reason += "; also " + "; ".join(others)
-        verdict = Verdict.refuse(refusal.specific_reply(), reason, passed.tenant)
+        verdict = Verdict.refuse(
+            refusal.specific_reply(),
+            reason,
+            passed.tenant,
+            rule=refusal.check.value,
+            evidence={"findings": [f.describe() for f in outcome.enforced]},
+        )
         return replace(verdict, warnings=warnings)
     return replace(passed, warnings=(*passed.warnings, *warnings))

@@ -176,16 +176,31 @@ class RecipientGate:
 
     def decide(self, recipient: str) -> Reply | None:
         """None accepts (and counts) the recipient; otherwise the reply that refuses it."""
+        refusal = self.refusal(recipient)
+        return refusal.reply if refusal is not None else None
+
+    def refusal(self, recipient: str) -> Verdict | None:
+        """As `decide`, with the rule and the numbers behind a refusal for the audit trail."""
         key = recipient_key(recipient)
         if key in self.accepted:
             return None
         taken = len(self.accepted)
-        if taken >= self.limits.max_recipients:
-            return replies.too_many_recipients(self.limits.max_recipients)
+        cap = self.limits.max_recipients
+        if taken >= cap:
+            reply = replies.too_many_recipients(cap)
+            evidence = {"cap": cap, "accepted": taken}
+            reason = f"per-message cap of {cap} recipients reached"
+            return Verdict.refuse(
+                reply, reason, self.tenant, rule="recipient-cap", evidence=evidence
+            )
         if taken >= self.room:
-            return self._window_reply(taken)
+            return self._window_refusal(taken)
         self.accepted[key] = recipient
         return None
+
+    def admit(self, recipient: str) -> None:
+        """Accept a recipient whatever the limits say (shadow mode only records the refusal)."""
+        self.accepted.setdefault(recipient_key(recipient), recipient)
 
     def no_room_reply(self, window_index: int, fill: WindowFill, now_ms: int) -> Reply:
         """The 451 for a message whose window a concurrent transaction filled meanwhile."""
@@ -194,12 +209,21 @@ class RecipientGate:
         wait = fill.seconds_until_room(window, needed, now_ms)
         return replies.window_taken(window.describe(self.sender, self.tenant), wait)
 
-    def _window_reply(self, taken: int) -> Reply:
+    def _window_refusal(self, taken: int) -> Verdict:
         for window, fill in zip(self.limits.windows, self.fills, strict=True):
             needed = taken + 1 if window.unit is Unit.RECIPIENTS else 1
             if fill.used + needed > window.limit:
                 wait = fill.seconds_until_room(window, needed, self.now_ms)
-                return replies.window_full(window.describe(self.sender, self.tenant), wait)
+                reply = replies.window_full(window.describe(self.sender, self.tenant), wait)
+                evidence = {
+                    "window": window.name,
+                    "used": fill.used,
+                    "limit": window.limit,
+                    "accepted": taken,
+                    "retry_after_s": wait,
+                }
+                reason = f"window {window.name} full: {fill.used} of {window.limit} used"
+                return Verdict.refuse(reply, reason, self.tenant, rule="window", evidence=evidence)
         raise AssertionError("room is below the cap but no window is full")
 
 
@@ -216,13 +240,16 @@ def open_gate(
     try:
         limits = with_overrides(plan_limits, overrides)
     except OverrideError as exc:
-        return Verdict.refuse(replies.ACCOUNT_MISCONFIGURED, f"tenant {tenant}: {exc}", tenant)
+        return Verdict.refuse(
+            replies.ACCOUNT_MISCONFIGURED, f"tenant {tenant}: {exc}", tenant, rule="tenant-override"
+        )
     if len(fills) != len(limits.windows):
         # The plan changed between the config snapshot and the read: when in doubt, tempfail.
         return Verdict.refuse(
             replies.ACCOUNT_MISCONFIGURED,
             f"tenant {tenant}: {len(fills)} window fills for {len(limits.windows)} windows",
             tenant,
+            rule="plan-changed",
         )
     return RecipientGate(limits, fills, sender, tenant, now_ms)
 

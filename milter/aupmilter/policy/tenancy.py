@@ -127,27 +127,43 @@ def decide_sender(
         who = _describe(lookup)
         if policy.unknown_sender == "accept":
             return Verdict.accept(f"unknown sender {who} accepted by unknown_sender=accept")
-        return Verdict.refuse(replies.UNKNOWN_SENDER, f"no tenant mapped for {who}")
+        return Verdict.refuse(
+            replies.UNKNOWN_SENDER, f"no tenant mapped for {who}", rule="unknown-sender"
+        )
 
     tid = record.tenant_id
     if not record.exists:
         return Verdict.refuse(
-            replies.ACCOUNT_MISCONFIGURED, f"mapping points to tenant {tid!r} with no hash", tid
+            replies.ACCOUNT_MISCONFIGURED,
+            f"mapping points to tenant {tid!r} with no hash",
+            tid,
+            rule="tenant-misconfigured",
         )
     status, reason = record.status, record.reason
     if status == TenantStatus.TERMINATED:
         return Verdict.refuse(
-            replies.ACCOUNT_TERMINATED, _with_reason(f"tenant {tid} is terminated", reason), tid
+            replies.ACCOUNT_TERMINATED,
+            _with_reason(f"tenant {tid} is terminated", reason),
+            tid,
+            rule="tenant-terminated",
         )
     if status == TenantStatus.SUSPENDED:
-        return Verdict.quarantine(_with_reason(f"tenant {tid} is suspended", reason), tid)
+        return Verdict.quarantine(
+            _with_reason(f"tenant {tid} is suspended", reason), tid, rule="tenant-suspended"
+        )
     if status != TenantStatus.ACTIVE:
         return Verdict.refuse(
-            replies.ACCOUNT_MISCONFIGURED, f"tenant {tid} has unknown status {status!r}", tid
+            replies.ACCOUNT_MISCONFIGURED,
+            f"tenant {tid} has unknown status {status!r}",
+            tid,
+            rule="tenant-misconfigured",
         )
     if record.plan not in policy.known_plans:
         return Verdict.refuse(
-            replies.ACCOUNT_MISCONFIGURED, f"tenant {tid} has unknown plan {record.plan!r}", tid
+            replies.ACCOUNT_MISCONFIGURED,
+            f"tenant {tid} has unknown plan {record.plan!r}",
+            tid,
+            rule="tenant-misconfigured",
         )
     return Verdict.accept(f"tenant {tid} is active", tid)
 
@@ -155,7 +171,9 @@ def decide_sender(
 def decide_store_error(error: str, policy: SenderPolicy) -> Verdict:
     if policy.on_store_error == "accept":
         return Verdict.accept(f"policy store unavailable ({error}); accepted by on_store_error")
-    return Verdict.refuse(replies.STORE_UNAVAILABLE, f"policy store unavailable ({error})")
+    return Verdict.refuse(
+        replies.STORE_UNAVAILABLE, f"policy store unavailable ({error})", rule="store-unavailable"
+    )
 
 
 def _describe(lookup: Lookup) -> str:

@@ -149,7 +149,9 @@ def decide_unsubscribe(
     deletions = unsubscribe_deletions(headers)
     if plan.on_noncompliant_unsubscribe == "reject" and deletions:
         reason = f"bulk mail with a non-compliant unsubscribe ({problem})"
-        verdict = Verdict.refuse(replies.UNSUBSCRIBE_NONCOMPLIANT, reason, tenant)
+        verdict = Verdict.refuse(
+            replies.UNSUBSCRIBE_NONCOMPLIANT, reason, tenant, rule="unsubscribe-headers"
+        )
         return UnsubscribeDecision(UnsubscribeAction.REJECT, reason, verdict=verdict)
     if links is None:
         return UnsubscribeDecision(

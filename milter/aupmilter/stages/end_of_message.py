@@ -170,16 +170,19 @@ def _charge(txn: Transaction, draft: Draft) -> None:
     tenant = gate.tenant
     if isinstance(result, NoRoom):
         reply = gate.no_room_reply(result.window_index, result.fill, now_ms)
-        window_name = gate.limits.windows[result.window_index].name
-        reason = f"window {window_name} filled by concurrent mail"
-        draft.verdict = Verdict.refuse(reply, reason, tenant)
+        window = gate.limits.windows[result.window_index]
+        reason = f"window {window.name} filled by concurrent mail"
+        evidence = {"window": window.name, "used": result.fill.used, "limit": window.limit}
+        draft.verdict = Verdict.refuse(reply, reason, tenant, rule="window", evidence=evidence)
         return
     for key in result.suppressed:
         draft.suppressed.append(gate.accepted[key])
         draft.actions.append(DeleteRecipient(gate.accepted[key]))
     if isinstance(result, AllSuppressed):
         reply = replies.recipients_unsubscribed(tenant)
-        draft.verdict = Verdict.refuse(reply, "every recipient has unsubscribed", tenant)
+        draft.verdict = Verdict.refuse(
+            reply, "every recipient has unsubscribed", tenant, rule="unsubscribed"
+        )
         return
     if fingerprinted:
         txn.fingerprint_recipients = result.fills[-1]

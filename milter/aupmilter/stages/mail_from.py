@@ -88,7 +88,9 @@ def _take_state(txn: Transaction, state: SenderState, passed: Verdict) -> Verdic
     plan = txn.runtime.config.plans.get(record.plan)
     if plan is None:
         reason = f"tenant {record.tenant_id} has unknown plan {record.plan!r}"
-        return Verdict.refuse(replies.ACCOUNT_MISCONFIGURED, reason, record.tenant_id)
+        return Verdict.refuse(
+            replies.ACCOUNT_MISCONFIGURED, reason, record.tenant_id, rule="tenant-misconfigured"
+        )
     txn.tenant, txn.plan, txn.stream, txn.fills = record, plan, state.stream, state.fills
     return passed
 

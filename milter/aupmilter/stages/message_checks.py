@@ -159,7 +159,14 @@ class MessageChecks:
         if collected.body_fault is not None:
             fault = collected.body_fault
             size = f"message body of {collected.body_size} bytes"
-            return EndOfMessage(Verdict.refuse(fault, f"{size}: {fault.text}", passed.tenant))
+            refusal = Verdict.refuse(
+                fault,
+                f"{size}: {fault.text}",
+                passed.tenant,
+                rule="body-size",
+                evidence={"body_bytes": collected.body_size},
+            )
+            return EndOfMessage(refusal)
         block = collected.block()
         sender, plan, settings = self.sender, self.sender.plan, self.config.messages
         findings = [*self.early, *check_headers(

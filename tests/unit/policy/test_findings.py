@@ -28,7 +28,7 @@ def plan(**modes: Mode) -> PlanChecks:
 
 def test_no_findings_keeps_the_earlier_verdict() -> None:
     assert decide([], PlanChecks(), PASSED) == PASSED
-    held = Verdict.quarantine("tenant acme is suspended", "acme")
+    held = Verdict.quarantine("tenant acme is suspended", "acme", rule="tenant-suspended")
     assert decide([], PlanChecks(), held) == held
 
 

@@ -7,8 +7,8 @@ from aupmilter.policy.verdict import Action, Verdict
 
 
 def test_refuse_picks_the_action_from_the_reply_code() -> None:
-    assert Verdict.refuse(replies.UNKNOWN_SENDER, "r").action is Action.REJECT
-    assert Verdict.refuse(replies.STORE_UNAVAILABLE, "r").action is Action.TEMPFAIL
+    assert Verdict.refuse(replies.UNKNOWN_SENDER, "r", rule="t").action is Action.REJECT
+    assert Verdict.refuse(replies.STORE_UNAVAILABLE, "r", rule="t").action is Action.TEMPFAIL
 
 
 @pytest.mark.parametrize(
@@ -28,4 +28,4 @@ def test_inconsistent_verdicts_cannot_be_built(action: Action, reply: replies.Re
 
 def test_accept_and_quarantine_do_not_refuse() -> None:
     assert not Verdict.accept("ok").refuses
-    assert not Verdict.quarantine("held", "acme").refuses
+    assert not Verdict.quarantine("held", "acme", rule="t").refuses
