@@ -1,4 +1,4 @@
-"""The `aup-milter` command line: run, check, tenant, suppress, web, intake, report."""
+"""The `aup-milter` command line: run, check, tenant, and the wiring of the other commands."""
 
 from __future__ import annotations
 
@@ -88,11 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     remove = actions.add_parser("remove", help="delete a tenant and its mappings")
     remove.add_argument("tenant_id", metavar="ID")
 
+    from aupmilter.cli import auditlog as auditcli
     from aupmilter.cli import report as reportcli
     from aupmilter.cli import unsubscribe as unsubcli
 
     unsubcli.add_parsers(commands, config_option)
     reportcli.add_parser(commands)
+    auditcli.add_parser(commands, config_option)
     return parser
 
 
@@ -110,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from aupmilter.cli import report as reportcli
 
         return reportcli.run(args)
+    if args.command in ("log", "explain"):
+        from aupmilter.cli import auditlog as auditcli
+
+        return auditcli.run(args, lambda: _tenant_redis(args))
     return cmd_tenant(args)
 
 
