@@ -444,6 +444,31 @@ def test_log_with_no_match_says_so_and_exits_zero(
     assert captured.out == "" and captured.err == "aup-milter log: no matching events\n"
 
 
+def test_log_reads_a_bounded_number_of_entries(
+    cli: Cli,
+    redis_client: redis.Redis,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(auditlog, "LOG_SCAN_BOUND", 1500)
+    add(redis_client, dict(HELD))
+    with redis_client.pipeline(transaction=False) as pipe:
+        for _ in range(1600):
+            pipe.xadd(AUDIT_STREAM, {"event": "verdict", "verdict": "accept", "tenant": "other"})
+        pipe.execute()
+    assert cli("log", "--tenant", "acme") == EX_OK
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        "aup-milter log: read the newest 1500 events in range and stopped;"
+        " --since/--until narrow the span",
+        "aup-milter log: no matching events",
+    ]
+    monkeypatch.setattr(auditlog, "LOG_SCAN_BOUND", 2000)
+    assert cli("log", "--tenant", "acme", "--json") == EX_OK
+    assert [r["queue_id"] for r in json_lines(capsys.readouterr().out)] == ["5AbC34"]
+
+
 @pytest.mark.parametrize("option", ["--since", "--until"])
 def test_log_bad_time_is_a_usage_error(
     cli: Cli, option: str, capsys: pytest.CaptureFixture[str]

@@ -593,6 +593,8 @@ def _log(client: Any, args: argparse.Namespace, since: float | None, until: floa
     found: list[Entry] = []
     scanned = 0
     for entry in newest_first(client, newest, oldest, LOG_SCAN_BOUND):
+        if scanned == 0 and until is None:
+            last_id = entry[0]  # what came after the first read must not be printed twice
         scanned += 1
         if filters.match(entry[1]):
             found.append(entry)
