@@ -331,6 +331,28 @@ def test_evidence_in_words(value: object, text: str) -> None:
     assert evidence_words(value) == text
 
 
+def test_the_removed_recipients_come_from_their_events_when_the_verdict_lists_none() -> None:
+    verdict = {k: v for k, v in DELIVERED.items() if k not in ("suppressed", "headers")}
+    removed = {"event": "recipient-suppressed", "stage": "eom", "ts": str(T10)}
+    refused = {"event": "recipient-suppressed", "stage": "rcpt", "recipient": "r@x.example"}
+    entries = [
+        ("1-0", {**refused, "ts": str(T10 - 5)}),
+        ("2-0", {**removed, "recipient": "a@x.example"}),
+        ("3-0", {**removed, "recipient": "b@y.example"}),
+        ("4-0", verdict),
+    ]
+    assert auditlog.explain_lines("4XyZ12", entries) == [
+        "  2026-12-01 09:59:58Z: Recipient r@x.example refused at RCPT: on the suppression list.",
+        "  2026-12-01 10:00:03Z: Recipient a@x.example removed from the message: on the"
+        " suppression list.",
+        "  2026-12-01 10:00:03Z: Recipient b@y.example removed from the message: on the"
+        " suppression list.",
+        "Message 4XyZ12 from bob@acme.example (tenant acme, login bob) at 2026-12-01 10:00:03Z:"
+        " DELIVERED to 3 recipients (2 removed: on the suppression list: a@x.example,"
+        " b@y.example); class bulk.",
+    ]
+
+
 def test_retention_comes_from_the_config_when_it_has_one() -> None:
     assert auditlog.retention_days(None) == "at least 7"
     assert auditlog.retention_days(SimpleNamespace()) == "at least 7"

@@ -545,9 +545,16 @@ def _with_why(text: str, fields: Fields) -> str:
 def explain_lines(queue_id: str, entries: Sequence[Entry]) -> list[str]:
     """The explanation of a message from its events, oldest first: one headline per verdict,
     each other event on a line of its own with its time."""
+    removed = [
+        f["recipient"]
+        for _, f in entries
+        if kind(f) in SUPPRESSED_EVENTS and f.get("stage") == "eom" and f.get("recipient")
+    ]
     lines: list[str] = []
     for entry_id, fields in entries:
         if kind(fields) == "verdict":
+            if removed and "suppressed" not in fields:  # the verdict did not list them
+                fields = {**fields, "suppressed": json.dumps(removed)}
             lines.append(headline(entry_id, fields, queue_id))
         else:
             lines.append(f"  {utc(event_time(entry_id, fields), 'Z')}: {describe(fields)}")
