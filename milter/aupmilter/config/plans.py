@@ -24,6 +24,7 @@ from aupmilter.config.loader import (
     string,
 )
 from aupmilter.policy.findings import DEFAULT_MODES, AlignmentMode, Check, Mode, PlanChecks
+from aupmilter.policy.ladder import LadderPlan
 from aupmilter.policy.limits import Limits, Scope, Unit, Window
 from aupmilter.policy.plans import BouncePlan, Plan, UnsubscribePlan
 from aupmilter.policy.reputation import Measure, ReputationPlan, Thresholds
@@ -120,6 +121,9 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
     unsubscribe_plan = read_plan_unsubscribe(section)
     bounce_plan = read_plan_bounces(section)
     reputation = read_plan_reputation(section)
+    ladder = read_plan_ladder(
+        Section(file, f"plan.{name}.ladder", section.subtable("ladder"), section.problems)
+    )
     section.reject_unknown()
     return Plan(
         name=name,
@@ -129,6 +133,7 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
         checks=checks,
         unsubscribe=unsubscribe_plan,
         bounces=bounce_plan,
+        ladder=ladder,
         reputation=reputation,
     )
 
@@ -318,4 +323,32 @@ def read_plan_reputation(section: Section) -> ReputationPlan:
         measures[measure] = Thresholds(minimum, round(review * 10_000), round(suspend * 10_000))
     return ReputationPlan(
         period=period, complaints=measures[Measure.COMPLAINTS], bounces=measures[Measure.BOUNCES]
+    )
+
+
+def read_plan_ladder(section: Section) -> LadderPlan:
+    """`[plan.NAME.ladder]`: what a near-cap repeat is (policy.ladder); the rungs are fixed."""
+    defaults = LadderPlan()
+    enabled = section.get("enabled", defaults.enabled, "true or false", boolean)
+    ratio = section.get(
+        "near_cap_ratio",
+        defaults.ratio,
+        "a ratio of the recipient cap from 0.5 to 1 (0.9 means 90 %)",
+        number(0.5, 1.0),
+    )
+    repeats = section.get(
+        "near_cap_repeats", defaults.repeats, "a whole number from 1 to 1000", integer(1, 1000)
+    )
+    window_ms = section.get(
+        "near_cap_window",
+        defaults.window * 1000,
+        "seconds from 60, or a text such as '12h', '1d' (at most 31d)",
+        lambda raw: period if (period := parse_period(raw)) and period >= 60_000 else None,
+    )
+    section.reject_unknown()
+    return LadderPlan(
+        enabled=enabled,
+        ratio_ppm=round(ratio * 1_000_000),
+        repeats=repeats,
+        window=window_ms // 1000,
     )

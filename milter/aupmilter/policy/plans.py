@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from aupmilter.policy.findings import PlanChecks
+from aupmilter.policy.ladder import LadderPlan
 from aupmilter.policy.limits import Limits
 from aupmilter.policy.reputation import ReputationPlan
 
@@ -50,6 +51,8 @@ class Plan:
     checks: PlanChecks = field(default_factory=PlanChecks)
     unsubscribe: UnsubscribePlan = field(default_factory=UnsubscribePlan)
     bounces: BouncePlan = field(default_factory=BouncePlan)
+    ladder: LadderPlan = field(default_factory=LadderPlan)
+    """`[plan.NAME.ladder]`: near-cap repeats and the sender -> domain -> tenant ladder."""
     reputation: ReputationPlan = field(default_factory=ReputationPlan)
 
 

@@ -12,12 +12,17 @@ the actions saved so far are not applied: a refused message changes nothing).
 3. charge: the one end-of-message script (suppression of the recipients, the
    windows' atomic re-check and charge, the delivered-recipients counter of
    the complaint and bounce rates, the content fingerprint's counter, the
-   references behind the message's unsubscribe links);
-4. header edits: the unsubscribe decision over the recipients left, and the
+   references behind the message's unsubscribe links, and the ladder's count
+   of this sender's near-cap transactions with this content);
+4. ladder: a near-cap repeat (policy.ladder) is quarantined, and the one that
+   makes an offence suspends the sender, then its domain, then terminates the
+   tenant (one more round trip, only then);
+5. header edits: the unsubscribe decision over the recipients left, and the
    fields the milter adds (Message-ID, List-Unsubscribe pair, Feedback-ID);
    the deletions first, so their indexes count the message's own fields;
-5. signature: DKIM over the header list as the MTA will deliver it;
-6. quarantine: a suspended tenant's mail goes to the hold queue.
+6. signature: DKIM over the header list as the MTA will deliver it;
+7. quarantine: the mail of a suspended tenant, sender or domain, and a
+   near-cap repeat, go to the hold queue.
 
 With the MAIL FROM read that makes two Redis round trips per transaction,
 whatever the number of recipients.
@@ -26,7 +31,7 @@ whatever the number of recipients.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from aupmilter import replies
@@ -40,7 +45,9 @@ from aupmilter.policy.actions import (
     Quarantine,
 )
 from aupmilter.policy.headers import HeaderField
-from aupmilter.policy.tenancy import decide_store_error
+from aupmilter.policy.ladder import Evidence, Repeat, offence_for, repeat_of, repeat_verdict
+from aupmilter.policy.limits import Window
+from aupmilter.policy.tenancy import decide_store_error, sender_domain
 from aupmilter.policy.unsubscribe import UnsubscribeLinks
 from aupmilter.policy.verdict import Action, Verdict
 from aupmilter.stages.listmail import ListMailOutcome, message_fingerprint
@@ -48,6 +55,7 @@ from aupmilter.stages.message_checks import MessageChecks
 from aupmilter.stages.transaction import Transaction
 from aupmilter.store import keys
 from aupmilter.store.client import AllSuppressed, NoRoom, ReferenceWrite, StoreUnavailable
+from aupmilter.store.ladder import LadderStore
 
 
 @dataclass(slots=True)
@@ -70,9 +78,23 @@ class Draft:
     suppressed: list[str] = field(default_factory=list)
     """Recipients removed because they are on the tenant's suppression list, as written."""
     actions: list[MilterAction] = field(default_factory=list)
+    near_cap: NearCap | None = None
+    """This transaction's near-cap counter (policy.ladder), when it is near-cap and charged."""
 
     def log_fields(self) -> dict[str, object] | None:
         return self.outcome.log_fields() if self.outcome is not None else None
+
+
+@dataclass(slots=True)
+class NearCap:
+    """The ladder's counter in the charge call, and its fill once charged."""
+
+    key: str
+    window: Window
+    index: int
+    """Where its fill is in the charge's fills."""
+    evidence: Evidence
+    """With `repeats` 0 until the charge answered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +160,11 @@ def _charge(txn: Transaction, draft: Draft) -> None:
         delivered = txn.plan.reputation.counter(keys.RATE_DELIVERED)
         delivered_key = keys.rate_counter(gate.tenant, keys.RATE_DELIVERED, delivered.period_ms)
         counters.append((delivered_key, delivered))
+    near_cap = _near_cap_counter(txn, draft)
+    if near_cap is not None:
+        # Before the content counter, which charge.lua reads as the last one.
+        near_cap.index = len(gate.limits.windows) + len(counters)
+        counters.append((near_cap.key, near_cap.window))
     fingerprinted = False
     if listmail is not None:
         added = (HeaderField.added(a.name, a.value) for a in draft.added)
@@ -147,7 +174,7 @@ def _charge(txn: Transaction, draft: Draft) -> None:
         )
         if listmail.counts_fingerprints and draft.body is not None:
             window = listmail.fingerprint_window()
-            fingerprint = message_fingerprint(draft.headers, draft.body)
+            fingerprint = draft.fingerprint or message_fingerprint(draft.headers, draft.body)
             draft.fingerprint = fingerprint
             key = keys.fingerprint_counter(gate.tenant, fingerprint, window.period_ms)
             counters.append((key, window))
@@ -186,8 +213,67 @@ def _charge(txn: Transaction, draft: Draft) -> None:
         return
     if fingerprinted:
         txn.fingerprint_recipients = result.fills[-1]
+    if near_cap is not None:
+        near_cap.evidence = replace(near_cap.evidence, repeats=result.fills[near_cap.index])
+        draft.near_cap = near_cap
     gone = set(result.suppressed)
     draft.remaining = [key for key in gate.accepted if key not in gone]
+
+
+def _near_cap_counter(txn: Transaction, draft: Draft) -> NearCap | None:
+    """The ladder's counter when this transaction is near the cap; the body's fingerprint.
+
+    Held mail is not counted: a suspended sender climbs no rung while its mail waits.
+    """
+    gate, plan = txn.gate, txn.plan
+    if gate is None or plan is None or draft.verdict.action is Action.QUARANTINE:
+        return None
+    cap = gate.limits.max_recipients
+    recipients = len(gate.accepted)
+    if not plan.ladder.near_cap(recipients, cap):
+        return None
+    body = draft.body if draft.body is not None else draft.checks.collected.body_bytes()
+    if body is None:
+        return None  # not kept (a body fault): no fingerprint to count
+    fingerprint = draft.fingerprint or message_fingerprint(draft.headers, body)
+    draft.fingerprint = fingerprint
+    window = plan.ladder.counter()
+    key = keys.near_cap_counter(gate.tenant, fingerprint, gate.sender, window.period_ms)
+    return NearCap(key, window, -1, Evidence(fingerprint, 0, recipients, cap, plan.ladder))
+
+
+def _ladder(txn: Transaction, draft: Draft) -> None:
+    """A near-cap repeat is quarantined; the one that makes the offence climbs the ladder.
+
+    The offence call (store.ladder) is one more round trip, only when an offence
+    fires. In shadow mode it records what it would do and changes no state, and
+    the quarantine is only reported (the stage's shadow pass lets the mail go).
+    """
+    near_cap, gate = draft.near_cap, txn.gate
+    if near_cap is None or gate is None or txn.plan is None:
+        return
+    repeat = repeat_of(near_cap.evidence.repeats, txn.plan.ladder)
+    if repeat is Repeat.NONE:
+        return
+    shadow = bool(getattr(txn, "shadow", False))
+    if repeat is Repeat.OFFENCE:
+        offence = offence_for(
+            tenant=gate.tenant,
+            sender=gate.sender,
+            domain=sender_domain(txn.sender),
+            envelope_sender=txn.sender,
+            previous=txn.offences,
+            evidence=near_cap.evidence,
+            shadow=shadow,
+            queue_id=txn.queue_id,
+            conn=txn.conn_id,
+            now=draft.now,
+        )
+        try:
+            LadderStore(txn.runtime.store.client).record(offence, near_cap.key)
+        except StoreUnavailable as exc:
+            txn.log.error("near-cap repeat: the offence could not be recorded: %s", exc)
+    draft.verdict = repeat_verdict(draft.verdict, near_cap.evidence, gate.tenant)
 
 
 def _header_edits(txn: Transaction, draft: Draft) -> None:
@@ -235,6 +321,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("message checks", _message_checks),
     ("unsubscribe compliance", _unsubscribe_compliance),
     ("charge", _charge),
+    ("ladder", _ladder),
     ("header edits", _header_edits),
     ("signature", _signature),
     ("quarantine", _quarantine),

@@ -15,9 +15,16 @@ from collections.abc import Callable
 from aupmilter import replies
 from aupmilter.live_config import Runtime
 from aupmilter.logs import ConnectionLog
+from aupmilter.policy.ladder import decide_suspended
 from aupmilter.policy.limits import open_gate, sender_identity
-from aupmilter.policy.tenancy import decide_sender, decide_store_error, tenant_lookup, unbracket
-from aupmilter.policy.verdict import Verdict
+from aupmilter.policy.tenancy import (
+    decide_sender,
+    decide_store_error,
+    sender_domain,
+    tenant_lookup,
+    unbracket,
+)
+from aupmilter.policy.verdict import Action, Verdict
 from aupmilter.stages.listmail import list_mail_for
 from aupmilter.stages.message_checks import MessageChecks, sender_for
 from aupmilter.stages.transaction import Connection, Transaction
@@ -83,7 +90,11 @@ def _tenant(txn: Transaction, _passed: Verdict) -> Verdict:
 
 
 def _take_state(txn: Transaction, state: SenderState, passed: Verdict) -> Verdict:
-    """The plan is looked up here once; a plan the configuration lost meanwhile tempfails."""
+    """The plan is looked up here once; a plan the configuration lost meanwhile tempfails.
+
+    A sender or sender domain the ladder suspended (policy.ladder) is quarantined
+    like a suspended tenant; the read that found the tenant also found those.
+    """
     record = state.record
     plan = txn.runtime.config.plans.get(record.plan)
     if plan is None:
@@ -92,7 +103,17 @@ def _take_state(txn: Transaction, state: SenderState, passed: Verdict) -> Verdic
             replies.ACCOUNT_MISCONFIGURED, reason, record.tenant_id, rule="tenant-misconfigured"
         )
     txn.tenant, txn.plan, txn.stream, txn.fills = record, plan, state.stream, state.fills
-    return passed
+    txn.offences = state.offences
+    if passed.action is not Action.ACCEPT:
+        return passed
+    return decide_suspended(
+        passed,
+        record.tenant_id,
+        sender_identity(txn.auth_login, txn.sender),
+        sender_domain(txn.sender),
+        state.suspended_sender,
+        state.suspended_domain,
+    )
 
 
 def _windows(txn: Transaction, passed: Verdict) -> Verdict:
@@ -132,7 +153,8 @@ def _envelope(txn: Transaction, passed: Verdict) -> Verdict:
     plan_checks = txn.plan.checks if txn.plan is not None else None
     sender = sender_for(txn.sender, txn.tenant, plan_checks, txn.smtputf8)
     checks = MessageChecks(sender, runtime.config, runtime.resolver)
-    checks.collected.keep_body = txn.listmail is not None and txn.listmail.needs_body
+    ladder = txn.plan is not None and txn.plan.ladder.enabled  # its fingerprint needs the body
+    checks.collected.keep_body = ladder or (txn.listmail is not None and txn.listmail.needs_body)
     txn.checks = checks
     return checks.at_mail_from(passed)
 

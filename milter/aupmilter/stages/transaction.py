@@ -55,6 +55,8 @@ class Transaction:
     """The sender's message stream set in Redis ("bulk" or "transactional"), if any."""
     fills: tuple[WindowFill, ...] = ()
     """The windows' fill at MAIL FROM, in the plan's window order."""
+    offences: int = 0
+    """The sender's near-cap-repeat offences before this transaction (the MAIL FROM read)."""
     gate: RecipientGate | None = None
     """Decides each RCPT locally; None when no tenant's limits apply."""
     ungated: list[str] = field(default_factory=list)

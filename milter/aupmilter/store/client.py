@@ -22,7 +22,7 @@ from redis.retry import Retry
 from aupmilter.config import RedisSettings
 from aupmilter.policy.limits import Scope, Unit, Window, WindowFill
 from aupmilter.policy.plans import Plan
-from aupmilter.policy.tenancy import Lookup, TenantRecord
+from aupmilter.policy.tenancy import Lookup, TenantRecord, sender_domain
 from aupmilter.policy.tokens import Reference
 from aupmilter.store import keys
 from aupmilter.store.tenants import tenant_record
@@ -122,6 +122,12 @@ class SenderState:
     record: TenantRecord
     stream: str | None
     fills: tuple[WindowFill, ...]
+    suspended_sender: str | None = None
+    """This sender's entry in the tenant's suspended hash ("<unix time> <reason>"), if any."""
+    suspended_domain: str | None = None
+    """The same for the envelope sender's domain."""
+    offences: int = 0
+    """This sender's near-cap-repeat offences so far (policy.ladder)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +192,10 @@ class Store:
     ) -> SenderState | None:
         """The tenant the lookup names, with its hash, stream and window fills; None if unmapped.
 
-        ``sender_id`` is whom per-sender windows count; ``auth_login`` and
-        ``sender`` find the stream.
+        ``sender_id`` is whom per-sender windows count and the ladder's sender;
+        ``auth_login`` and ``sender`` find the stream; the sender's domain is
+        the ladder's domain. The same call reads whether the sender or its
+        domain is suspended, and the sender's offence count (policy.ladder).
         """
         if lookup.kind is None or not lookup.names:
             return None
@@ -200,18 +208,27 @@ class Store:
             str(now_ms),
             auth_login or "",
             sender,
+            keys.SUSPENDED_SUFFIX,
+            keys.OFFENCES_SUFFIX,
+            keys.suspended_sender(sender_id),
+            keys.suspended_domain(domain) if (domain := sender_domain(sender)) else "",
+            sender_id,
             *(catalog.script_args(sender_id) if catalog else ["0"]),
             keys.DOMAINS_SUFFIX,  # last: the tenant's domains, for the message checks
         ]
         reply = self._call(self._sender_state, mapping_keys, args)
         if not reply:
             return None
-        _index, tenant_id, stream, fills, flat, domains = reply
+        _index, tenant_id, stream, fills, flat, domains, ladder = reply
         fields = dict(zip(map(str, flat[::2]), map(str, flat[1::2]), strict=True))
+        sender_entry, domain_entry, offences = ladder
         return SenderState(
             record=tenant_record(str(tenant_id), fields, map(str, domains)),
             stream=str(stream) or None,
             fills=tuple(parse_fill(fill) for fill in fills),
+            suspended_sender=None if sender_entry is None else str(sender_entry),
+            suspended_domain=None if domain_entry is None else str(domain_entry),
+            offences=int(offences),
         )
 
     def charge(

@@ -24,6 +24,8 @@ max_recipients_per_message  the tenant's own recipient cap, in place of the plan
 window.<name>               the tenant's own limit for the plan's window <name>
 auto_suspended_at           Unix seconds of the last automatic suspension (complaint or
                             bounce rate); kept when ops lift it, for the record
+auto_terminated_at          Unix seconds of the ladder's termination of the tenant (third
+                            near-cap-repeat offence of one sender); kept for the record
 
 Keys written per transaction carry the tenant id as a Redis Cluster hash tag,
 so one script's keys always live on one slot:
@@ -42,6 +44,20 @@ aup:{<id>}:rate:<measure>:<period_ms>        hash: the plan's rolling rate count
                                              as windows: delivered recipients (charged at end
                                              of message), complaints and bounces (counted by
                                              the report intake; reset at an automatic suspension)
+aup:{<id>}:nearcap:<period_ms>:<fingerprint>:s:<sender>
+                                             hash: one sender's near-cap transactions with one
+                                             content (policy.ladder; bucketed as windows),
+                                             deleted when it makes an offence
+aup:{<id>}:offences                          hash: sender identity -> its near-cap-repeat
+                                             offences over the tenant's history (no expiry;
+                                             `HDEL aup:{<id>}:offences <sender>` forgets them)
+aup:{<id>}:suspended                         hash: sender:<identity> | domain:<domain> ->
+                                             "<unix time> <reason>"; their mail is quarantined
+                                             from MAIL FROM on. One command lifts one:
+
+    redis-cli HDEL 'aup:{acme}:suspended' sender:bob@acme.example
+    redis-cli HDEL 'aup:{acme}:suspended' domain:acme.example
+    aup-milter tenant lift acme --sender bob@acme.example    (the same, audited: `lifted`)
 
 Not per tenant (the unsubscribe service learns the tenant from it):
 
@@ -75,6 +91,7 @@ FIELD_CREATED_AT = "created_at"
 FIELD_UPDATED_AT = "updated_at"
 FIELD_ALLOWED_DOMAINS = "allowed_domains"
 FIELD_MAX_RECIPIENTS = "max_recipients_per_message"
+FIELD_AUTO_TERMINATED_AT = "auto_terminated_at"
 FIELD_AUTO_SUSPENDED_AT = "auto_suspended_at"
 FIELD_WINDOW_PREFIX = "window."
 """``window.<name>`` overrides the limit of the plan's window ``<name>``."""
@@ -159,3 +176,31 @@ RATE_DELIVERED = "delivered"
 
 def rate_counter(tenant_id: str, measure: str, period_ms: int) -> str:
     return tagged(tenant_id) + f"rate:{measure}:{period_ms}"
+
+
+def near_cap_counter(tenant_id: str, fingerprint: str, sender: str, period_ms: int) -> str:
+    return tagged(tenant_id) + f"nearcap:{period_ms}:{fingerprint}:s:{sender}"
+
+
+OFFENCES_SUFFIX = "offences"
+SUSPENDED_SUFFIX = "suspended"
+"""After the tagged tenant prefix; sender_state.lua builds the two keys from them."""
+SUSPENDED_SENDER = "sender:"
+SUSPENDED_DOMAIN = "domain:"
+"""The suspended hash's field prefixes: ``sender:<identity>`` and ``domain:<domain>``."""
+
+
+def offences(tenant_id: str) -> str:
+    return tagged(tenant_id) + OFFENCES_SUFFIX
+
+
+def suspended_subjects(tenant_id: str) -> str:
+    return tagged(tenant_id) + SUSPENDED_SUFFIX
+
+
+def suspended_sender(identity: str) -> str:
+    return SUSPENDED_SENDER + identity
+
+
+def suspended_domain(domain: str) -> str:
+    return SUSPENDED_DOMAIN + domain

@@ -15,7 +15,13 @@
 -- ARGV[5]     now, in milliseconds since the epoch
 -- ARGV[6]     SASL login ("" when none), ARGV[7] envelope sender ("" for <>):
 --             the stream is the login's, else the sender's
--- ARGV[8]     number of plans P; then per plan: name, window count W, and W
+-- ARGV[8]     the suspended hash's suffix after the tagged prefix ("suspended"),
+--             ARGV[9] the offences hash's ("offences"): aup:{<id>}:suspended and
+--             aup:{<id>}:offences, built like the window keys
+-- ARGV[10]    the sender's field in the suspended hash ("sender:<identity>"),
+--             ARGV[11] its domain's ("domain:<domain>"; "" for the null sender),
+--             ARGV[12] the sender identity, its field in the offences hash
+-- ARGV[13]    number of plans P; then per plan: name, window count W, and W
 --             triples (key suffix, bucket length in ms, buckets per window)
 -- ARGV[#ARGV] (last) tail of the tenant's domains set key after the tenant id
 --             (":domains"), for the message checks
@@ -30,6 +36,10 @@
 --             fields is HGETALL of the tenant hash (empty when missing).
 --             A sixth element, domains, is SMEMBERS of the tenant's domains
 --             set (From, Reply-To and Sender are checked against it).
+--             A seventh, ladder, is {sender_entry, domain_entry, offences}:
+--             HMGET of the two fields in the suspended hash (nil when absent;
+--             the domain's nil when ARGV[11] is "") and the sender's offence
+--             count (0 when none), for the near-cap-repeat ladder.
 --
 -- Field names: the one this script spells is the tenant hash's `plan`, to
 -- pick the plan's windows (store/keys.py FIELD_PLAN; keep the two equal).
@@ -78,8 +88,8 @@ for i, key in ipairs(KEYS) do
     local now = tonumber(ARGV[5])
     local prefix = ARGV[3] .. tenant_id .. ARGV[4]
     local fills = {}
-    local at = 9
-    for _ = 1, tonumber(ARGV[8]) do
+    local at = 14
+    for _ = 1, tonumber(ARGV[13]) do
       local name, count = ARGV[at], tonumber(ARGV[at + 1])
       at = at + 2
       if name == plan then
@@ -93,7 +103,17 @@ for i, key in ipairs(KEYS) do
     end
     -- the tenant's domains, read in this same round trip
     local domains = redis.call('SMEMBERS', ARGV[1] .. tenant_id .. ARGV[#ARGV])
-    return {i, tenant_id, stream, fills, fields, domains}
+    -- the ladder's suspensions of this sender and its domain, and its offences
+    local ladder = {false, false, 0}
+    local suspended = prefix .. ARGV[8]
+    if ARGV[11] ~= '' then
+      local entries = redis.call('HMGET', suspended, ARGV[10], ARGV[11])
+      ladder[1], ladder[2] = entries[1], entries[2]
+    else
+      ladder[1] = redis.call('HGET', suspended, ARGV[10])
+    end
+    ladder[3] = tonumber(redis.call('HGET', prefix .. ARGV[9], ARGV[12]) or '0') or 0
+    return {i, tenant_id, stream, fills, fields, domains, ladder}
   end
 end
 return {}
