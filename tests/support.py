@@ -68,6 +68,26 @@ def client_commands(server: RedisServer, action: Callable[[], object]) -> list[s
     return seen
 
 
+def round_trips(sent: list[str]) -> list[str]:
+    """The command names of `client_commands`, one per round trip: audit events ride along.
+
+    An XADD to the audit stream is pipelined in front of the next script call (one
+    round trip for both); one that is not followed by another command of the same
+    kind or by a call would be a round trip of its own, which the milter must not
+    make while transactions come: that fails here.
+    """
+    names = [c.split()[0].upper() for c in sent]
+    trips: list[str] = []
+    for index, name in enumerate(names):
+        if name != "XADD":
+            trips.append(name)
+            continue
+        rest = names[index + 1 :]
+        following = next((n for n in rest if n != "XADD"), None)
+        assert following is not None, f"audit events written without a ride: {sent}"
+    return trips
+
+
 def record_of(store: Store, lookup: Lookup) -> TenantRecord | None:
     """Just the tenant the MAIL FROM read finds (the tests of tenancy ignore windows)."""
     state = store.sender_state(lookup)

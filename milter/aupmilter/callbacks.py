@@ -33,6 +33,7 @@ from aupmilter.policy.actions import (
     MilterAction,
     Quarantine,
 )
+from aupmilter.policy.tenancy import unbracket
 from aupmilter.policy.verdict import Verdict
 from aupmilter.replies import Reply
 from aupmilter.stages import end_of_message, mail_from, rcpt
@@ -145,27 +146,39 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         )
         if not self.lifecycle.begin():
             verdict = Verdict.refuse(replies.SHUTTING_DOWN, "milter is stopping", rule="stopping")
-            audit.record(self.conn.conn_id, txn.envelope, verdict, "mail")
+            self._record(txn, verdict, "mail")
             txn.close()
             return self._reply(replies.SHUTTING_DOWN)
         self.txn = txn
         verdict = mail_from.decide(txn)
         if verdict.refuses:
-            audit.record(self.conn.conn_id, txn.envelope, verdict, "mail")
+            self._record(txn, verdict, "mail")
             self._end_transaction()
             return self._refuse(verdict.reply)
         return CONTINUE
 
     @guarded("envrcpt")
     def envrcpt(self, recipient: str, *esmtp_params: str) -> int:
-        if self.txn is None:
+        txn = self.txn
+        if txn is None:
             return CONTINUE
-        refusal = rcpt.decide(self.txn, recipient)
+        refusal = rcpt.decide(txn, recipient)
         if refusal is None:
             return CONTINUE
+        kind = (
+            audit.EventKind.RECIPIENT_SUPPRESSED
+            if refusal.rule == rcpt.SUPPRESSED
+            else audit.EventKind.RECIPIENT_REFUSED
+        )
+        event = audit.verdict_event(
+            self.conn.conn_id, txn.envelope, refusal, "rcpt", kind=kind, shadow=txn.shadow
+        )
+        event["recipient"] = unbracket(recipient)
+        self.live.audit.record(event, self.clock())
+        if txn.shadow:
+            return CONTINUE
         # Only this RCPT is refused: the transaction and its other recipients stand.
-        self.log.info("recipient %s refused: %s", recipient, refusal)
-        return self._reply(refusal)
+        return self._reply(refusal.reply or replies.INTERNAL_ERROR)
 
     def header_bytes(self, name: str, value: bytes) -> int:
         # The raw bytes, not pymilter's decoded text: the checks look for NUL, bare CR
@@ -202,16 +215,30 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             self._end_transaction()
             return self._refuse(replies.INTERNAL_ERROR)
         txn.queue_id = self.getsymval("i") or txn.queue_id
-        result = end_of_message.decide(txn, txn.checks, self.clock())
-        for recipient in result.suppressed:
-            audit.suppressed(
-                self.conn.conn_id, txn.envelope, result.verdict.tenant or "", recipient
+        now = self.clock()
+        result = end_of_message.decide(txn, txn.checks, now)
+        verdict = result.verdict
+        for recipient in result.suppressed[: audit.MAX_LISTED]:
+            event = audit.verdict_event(
+                self.conn.conn_id,
+                txn.envelope,
+                verdict,
+                "eom",
+                kind=audit.EventKind.RECIPIENT_SUPPRESSED,
             )
-        if not result.verdict.refuses:
+            event.update(recipient=recipient, verdict="removed", rule=rcpt.SUPPRESSED)
+            self.live.audit.record(event, now)
+        if not verdict.refuses:
             self._apply(result.actions)
-        audit.record(self.conn.conn_id, txn.envelope, result.verdict, "eom", result.log_fields)
+        extra: dict[str, object] = dict(result.log_fields or {})
+        if result.suppressed:
+            extra["suppressed"] = len(result.suppressed)
+        added = [a.name for a in result.actions if isinstance(a, AddHeader | InsertHeader)]
+        if added and not verdict.refuses:
+            extra["headers"] = added
+        self._record(txn, verdict, "eom", extra, now)
         self._end_transaction()
-        return self._refuse(result.verdict.reply) if result.verdict.refuses else CONTINUE
+        return self._refuse(verdict.reply) if verdict.refuses else CONTINUE
 
     @guarded("abort")
     def abort(self) -> int:
@@ -224,6 +251,42 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
     def close(self) -> int:
         self._end_transaction()
         return CONTINUE
+
+    # --- recording -----------------------------------------------------------
+
+    def _record(
+        self,
+        txn: Transaction,
+        verdict: Verdict,
+        stage: str,
+        extra: dict[str, object] | None = None,
+        now: float | None = None,
+    ) -> None:
+        """The transaction's one verdict event; in shadow mode, named after what would have been.
+
+        Shadow mode: the verdict given is an accept; the event's verdict is the first
+        refusal or quarantine the stages would have given (`would-reject`, ...), with
+        every one of them listed in `shadowed`.
+        """
+        shown = txn.shadowed[0] if txn.shadowed else verdict
+        event = audit.verdict_event(
+            self.conn.conn_id,
+            txn.envelope,
+            shown,
+            stage,
+            shadow=txn.shadow and bool(txn.shadowed),
+            recipients=txn.recipients,
+        )
+        if txn.shadow:
+            event["mode"] = "shadow"
+        if len(txn.shadowed) > 1:
+            event["shadowed"] = [
+                {"verdict": audit.verdict_name(v, True), "rule": v.rule, "reason": v.reason}
+                for v in txn.shadowed
+            ]
+        if extra:
+            event.update(extra)
+        self.live.audit.record(event, self.clock() if now is None else now)
 
     # --- applying ------------------------------------------------------------
 

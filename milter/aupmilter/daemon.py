@@ -22,7 +22,7 @@ from pathlib import Path
 import Milter
 import milter as libmilter
 
-from aupmilter import __version__, logs
+from aupmilter import __version__, audit, logs
 from aupmilter.callbacks import AupMilter, Lifecycle
 from aupmilter.config import Config, ListenAddress, MilterSettings
 from aupmilter.exitcodes import EX_FAILURE, EX_OK
@@ -212,6 +212,42 @@ class MilterThread(threading.Thread):
             self.error = str(exc)
 
 
+class AuditFlusher(threading.Thread):
+    """Writes audit events that found no ride on a transaction's Redis call.
+
+    Wakes every FLUSH_AFTER / 2 seconds; writes only events that waited at least
+    FLUSH_AFTER, so under load it never adds a round trip. `stop` writes what is left.
+    """
+
+    def __init__(self, live: LiveRuntime) -> None:
+        super().__init__(name="audit-flusher", daemon=True)
+        self.live = live
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopping.wait(audit.FLUSH_AFTER / 2):
+            self._flush(audit.FLUSH_AFTER)
+
+    def _flush(self, older_than: float) -> None:
+        try:
+            self.live.current.store.flush_audit(older_than)
+        except Exception:
+            log.exception("audit flusher: unexpected error; the events wait for the next try")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=STOP_TIMEOUT)
+        # What is left, in rides of MAX_PER_RIDE: bounded, it gives up when Redis is down.
+        for _ in range(audit.MAX_PENDING // audit.MAX_PER_RIDE + 1):
+            if not self.live.audit.pending or not self.live.current.store.flush_audit():
+                break
+        if self.live.audit.pending:
+            log.warning(
+                "stopping with %d audit events not written to the stream (their log lines are)",
+                self.live.audit.pending,
+            )
+
+
 def serve(config: Config) -> int:
     """Run until SIGTERM/SIGINT; return the process exit status."""
     live = LiveRuntime(config)
@@ -234,6 +270,8 @@ def serve(config: Config) -> int:
     where = open_listener(config.milter)
     watcher = ConfigWatcher(live)
     watcher.start()
+    flusher = AuditFlusher(live)
+    flusher.start()
     milter_thread = MilterThread()
     milter_thread.start()
     log.info(
@@ -248,6 +286,7 @@ def serve(config: Config) -> int:
     while not stop_requested.wait(0.5):
         if not milter_thread.is_alive():
             watcher.stop()
+            flusher.stop()
             log.error("libmilter stopped by itself: %s", milter_thread.error or "no reason given")
             return EX_FAILURE
 
@@ -264,6 +303,7 @@ def serve(config: Config) -> int:
         log.warning("libmilter did not stop within %.0f s; exiting anyway", STOP_TIMEOUT)
     else:
         log.info("stopped cleanly")
+    flusher.stop()
     live.current.store.close()
     return EX_OK
 

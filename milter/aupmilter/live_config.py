@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aupmilter import logs
+from aupmilter.audit import AuditTrail
 from aupmilter.config import Config, ConfigError, load_config, plan_files
 from aupmilter.mailauth.resolver import Resolver
 from aupmilter.policy.tenancy import SenderPolicy
@@ -51,7 +52,9 @@ class LiveRuntime:
     def __init__(
         self, config: Config, store_factory: Callable[[Config], Store] | None = None
     ) -> None:
-        self._store_factory = store_factory or (lambda cfg: Store(cfg.redis))
+        self.audit = AuditTrail(config.audit.retention_seconds)
+        """One per process: events waiting for the stream survive a reload and a new store."""
+        self._store_factory = store_factory or (lambda cfg: Store(cfg.redis, self.audit))
         self._current = Runtime(config, self._store_factory(config))
         self._lock = threading.Lock()
 
@@ -77,6 +80,7 @@ class LiveRuntime:
                 config.milter.listen,
             )
         store = old.store if config.redis == old.config.redis else self._store_factory(config)
+        self.audit.retention_seconds = config.audit.retention_seconds
         with self._lock:
             self._current = Runtime(config, store)
         logs.configure(config.log)

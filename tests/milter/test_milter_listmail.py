@@ -31,7 +31,7 @@ from tests.milter.harness import (
     unsubscribe_settings,
 )
 from tests.milter.mta import EomResult, Kind
-from tests.support import RedisServer, client_commands
+from tests.support import RedisServer, client_commands, round_trips
 
 SECRET = "milter-listmail-secret-0123456789abcdef0123"
 SIGNER = TokenSigner([SECRET.encode()], 60)
@@ -281,10 +281,10 @@ def test_round_trips_bulk_mail_with_relay_links(
     def transactional() -> None:
         send(daemon, ["z@d.example"], message_headers(["z@d.example"]))
 
-    assert [c.split()[0] for c in client_commands(shared_redis, bulk)] == ["EVALSHA", "EVALSHA"]
+    assert round_trips(client_commands(shared_redis, bulk)) == ["EVALSHA", "EVALSHA"]
     stored = [redis_db.get(key) for key in redis_db.keys("aup:unsubref:*")]
     assert stored == ["acme\ny@d.example"], "the bulk message's reference, written by the script"
-    assert [c.split()[0] for c in client_commands(shared_redis, transactional)] == [
+    assert round_trips(client_commands(shared_redis, transactional)) == [
         "EVALSHA",
         "EVALSHA",
     ]
@@ -395,4 +395,4 @@ def test_round_trips_with_feedback_id(
         )
         assert "Feedback-ID" in dict(eom.added_headers)
 
-    assert [c.split()[0] for c in client_commands(shared_redis, bulk)] == ["EVALSHA", "EVALSHA"]
+    assert round_trips(client_commands(shared_redis, bulk)) == ["EVALSHA", "EVALSHA"]

@@ -34,7 +34,9 @@ def test_verdict_line_has_every_field() -> None:
         replies.ACCOUNT_TERMINATED, "tenant acme is terminated", "acme", rule="tenant-terminated"
     )
     logger = logging.getLogger("aupmilter.verdict")
-    record = make_record(logger, lambda: audit.record("c7", txn, verdict, "mail"))
+    trail = audit.AuditTrail(8 * 86_400, clock=lambda: 1_764_600_000.0)
+    event = audit.verdict_event("c7", txn, verdict, "mail")
+    record = make_record(logger, lambda: trail.record(event))
     line = json.loads(JsonFormatter().format(record))
     assert line["conn"] == "c7"
     assert line["queue_id"] == "4AbC"
@@ -43,7 +45,10 @@ def test_verdict_line_has_every_field() -> None:
     assert line["auth"] == "acme"
     assert line["recipients"] == 2
     assert line["verdict"] == "reject"
-    assert line["reply"] == "550 5.7.1"
+    assert line["reply"].startswith("550 5.7.1 ")
+    assert line["rule"] == "tenant-terminated" and line["mode"] == "enforce"
+    assert line["event"] == "verdict" and line["msg"] == "verdict reject"
+    assert trail.pending == 1
     assert line["reason"] == "tenant acme is terminated"
     assert line["stage"] == "mail"
     assert line["level"] == "info" and line["ts"].endswith("Z")

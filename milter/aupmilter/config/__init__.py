@@ -5,7 +5,7 @@ errors: a typo must not silently fall back to a default. The result is a tree
 of frozen objects; a reload builds a new tree and swaps it in whole.
 
 One module per group of sections, all reading through `loader.Section`:
-`daemon` ([milter], [redis], [log]), `plans` ([policy] and the plan files),
+`daemon` ([milter], [redis], [log], [audit]), `plans` ([policy] and the plan files),
 `messages` ([messages], [dns]), `unsubscribe` ([unsubscribe], [web], [dkim])
 and `feedback` ([feedback_id]). The plan types are the policy layer's
 (`aupmilter.policy.plans`); they are re-exported here because the loader
@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aupmilter.config.daemon import (
+    AuditSettings,
     ListenAddress,
     LogSettings,
     MilterSettings,
     RedisSettings,
     parse_listen,
+    read_audit,
     read_log,
     read_milter,
     read_redis,
@@ -49,6 +51,7 @@ from aupmilter.policy.plans import Plan, UnsubscribePlan, UnsubscribeSettings
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "AuditSettings",
     "Config",
     "ConfigError",
     "DkimSettings",
@@ -90,6 +93,7 @@ class Config:
     dkim: DkimSettings = field(default_factory=DkimSettings)
     feedback_id: FeedbackIdSettings | None = None
     """None without a [feedback_id] section: bulk mail then gets no Feedback-ID."""
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     @property
     def plan_names(self) -> frozenset[str]:
@@ -111,6 +115,7 @@ def load_config(path: Path) -> Config:
     redis_settings = read_redis(section("redis"))
     policy_settings = read_policy(section("policy"))
     log_settings = read_log(section("log"))
+    audit_settings = read_audit(section("audit"))
     dns_settings = read_dns(section("dns"))
     message_settings = read_messages(section("messages"))
     unsubscribe_settings, web_settings, dkim_settings = read_unsubscribe_sections(
@@ -143,4 +148,5 @@ def load_config(path: Path) -> Config:
         web=web_settings,
         dkim=dkim_settings,
         feedback_id=feedback_id_settings,
+        audit=audit_settings,
     )

@@ -148,3 +148,23 @@ def read_log(section: Section) -> LogSettings:
     )
     section.reject_unknown()
     return settings
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    retention_days: int = 8
+    """The audit stream keeps at least this many days (the AUP asks for 7: never fewer)."""
+
+    @property
+    def retention_seconds(self) -> int:
+        return self.retention_days * 86_400
+
+
+def read_audit(section: Section) -> AuditSettings:
+    settings = AuditSettings(
+        retention_days=section.get(
+            "retention_days", 8, "whole days from 7 to 400", integer(7, 400)
+        ),
+    )
+    section.reject_unknown()
+    return settings

@@ -108,6 +108,7 @@ def load_plans(plans_dir: Path, problems: list[str]) -> dict[str, Plan]:
 
 def _plan(file: Path, name: str, section: Section) -> Plan:
     description = section.get("description", "", "a text", string)
+    mode = section.get("mode", "enforce", "'enforce' or 'shadow'", choice("enforce", "shadow"))
     max_recipients = section.get(
         "max_recipients_per_message",
         DEFAULT_MAX_RECIPIENTS,
@@ -135,6 +136,7 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
         bounces=bounce_plan,
         ladder=ladder,
         reputation=reputation,
+        mode=cast(Literal["enforce", "shadow"], mode),
     )
 
 

@@ -54,6 +54,9 @@ class Plan:
     ladder: LadderPlan = field(default_factory=LadderPlan)
     """`[plan.NAME.ladder]`: near-cap repeats and the sender -> domain -> tenant ladder."""
     reputation: ReputationPlan = field(default_factory=ReputationPlan)
+    mode: Literal["enforce", "shadow"] = "enforce"
+    """`shadow`: every check runs and the audit trail says what it would have done
+    (`would-reject`, ...), but the mail passes unchanged; a tenant's `mode` field wins."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,14 @@ class TenantRecord:
     """Extra Reply-To/Sender domains the tenant may use, normalized."""
     overrides: LimitOverrides = field(default_factory=LimitOverrides)
     """The tenant's own recipient cap and window limits."""
+    mode: str = ""
+    """As stored: `enforce` or `shadow` set for this tenant; empty: the plan's mode."""
+
+    def shadow(self, plan_mode: str) -> bool:
+        """Shadow mode: the tenant's own `mode` field, else its plan's. A value that is
+        neither `enforce` nor `shadow` enforces: a typo must not switch enforcement off."""
+        mode = self.mode if self.mode else plan_mode
+        return mode == "shadow"
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ from aupmilter.policy.actions import (
     AddHeader,
     ChangeHeader,
     DeleteRecipient,
+    InsertHeader,
     MilterAction,
     Quarantine,
 )
@@ -123,12 +124,32 @@ def decide(txn: Transaction, checks: MessageChecks, now: float) -> EndOfMessageR
         now=now,
     )
     for _name, step in STEPS:
+        passed = draft.verdict
         step(txn, draft)
-        if draft.verdict.refuses:
+        if txn.overrules(draft.verdict):
+            draft.verdict = passed  # shadow mode: the next steps run on what passed so far
+        elif draft.verdict.refuses:
             break
+    if txn.shadow:
+        return _shadowed(txn, draft)
     return EndOfMessageResult(
         draft.verdict, tuple(draft.actions), tuple(draft.suppressed), draft.log_fields()
     )
+
+
+def _shadowed(txn: Transaction, draft: Draft) -> EndOfMessageResult:
+    """Shadow mode: the mail passes unchanged; what would have been done is only reported."""
+    verdict = draft.verdict
+    if verdict.action is Action.QUARANTINE:
+        txn.shadowed.append(verdict)
+    fields = dict(draft.log_fields() or {})
+    would_add = [a.name for a in draft.actions if isinstance(a, AddHeader | InsertHeader)]
+    if would_add:
+        fields["would_add_headers"] = would_add
+    if draft.suppressed:
+        fields["would_remove"] = list(draft.suppressed)
+    passed = Verdict.accept(f"shadow mode: {verdict.reason}", verdict.tenant, rule=verdict.rule)
+    return EndOfMessageResult(replace(passed, warnings=verdict.warnings), (), (), fields)
 
 
 def _message_checks(txn: Transaction, draft: Draft) -> None:

@@ -61,7 +61,10 @@ def decide(txn: Transaction) -> Verdict:
     """Run the MAIL FROM steps; the transaction keeps what they learnt, and the verdict."""
     verdict = Verdict.accept("no check has run")
     for _name, step in STEPS:
-        verdict = step(txn, verdict)
+        decided = step(txn, verdict)
+        if txn.overrules(decided):
+            continue  # shadow mode: the next steps run on what passed so far
+        verdict = decided
         if verdict.refuses:
             break
     txn.verdict = verdict
@@ -84,9 +87,15 @@ def _tenant(txn: Transaction, _passed: Verdict) -> Verdict:
     except StoreUnavailable as exc:
         return decide_store_error(str(exc), runtime.sender_policy)
     verdict = decide_sender(state.record if state else None, lookup, runtime.sender_policy)
-    if state is None or verdict.refuses:
+    if state is None:
         return verdict
-    return _take_state(txn, state, verdict)
+    plan = runtime.config.plans.get(state.record.plan)
+    txn.shadow = state.record.shadow(plan.mode if plan is not None else "enforce")
+    if verdict.refuses and not txn.shadow:
+        return verdict
+    taken = _take_state(txn, state, verdict)
+    # In shadow mode a terminated tenant's mail still opens its gate, to be counted.
+    return verdict if verdict.refuses else taken
 
 
 def _take_state(txn: Transaction, state: SenderState, passed: Verdict) -> Verdict:

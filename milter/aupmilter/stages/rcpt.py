@@ -10,30 +10,37 @@ in its one script call anyway).
 
 from __future__ import annotations
 
-from aupmilter import audit, replies
+from aupmilter import replies
 from aupmilter.policy.limits import recipient_key
 from aupmilter.policy.tenancy import decide_store_error, unbracket
 from aupmilter.policy.unsubscribe import one_recipient_per_bulk_message
-from aupmilter.replies import Reply
+from aupmilter.policy.verdict import Verdict
 from aupmilter.stages.transaction import Transaction
 from aupmilter.store.client import StoreUnavailable
 
+SUPPRESSED = "suppressed"
+"""The rule of a recipient refused because it is on the tenant's suppression list."""
 
-def decide(txn: Transaction, rcpt_to: str) -> Reply | None:
-    """None accepts the recipient (and counts it); otherwise the reply refusing this RCPT only."""
+
+def decide(txn: Transaction, rcpt_to: str) -> Verdict | None:
+    """None accepts the recipient (and counts it); otherwise the verdict refusing this RCPT only.
+
+    In shadow mode a refused recipient is accepted all the same (and counted); the
+    verdict is still returned, for the audit trail.
+    """
     recipient = unbracket(rcpt_to)
     gate = txn.gate
     if gate is None:
         txn.ungated.append(recipient)
         return None
-    if txn.unsubscribe_at_rcpt:
-        refusal = _unsubscribe_work(txn, recipient)
-        if refusal is not None:
-            return refusal
-    return gate.decide(recipient)
+    refusal = _unsubscribe_work(txn, recipient) if txn.unsubscribe_at_rcpt else None
+    refusal = refusal or gate.refusal(recipient)
+    if refusal is not None and txn.shadow:
+        gate.admit(recipient)
+    return refusal
 
 
-def _unsubscribe_work(txn: Transaction, recipient: str) -> Reply | None:
+def _unsubscribe_work(txn: Transaction, recipient: str) -> Verdict | None:
     """One recipient per bulk message (plan option), and suppression_check = "rcpt"."""
     gate = txn.gate
     assert gate is not None
@@ -41,19 +48,20 @@ def _unsubscribe_work(txn: Transaction, recipient: str) -> Reply | None:
     if key in gate.accepted:
         return None
     if txn.plan is not None:
-        refusal = one_recipient_per_bulk_message(
-            txn.stream, txn.plan.unsubscribe, len(gate.accepted)
-        )
-        if refusal is not None:
-            return refusal
+        reply = one_recipient_per_bulk_message(txn.stream, txn.plan.unsubscribe, len(gate.accepted))
+        if reply is not None:
+            reason = "the plan sends bulk mail one recipient per message"
+            return Verdict.refuse(reply, reason, gate.tenant, rule="one-recipient-per-bulk-message")
     if not txn.suppression_at_rcpt:
         return None
     runtime = txn.runtime
     try:
         suppressed = runtime.store.is_suppressed(gate.tenant, key)
     except StoreUnavailable as exc:
-        return decide_store_error(str(exc), runtime.sender_policy).reply
+        fallback = decide_store_error(str(exc), runtime.sender_policy)
+        return fallback if fallback.refuses else None
     if not suppressed:
         return None
-    audit.suppressed(txn.conn_id, txn.envelope, gate.tenant, recipient, stage="rcpt")
-    return replies.recipient_unsubscribed(gate.tenant)
+    reply = replies.recipient_unsubscribed(gate.tenant)
+    reason = f"{recipient} is on the suppression list of tenant {gate.tenant}"
+    return Verdict.refuse(reply, reason, gate.tenant, rule=SUPPRESSED)

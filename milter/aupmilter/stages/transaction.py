@@ -68,6 +68,10 @@ class Transaction:
     checks: MessageChecks | None = None
     """Collects the message and runs its checks; None after collecting failed."""
     fingerprint_recipients: int | None = None
+    shadow: bool = False
+    """The tenant (or its plan) is in shadow mode: refusals are recorded, not given."""
+    shadowed: list[Verdict] = field(default_factory=list)
+    """In shadow mode, what the stages would have done, in order."""
 
     @property
     def conn_id(self) -> str:
@@ -85,6 +89,13 @@ class Transaction:
     @property
     def envelope(self) -> Envelope:
         return Envelope(self.sender, self.auth_login, self.queue_id, len(self.recipients))
+
+    def overrules(self, verdict: Verdict) -> bool:
+        """True when shadow mode lets a refusing verdict pass (and keeps it for the record)."""
+        if not self.shadow or not verdict.refuses:
+            return False
+        self.shadowed.append(verdict)
+        return True
 
     def close(self) -> None:
         """Release what the transaction holds outside memory (the body spool)."""

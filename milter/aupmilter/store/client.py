@@ -2,6 +2,10 @@
 
 A Redis outage is logged once when it starts and once when it ends, never once
 per message; the connection pool reconnects by itself on the next call.
+
+Audit events waiting in the process's `AuditTrail` ride on these calls: the
+script call becomes one pipeline (the XADDs, then EVALSHA), still one round
+trip. `flush_audit` writes them alone when no call came for a while.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from aupmilter.audit import AuditTrail, StreamFields
 from aupmilter.config import RedisSettings
 from aupmilter.policy.limits import Scope, Unit, Window, WindowFill
 from aupmilter.policy.plans import Plan
@@ -173,10 +179,11 @@ def parse_fill(flat: Sequence[Any]) -> WindowFill:
 
 
 class Store:
-    def __init__(self, settings: RedisSettings) -> None:
+    def __init__(self, settings: RedisSettings, audit: AuditTrail | None = None) -> None:
         self.settings = settings
         self.client = connect(settings)
         self.outage = OutageLog()
+        self.audit = audit
         self._sender_state: Script = self.client.register_script(load_script("sender_state.lua"))
         self._charge: Script = self.client.register_script(load_script("charge.lua"))
 
@@ -296,7 +303,76 @@ class Store:
         return result
 
     def _call(self, script: Script, script_keys: list[str], args: list[str]) -> Any:
-        return self._command(lambda: script(keys=script_keys, args=args))
+        riders = self.audit.take() if self.audit is not None else []
+        if not riders:
+            return self._command(lambda: script(keys=script_keys, args=args))
+        return self._command(lambda: self._ride(riders, script, script_keys, args))
+
+    def _ride(
+        self,
+        riders: list[tuple[float, StreamFields]],
+        script: Script,
+        script_keys: list[str],
+        args: list[str],
+    ) -> Any:
+        """The script call with the waiting audit events in front of it: one round trip.
+
+        A script Redis does not know (after a restart or SCRIPT FLUSH) is loaded and
+        called again: the events are written by then. Events whose pipeline failed
+        as a whole go back to wait for the next ride.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        self._queue_events(pipe, riders)
+        pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+        try:
+            results = pipe.execute(raise_on_error=False)
+        except STORE_ERRORS:
+            assert self.audit is not None
+            self.audit.give_back(riders)
+            raise
+        self._count_written(results[:-1])
+        reply = results[-1]
+        if isinstance(reply, NoScriptError):
+            return script(keys=script_keys, args=args)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def flush_audit(self, older_than: float = 0.0) -> int:
+        """Write the events that waited at least `older_than` seconds; how many were written.
+
+        The daemon's flusher calls this when no transaction gave them a ride.
+        """
+        audit = self.audit
+        if audit is None:
+            return 0
+        since = audit.waiting_since()
+        if since is None or audit.now() - since < older_than:
+            return 0
+        riders = audit.take()
+        pipe = self.client.pipeline(transaction=False)
+        self._queue_events(pipe, riders)
+        try:
+            results = self._command(lambda: pipe.execute(raise_on_error=False))
+        except StoreUnavailable:
+            audit.give_back(riders)
+            return 0
+        return self._count_written(results)
+
+    def _queue_events(self, pipe: Any, riders: Sequence[tuple[float, StreamFields]]) -> None:
+        assert self.audit is not None
+        for when, fields in riders:
+            minid = self.audit.oldest_kept_ms(when)
+            pipe.xadd(keys.AUDIT_STREAM, fields, minid=minid, approximate=False)
+
+    def _count_written(self, results: Sequence[Any]) -> int:
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            log.error("audit trail: %d events not written: %s", len(failed), failed[0])
+        written = len(results) - len(failed)
+        if self.audit is not None:
+            self.audit.written += written
+        return written
 
     def close(self) -> None:
         self.client.close()

@@ -22,6 +22,9 @@ created_at, updated_at      Unix seconds, written by `aup-milter tenant`
 allowed_domains             extra Reply-To/Sender domains, separated by spaces or commas
 max_recipients_per_message  the tenant's own recipient cap, in place of the plan's
 window.<name>               the tenant's own limit for the plan's window <name>
+mode                        enforce | shadow: the tenant's own mode (shadow: every check
+                            runs, the audit trail says what it would have done, the
+                            mail passes); absent: the plan's `mode`
 auto_suspended_at           Unix seconds of the last automatic suspension (complaint or
                             bounce rate); kept when ops lift it, for the record
 auto_terminated_at          Unix seconds of the ladder's termination of the tenant (third
@@ -63,7 +66,9 @@ Not per tenant (the unsubscribe service learns the tenant from it):
 
 aup:unsubref:<ref>        string: "<tenant>\n<address>" behind an unsubscribe token;
                           expires with the tokens (aupmilter.policy.tokens, store.suppression)
-aup:audit                 stream: audit events (suppressions), trimmed to about 8 days
+aup:audit                 stream: the audit trail (aupmilter.audit): one entry per verdict,
+                          refused or suppressed recipient, suppression change and automatic
+                          action, flat string fields; trimmed by MINID to [audit] retention_days
 
 The Lua scripts get every key name through KEYS or ARGV (their headers say
 which); the one name a script spells itself is the `plan` field.
@@ -93,6 +98,7 @@ FIELD_ALLOWED_DOMAINS = "allowed_domains"
 FIELD_MAX_RECIPIENTS = "max_recipients_per_message"
 FIELD_AUTO_TERMINATED_AT = "auto_terminated_at"
 FIELD_AUTO_SUSPENDED_AT = "auto_suspended_at"
+FIELD_MODE = "mode"
 FIELD_WINDOW_PREFIX = "window."
 """``window.<name>`` overrides the limit of the plan's window ``<name>``."""
 

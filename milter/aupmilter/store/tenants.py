@@ -45,6 +45,7 @@ def tenant_record(
         domains=frozenset(domains),
         allowed_domains=frozenset(d for d in allowed if d),
         overrides=limit_overrides(fields),
+        mode=fields.get(keys.FIELD_MODE, ""),
     )
 
 
