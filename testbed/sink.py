@@ -6,9 +6,11 @@ can look at exactly what left the relay. The envelope is prepended as
 Return-Path), which keeps one file per message.
 
 A recipient whose local part starts with REFUSE_PREFIX (``refuse-550-``) is
-answered ``550 5.1.1`` at RCPT, as a remote server refuses an unknown user,
-so that tests see the DSN the relay's own Postfix makes of it; every other
-recipient is accepted.
+answered ``550 5.1.1`` at RCPT, as a remote server refuses an unknown user;
+one starting with DEFER_PREFIX (``refuse-450-``) ``450 4.2.1`` (mailbox
+temporarily unavailable), every time, so Postfix keeps retrying it until
+``maximal_queue_lifetime``. Tests see the bounce and delay notices the
+relay's own Postfix makes of them; every other recipient is accepted.
 
 Run: ``python -m testbed.sink --host 127.0.0.1 --port N --maildir DIR --pidfile F``
 """
@@ -33,6 +35,7 @@ from testbed.proc import write_pidfile
 # reader listing ``*.eml`` never sees a half-written message.
 TMP_SUBDIR = ".tmp"
 REFUSE_PREFIX = "refuse-550-"
+DEFER_PREFIX = "refuse-450-"
 
 
 class MaildirHandler:
@@ -54,11 +57,15 @@ class MaildirHandler:
     ) -> str:
         if address.lower().startswith(REFUSE_PREFIX):
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown (sink)"
+        if address.lower().startswith(DEFER_PREFIX):
+            return f"450 4.2.1 <{address}>: Mailbox temporarily unavailable (sink)"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.store(envelope.mail_from or "", list(envelope.rcpt_tos), _content_bytes(envelope))
+        # aiosmtpd gives the null sender as "<>"; the Return-Path shows it as `<>`.
+        mail_from = "" if envelope.mail_from in (None, "<>") else str(envelope.mail_from)
+        self.store(mail_from, list(envelope.rcpt_tos), _content_bytes(envelope))
         return "250 2.0.0 Ok: stored by testbed sink"
 
     def store(self, mail_from: str, rcpt_tos: list[str], content: bytes) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -327,6 +328,10 @@ class Stack:
 
     def stop_postfix(self) -> None:
         self.relay.stop()
+
+    def postfix_settings(self, values: Mapping[str, str]) -> AbstractContextManager[None]:
+        """main.cf ``values`` in force for a ``with`` block, Postfix reloaded before and after."""
+        return self.relay.settings(values)
 
     def postconf(self, *names: str) -> dict[str, str]:
         """Effective main.cf values of ``names`` in the stack's Postfix."""

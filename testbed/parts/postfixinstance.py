@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,11 @@ from testbed.proc import (
     terminate,
     wait_until,
 )
+
+RELOAD_LOGGED = "reload -- version"
+"""What master logs on `postfix reload`."""
+RELOAD_SETTLE = 0.3
+"""Seconds for the old generation's idle daemons to exit after a reload."""
 
 
 class PostfixInstance:
@@ -185,8 +192,39 @@ class PostfixInstance:
                 terminate(member, timeout=2.0, what="postfix process", session=False)
 
     def reload(self) -> None:
+        """Rewrite the config and reload; return once master logged the reload.
+
+        Master then stops its idle children and starts new ones with the new
+        settings (qmgr and cleanup included) as they are needed.
+        """
+        before = self.log_text().count(RELOAD_LOGGED)
         self.write_config()
         run(self._postfix("reload"), what="postfix reload")
+        wait_until(
+            lambda: self.log_text().count(RELOAD_LOGGED) > before,
+            timeout=self.timeout,
+            what="Postfix's master to log the reload",
+            on_timeout=lambda: tail(self.layout.log_file),
+        )
+        # Children of the old generation finish what they are doing first.
+        time.sleep(RELOAD_SETTLE)
+
+    @contextmanager
+    def settings(self, values: Mapping[str, str]) -> Iterator[None]:
+        """main.cf ``values`` in force for the block (Postfix reloaded), the previous ones after.
+
+        For a test that needs Postfix timings the others must not get (a
+        short ``maximal_queue_lifetime``, ``delay_warning_time``).
+        """
+        saved = dict(self.overrides)
+        self.overrides.update(values)
+        try:
+            self.reload()
+            yield
+        finally:
+            self.overrides.clear()
+            self.overrides.update(saved)
+            self.reload()
 
     def log_text(self) -> str:
         try:
