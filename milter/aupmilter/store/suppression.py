@@ -8,7 +8,8 @@ keys.suppressed(tenant)     hash: field = recipient address, normalised (local p
                             with source one-click | mailto | complaint | bounce | manual
 keys.unsubscribe_ref(ref)   string: "<tenant>\\n<address>" for the unsubscribe token
                             reference <ref> (see aupmilter.policy.tokens); expires with the tokens
-keys.AUDIT_STREAM           stream: audit events, trimmed to about AUDIT_RETENTION_SECONDS
+keys.AUDIT_STREAM           stream: audit events (appended here; the milter trims it to
+                            its [audit] retention_days, so one retention holds for all)
 
 The suppression hash carries the tenant's Redis Cluster hash tag, so a script
 may touch it with the tenant's windows. The first suppression of an address
@@ -38,8 +39,6 @@ from aupmilter.store import keys
 
 log = logging.getLogger("aupmilter.suppression")
 
-AUDIT_RETENTION_SECONDS = 8 * 86_400
-"""Entries older than this may be trimmed: at least the 7 days the AUP asks for survive."""
 MAX_ADDRESS_LENGTH = 254
 MAX_LOCAL_PART_LENGTH = 64
 BATCH_SIZE = 1000
@@ -130,9 +129,11 @@ def audit_fields(
 
 
 def queue_audit(pipe: Any, fields: dict[str, str], now: float) -> None:
-    """XADD with MINID trimming: entries younger than the retention always stay."""
-    oldest_ms = max(0, int((now - AUDIT_RETENTION_SECONDS) * 1000))
-    pipe.xadd(keys.AUDIT_STREAM, fields, minid=oldest_ms, approximate=True)
+    """XADD an event, without trimming: the milter trims by MINID to the configured retention
+    as it writes its own events (audit.AuditTrail), so a writer that knows no configuration
+    (the CLI, the web service) can never cut the trail shorter than configured."""
+    fields.setdefault("ts", f"{now:.3f}")
+    pipe.xadd(keys.AUDIT_STREAM, fields)
 
 
 def log_event(fields: dict[str, str]) -> None:
