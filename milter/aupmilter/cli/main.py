@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     remove = actions.add_parser("remove", help="delete a tenant and its mappings")
     remove.add_argument("tenant_id", metavar="ID")
 
+    lift = actions.add_parser(
+        "lift", help="lift the ladder's suspension of one sender or domain (audited: lifted)"
+    )
+    lift.add_argument("tenant_id", metavar="ID")
+    subject = lift.add_mutually_exclusive_group(required=True)
+    subject.add_argument("--sender", help="the SASL login or envelope mailbox suspended")
+    subject.add_argument("--domain", help="the envelope sender domain suspended")
+
     from aupmilter.cli import auditlog as auditcli
     from aupmilter.cli import report as reportcli
     from aupmilter.cli import unsubscribe as unsubcli
@@ -215,6 +223,7 @@ def cmd_tenant(args: argparse.Namespace) -> int:
             _print_tenants([info], args.json, single=True)
             if not args.json:
                 _print_rates(client, info, config)
+                _print_ladder(client, info.tenant_id)
         elif args.action == "list":
             _print_tenants(admin.list(), args.json, single=False)
         elif args.action == "set-status":
@@ -223,6 +232,8 @@ def cmd_tenant(args: argparse.Namespace) -> int:
         elif args.action == "remove":
             admin.remove(args.tenant_id)
             print(f"removed tenant {args.tenant_id}")
+        elif args.action == "lift":
+            return _lift(client, admin, args)
     except TenantError as exc:
         print(f"aup-milter tenant: {exc}", file=sys.stderr)
         return EX_FAILURE
@@ -274,6 +285,36 @@ def _print_rates(client: Any, info: TenantInfo, config: Config | None) -> None:
         counts = counters.count(info.tenant_id, measure, 0, reputation, now)
         decision = decide(measure, counts.events, counts.delivered, reputation, "active")
         print(decision.figures)
+
+
+def _lift(client: Any, admin: Any, args: argparse.Namespace) -> int:
+    """One suspension lifted (HDEL) and audited; EX_FAILURE when there was none."""
+    from aupmilter.store.ladder import LadderStore, Subject
+
+    tenant_id = admin.show(args.tenant_id).tenant_id  # TenantError for an unknown tenant
+    kind = Subject.SENDER if args.sender is not None else Subject.DOMAIN
+    subject = args.sender if args.sender is not None else args.domain
+    lifted = LadderStore(client).lift(tenant_id, kind, subject, time.time(), by="cli")
+    if lifted is None:
+        print(
+            f"aup-milter tenant: {kind.value} {subject} of tenant {tenant_id} is not suspended",
+            file=sys.stderr,
+        )
+        return EX_FAILURE
+    print(f"lifted {kind.value} {lifted.subject} of tenant {tenant_id} (was: {lifted.reason})")
+    return EX_OK
+
+
+def _print_ladder(client: Any, tenant_id: str) -> None:
+    """The ladder's suspensions and offence counts (policy.ladder): two reads."""
+    from aupmilter.store.ladder import LadderStore
+
+    ladder = LadderStore(client)
+    for suspension in ladder.suspensions(tenant_id):
+        since = _timestamp(str(suspension.since)) if suspension.since else "-"
+        print(f"suspended {suspension.kind.value} {suspension.subject} since {since}")
+    for sender, count in sorted(ladder.offences(tenant_id).items()):
+        print(f"near-cap-repeat offences of {sender}: {count}")
 
 
 def _timestamp(value: str) -> str:

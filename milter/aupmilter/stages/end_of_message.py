@@ -276,7 +276,7 @@ def _ladder(txn: Transaction, draft: Draft) -> None:
     repeat = repeat_of(near_cap.evidence.repeats, txn.plan.ladder)
     if repeat is Repeat.NONE:
         return
-    shadow = bool(getattr(txn, "shadow", False))
+    shadow = txn.shadow
     if repeat is Repeat.OFFENCE:
         offence = offence_for(
             tenant=gate.tenant,
