@@ -427,6 +427,13 @@ def run_workload(bare: Side, milter: Side, workload: Workload, options: Options)
         f" of message, HEXISTS per RCPT with suppression_check = rcpt; plus"
         f" {calls['hello'] + calls['client|setname']} connection set-up commands in all)"
     )
+    entries = int(milter.stack.redis_cli("XLEN", keys.AUDIT_STREAM) or 0)
+    memory = int(milter.stack.redis_cli("MEMORY", "USAGE", keys.AUDIT_STREAM, "SAMPLES", "0") or 0)
+    say(
+        f"{name}: audit stream: {calls['xadd'] / max(1, summary.milter_messages):.2f} events per"
+        f" message, pipelined in front of those script calls (no round trip of their own under"
+        f" load); {entries} entries, {memory // max(1, entries)} bytes per event (MEMORY USAGE)"
+    )
     return summary
 
 
