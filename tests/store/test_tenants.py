@@ -75,6 +75,28 @@ def test_set_status_updates_reason_and_time(admin: TenantAdmin, redis_client: re
         admin.set_status("acme", "on-hold")
 
 
+def test_every_status_change_is_audited_and_a_return_to_active_is_a_lift(
+    admin: TenantAdmin, redis_client: redis.Redis
+) -> None:
+    admin.add("acme", "standard", ["acme"], [])
+    redis_client.hset(
+        "aup:tenant:acme",
+        mapping={"status": "suspended", "reason": "automatic suspension: complaints 0.5 %"},
+    )
+    admin.set_status("acme", "active", "customer cleaned the list")
+    admin.set_status("acme", "terminated", "repeat offender")
+    events = [f for _id, f in redis_client.xrange("aup:audit")]
+    assert [(e["event"], e["tenant"], e["by"]) for e in events] == [
+        ("lifted", "acme", "cli"),
+        ("status-changed", "acme", "cli"),
+    ]
+    assert events[0]["detail"] == (
+        "tenant acme: suspended -> active (customer cleaned the list);"
+        " was: automatic suspension: complaints 0.5 %"
+    )
+    assert events[1]["detail"].startswith("tenant acme: active -> terminated")
+
+
 def test_remove_deletes_only_what_the_tenant_owns(
     admin: TenantAdmin, redis_client: redis.Redis
 ) -> None:

@@ -20,6 +20,7 @@ import redis
 from aupmilter.policy.limits import LimitOverrides
 from aupmilter.policy.tenancy import TenantRecord, TenantStatus, normalize_domain
 from aupmilter.store import keys
+from aupmilter.store.suppression import queue_audit
 
 _DOMAIN_SEPARATORS = re.compile(r"[\s,]+")
 MAX_LIMIT_DIGITS = 12
@@ -183,22 +184,50 @@ class TenantAdmin:
             pipe.execute()
         return self.show(tenant_id)
 
-    def set_status(self, tenant_id: str, status: str, reason: str = "") -> TenantInfo:
+    def set_status(
+        self, tenant_id: str, status: str, reason: str = "", by: str = "cli"
+    ) -> TenantInfo:
+        """Set the status, and audit the change in the same MULTI.
+
+        Back to `active` from `suspended` or `terminated` (also an automatic
+        suspension by the rates or the ladder) is a `lifted` event; any other
+        change a `status-changed` event; both name the old and the new status.
+        """
         state = validate_status(status)
         tenant_key = keys.tenant(validate_tenant_id(tenant_id))
         with self.client.pipeline(transaction=True) as pipe:
             pipe.watch(tenant_key)  # type: ignore[no-untyped-call]
             if not pipe.exists(tenant_key):
                 raise TenantError(f"no tenant {tenant_id!r}")
+            old_status, old_reason = cast(
+                list[str | None], pipe.hmget(tenant_key, [keys.FIELD_STATUS, keys.FIELD_REASON])
+            )
+            now = self._now()
             pipe.multi()
             pipe.hset(
                 tenant_key,
                 mapping={
                     keys.FIELD_STATUS: state.value,
                     keys.FIELD_REASON: reason,
-                    keys.FIELD_UPDATED_AT: self._now(),
+                    keys.FIELD_UPDATED_AT: now,
                 },
             )
+            lifted = state is TenantStatus.ACTIVE and old_status in (
+                TenantStatus.SUSPENDED.value,
+                TenantStatus.TERMINATED.value,
+            )
+            event = {
+                "event": "lifted" if lifted else "status-changed",
+                "tenant": tenant_id,
+                "subject": tenant_id,
+                "kind": "tenant",
+                "by": by,
+                "detail": f"tenant {tenant_id}: {old_status or '?'} -> {state.value}"
+                + (f" ({reason})" if reason else "")
+                + (f"; was: {old_reason}" if old_reason else ""),
+                "ts": now,
+            }
+            queue_audit(pipe, event, float(now))
             pipe.execute()
         return self.show(tenant_id)
 
