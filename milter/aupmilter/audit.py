@@ -20,8 +20,10 @@ at most one more per `FLUSH_AFTER` seconds, whatever the number of events.
 
 Bounds: at most `MAX_PENDING` events wait (when Redis is down for long, the
 oldest are dropped from the stream, counted and logged; their log lines
-stay); an event lists at most `MAX_LISTED` recipients (the count is always
-complete); at most `MAX_PER_RIDE` events ride on one call.
+stay); a verdict lists at most `[audit] recipients_listed` recipients (default
+10, at most `MAX_LISTED`; the count is always complete) and at most
+`MAX_LISTED` suppressed ones get an event each; at most `MAX_PER_RIDE` events
+ride on one call.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def verdict_event(
     shadow: bool = False,
     recipients: Sequence[str] = (),
 ) -> dict[str, object]:
-    """The event as typed values (the log line's form); `recipients` listed up to MAX_LISTED."""
+    """The event as typed values (the log line's form); `recipients` as the caller cut them."""
     event: dict[str, object] = {
         "event": kind,
         "conn": conn_id,
@@ -106,7 +108,7 @@ def verdict_event(
         "warnings": list(verdict.warnings),
     }
     if recipients:
-        event["rcpt"] = list(recipients[:MAX_LISTED])
+        event["rcpt"] = list(recipients)
     if verdict.evidence:
         event["evidence"] = dict(verdict.evidence)
     return event
@@ -136,10 +138,14 @@ class AuditTrail:
     entries are added; never less than MIN_RETENTION_DAYS).
     """
 
-    def __init__(self, retention_seconds: float, clock: Any = time.time) -> None:
+    def __init__(
+        self, retention_seconds: float, clock: Any = time.time, recipients_listed: int = 10
+    ) -> None:
         if retention_seconds < MIN_RETENTION_DAYS * 86_400:
             raise ValueError(f"audit retention must be at least {MIN_RETENTION_DAYS} days")
         self.retention_seconds = retention_seconds
+        self.recipients_listed = recipients_listed
+        """How many recipients a verdict event names (all are counted)."""
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: deque[tuple[float, StreamFields]] = deque()

@@ -275,7 +275,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             shown,
             stage,
             shadow=txn.shadow and bool(txn.shadowed),
-            recipients=txn.recipients,
+            recipients=txn.recipients[: self.live.audit.recipients_listed],
         )
         if txn.shadow:
             event["mode"] = "shadow"

@@ -52,7 +52,9 @@ class LiveRuntime:
     def __init__(
         self, config: Config, store_factory: Callable[[Config], Store] | None = None
     ) -> None:
-        self.audit = AuditTrail(config.audit.retention_seconds)
+        self.audit = AuditTrail(
+            config.audit.retention_seconds, recipients_listed=config.audit.recipients_listed
+        )
         """One per process: events waiting for the stream survive a reload and a new store."""
         self._store_factory = store_factory or (lambda cfg: Store(cfg.redis, self.audit))
         self._current = Runtime(config, self._store_factory(config))
@@ -81,6 +83,7 @@ class LiveRuntime:
             )
         store = old.store if config.redis == old.config.redis else self._store_factory(config)
         self.audit.retention_seconds = config.audit.retention_seconds
+        self.audit.recipients_listed = config.audit.recipients_listed
         with self._lock:
             self._current = Runtime(config, store)
         logs.configure(config.log)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -85,7 +86,8 @@ def test_every_status_change_is_audited_and_a_return_to_active_is_a_lift(
     )
     admin.set_status("acme", "active", "customer cleaned the list")
     admin.set_status("acme", "terminated", "repeat offender")
-    events = [f for _id, f in redis_client.xrange("aup:audit")]
+    entries = cast(list[tuple[str, dict[str, str]]], redis_client.xrange("aup:audit"))
+    events = [f for _id, f in entries]
     assert [(e["event"], e["tenant"], e["by"]) for e in events] == [
         ("lifted", "acme", "cli"),
         ("status-changed", "acme", "cli"),

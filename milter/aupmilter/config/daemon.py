@@ -154,6 +154,8 @@ def read_log(section: Section) -> LogSettings:
 class AuditSettings:
     retention_days: int = 8
     """The audit stream keeps at least this many days (the AUP asks for 7: never fewer)."""
+    recipients_listed: int = 10
+    """Recipients a verdict event names (every one is counted): memory per event."""
 
     @property
     def retention_seconds(self) -> int:
@@ -164,6 +166,9 @@ def read_audit(section: Section) -> AuditSettings:
     settings = AuditSettings(
         retention_days=section.get(
             "retention_days", 8, "whole days from 7 to 400", integer(7, 400)
+        ),
+        recipients_listed=section.get(
+            "recipients_listed", 10, "a whole number from 0 to 50", integer(0, 50)
         ),
     )
     section.reject_unknown()

@@ -14,6 +14,14 @@ def test_audit_defaults_keep_eight_days(confdir: Path) -> None:
     config = load_config(write(confdir, ""))
     assert config.audit.retention_days == 8
     assert config.audit.retention_seconds == 8 * 86_400
+    assert config.audit.recipients_listed == 10
+
+
+def test_recipients_listed_is_bounded(confdir: Path) -> None:
+    config = load_config(write(confdir, "[audit]\nrecipients_listed = 0\n"))
+    assert config.audit.recipients_listed == 0
+    (problem,) = problems(confdir, "[audit]\nrecipients_listed = 51\n")
+    assert "key 'audit.recipients_listed': expected a whole number from 0 to 50" in problem
 
 
 def test_audit_retention_is_read(confdir: Path) -> None:
