@@ -339,7 +339,10 @@ def read_plan_ladder(section: Section) -> LadderPlan:
         number(0.5, 1.0),
     )
     repeats = section.get(
-        "near_cap_repeats", defaults.repeats, "a whole number from 1 to 1000", integer(1, 1000)
+        "near_cap_repeats",
+        defaults.repeats,
+        "a whole number from 1 to 1000000",
+        integer(1, 1_000_000),
     )
     window_ms = section.get(
         "near_cap_window",

@@ -10,7 +10,9 @@
 -- KEYS[2..W+1] the window hashes (aup:{<id>}:w:...), all with the same tag;
 --             the count-only ones come last: the tenant's delivered recipients
 --             for the complaint and bounce rates (aup:{<id>}:rate:delivered:...),
---             then the content fingerprint's (aup:{<id>}:fp:...), when counted
+--             the ladder's near-cap transactions of the sender with this content
+--             (aup:{<id>}:nearcap:..., unit "m"), then the content fingerprint's
+--             (aup:{<id>}:fp:...), each when counted; the fingerprint's stays last
 -- KEYS[W+2..W+1+R] unsubscribe references to store once charged
 --             (aup:unsubref:<ref>); R is 0 for mail that gets no relay link
 -- ARGV[1]     now, in milliseconds since the epoch
