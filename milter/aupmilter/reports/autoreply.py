@@ -22,6 +22,7 @@ import re
 from email.message import Message
 
 from aupmilter.reports.mime import iter_headers
+from aupmilter.reports.mime import subject as decoded_subject
 
 CHALLENGE_HEADERS = (
     "X-Challenge", "X-Challenge-Response", "X-Boxtrapper", "X-TMDA-Confirm", "X-TMDA-Fingerprint",
@@ -60,7 +61,7 @@ def challenge_marker(message: Message, own_text: str) -> str | None:
     for name in CHALLENGE_HEADERS:
         if message.get(name) is not None:
             return f"challenge-response ({name} header)"
-    subject = next(iter_headers(message, "Subject"), "")
+    subject = decoded_subject(message)
     for where, text in (("Subject", subject), ("text", own_text)):
         found = _CHALLENGE_WORDS.search(text)
         if found is not None:
@@ -76,7 +77,7 @@ def autoreply_marker(message: Message, own_text: str) -> str | None:
     precedence = next(iter_headers(message, "Precedence"), "")
     if _REPLY_PRECEDENCE.match(precedence):
         return "auto-reply (Precedence: auto_reply)"
-    subject = next(iter_headers(message, "Subject"), "")
+    subject = decoded_subject(message)
     if _REPLY_SUBJECT.match(subject):
         return f"auto-reply (Subject {subject.strip()[:60]!r})"
     auto = next(iter_headers(message, "Auto-Submitted"), "").strip().lower()

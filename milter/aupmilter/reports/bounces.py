@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from email.message import Message
 
-from aupmilter.reports.mime import iter_headers
+from aupmilter.reports.mime import iter_headers, subject
 from aupmilter.reports.model import MAX_ADDRESSES, Kind, mailbox, unique
 
 log = logging.getLogger("aupmilter.reports.bounces")
@@ -78,7 +78,7 @@ _PERMANENT = re.compile(r"permanent (error|failure)|given up|giving up|won'?t be
 _WARNING = re.compile(
     r"\bdelayed\b|still being retried|will (be )?retr(y|ied)|will (continue to )?(re)?try"
     r"|not yet been delivered|warning only|delivery (status notification )?\(delay\)"
-    r"|has not been delivered yet|is being (re)?tried",
+    r"|has not been delivered yet|is being (re)?tried|(delivery )?attempts will continue",
     re.I,
 )
 _BOUNCE_SUBJECT = re.compile(
@@ -107,14 +107,20 @@ def looks_like_bounce(message: Message) -> bool:
     return_path = next(iter_headers(message, "Return-Path"), None)
     if return_path is not None and return_path.strip() in ("<>", ""):
         return True
+    if return_path is not None and _daemon(return_path):
+        return True
     for value in iter_headers(message, "From"):
-        address = mailbox(_angle(value)) or ""
-        if address.rpartition("@")[0].lower() in _DAEMON_LOCALS:
+        if _daemon(value):
             return True
         if re.search(r"mail delivery (system|subsystem)|postmaster", value, re.I):
             return True
-    subject = next(iter_headers(message, "Subject"), "")
-    return _BOUNCE_SUBJECT.search(subject) is not None
+    return _BOUNCE_SUBJECT.search(subject(message)) is not None
+
+
+def _daemon(value: str) -> bool:
+    """The address is a mail system's own (MAILER-DAEMON, postmaster)."""
+    address = mailbox(_angle(value)) or ""
+    return address.rpartition("@")[0].lower() in _DAEMON_LOCALS
 
 
 def text_bounces(
@@ -138,7 +144,7 @@ def text_bounces(
             key=lambda a: lower_text.find(a.lower()),
         )
     )
-    warning = _WARNING.search(next(iter_headers(message, "Subject"), "") + "\n" + own_text)
+    warning = _WARNING.search(subject(message) + "\n" + own_text)
     permanent_words = _PERMANENT.search(own_text) is not None
     temporary_set = {a.lower() for a in temporary}
     listed = {a.lower() for a in (*header_failed, *flufl_found)}

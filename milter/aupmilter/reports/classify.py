@@ -8,8 +8,12 @@ Order, first match decides:
 3. a delivery status notification (reports/dsn.py), judged per recipient:
    the kind of the most severe (hard > soft > delayed), only hard failures
    suppressed; only positive recipients (delivered, relayed): not-a-report;
+   a bounce without a status part of its own that attaches a whole DSN (a
+   gateway forwarding it as message/rfc822) is judged by the attached one;
 4. an auto-reply (vacation, out of office);
-5. a bounce in words (reports/bounces.py: flufl.bounce and heuristics);
+5. a bounce in words (reports/bounces.py: flufl.bounce and heuristics), also
+   what is built like a DSN (report-type=delivery-status) but has no
+   recipient block to read;
 6. anything else: not-a-report.
 
 Addresses of the report's own header (its From, To, Sender, Reply-To,
@@ -28,6 +32,7 @@ import html
 import logging
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from email.message import Message
 
 from aupmilter.reports import arf, autoreply, bounces, dsn, mime
@@ -80,14 +85,20 @@ def classify(
     marker = autoreply.challenge_marker(message, own_text)
     if marker is not None:
         return Report(Kind.NOT_A_REPORT, _line(marker))
-    if dsn.is_dsn(message, parts):
+    shaped = dsn.is_dsn(message, parts)
+    if shaped:
         report = _delivery_status(parts, lookup, own)
+        if report is not None:
+            return report
+    bounce = shaped or bounces.looks_like_bounce(message)
+    if bounce and not dsn.status_parts(parts):
+        report = _wrapped(parts, lookup, own)
         if report is not None:
             return report
     marker = autoreply.autoreply_marker(message, own_text)
     if marker is not None:
         return Report(Kind.NOT_A_REPORT, _line(marker))
-    if bounces.looks_like_bounce(message):
+    if bounce:
         return _text_bounce(message, parts, text, own_text, lookup, own)
     return Report(Kind.NOT_A_REPORT, "no feedback report, delivery status or bounce text")
 
@@ -148,6 +159,28 @@ def _delivery_status(parts: mime.Parts, lookup: TenantLookup, own: Sequence[str]
         for k in (Kind.SOFT_BOUNCE, Kind.DELAYED)
     )
     return Report(kind, _line(reason), recipients, hard, tenant, soft=soft, delayed=delayed)
+
+
+def _wrapped(parts: mime.Parts, lookup: TenantLookup, own: Sequence[str]) -> Report | None:
+    """A bounce whose DSN is attached whole (message/rfc822), as some gateways forward it.
+
+    Only one level, and only the first attachment that is itself a DSN with
+    recipient blocks; its own header's addresses are excluded like the outer's.
+    """
+    for part in parts.originals:
+        inner = part.get_payload()
+        if mime.content_type(part) != "message/rfc822" or not isinstance(inner, list) or not inner:
+            continue
+        wrapped = inner[0]
+        if not isinstance(wrapped, Message):
+            continue
+        inner_parts = mime.walk(wrapped)
+        if not dsn.status_parts(inner_parts):
+            continue
+        report = _delivery_status(inner_parts, lookup, [*own, *_own_addresses(wrapped, None)])
+        if report is not None:
+            return replace(report, reason=_line(f"attached {report.reason}"))
+    return None
 
 
 def _text_bounce(

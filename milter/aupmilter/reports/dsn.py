@@ -49,6 +49,11 @@ def is_dsn(message: Message, parts: Parts) -> bool:
     return content_type(message) == "multipart/report" and declared.lower() == "delivery-status"
 
 
+def status_parts(parts: Parts) -> list[Message]:
+    """The report's own delivery-status parts (none inside an attached original)."""
+    return [part for part in parts.leaves if content_type(part) in STATUS_PARTS]
+
+
 def recipient_statuses(parts: Parts) -> tuple[list[RecipientStatus], list[str]]:
     """Every recipient block, and the per-message fields naming the original's sender."""
     statuses: list[RecipientStatus] = []

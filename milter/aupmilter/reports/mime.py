@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import email.header
 import email.parser
 import email.policy
 import quopri
@@ -226,6 +227,28 @@ def own_text(text: str) -> str:
         if found is not None:
             cut = min(cut, found.start())
     return text[:cut]
+
+
+def subject(message: Message) -> str:
+    """The first Subject with RFC 2047 words decoded (an Exchange auto-reply's or bounce's
+    `=?utf-8?B?...?=`); undecodable words and unknown charsets read as Latin-1."""
+    raw = next(iter_headers(message, "Subject"), "")
+    if "=?" not in raw:
+        return raw
+    try:
+        chunks = email.header.decode_header(raw)
+    except Exception:  # a malformed encoded word: the raw text is still something
+        return raw
+    text = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            text.append(chunk)
+            continue
+        try:
+            text.append(chunk.decode(charset or "us-ascii", "replace"))
+        except (LookupError, ValueError):
+            text.append(chunk.decode("latin-1"))
+    return "".join(text)
 
 
 def iter_headers(message: Message, name: str) -> Iterator[str]:

@@ -239,3 +239,73 @@ def test_soft_and_delayed_recipients_are_named_apart() -> None:
     assert report.suppress == ("hard@example.net",)
     assert report.soft == ("soft@example.net",)
     assert report.delayed == ("late@example.net",)
+
+
+def status_report(status_part: str, sender: str = "MAILER-DAEMON@relay.example.net") -> bytes:
+    return (
+        f"From: {sender}\nTo: news@acme.example\nSubject: failure\nMIME-Version: 1.0\n"
+        "Content-Type: multipart/report; report-type=delivery-status; "
+        'boundary="b"\n\n--b\nContent-Type: text/plain\n\n'
+        "A message could not be delivered to:\nq@example.fr\nThis address does not exist.\n\n"
+        f"--b\nContent-Type: message/delivery-status\n\n{status_part}\n--b--\n"
+    ).encode()
+
+
+def test_a_dsn_without_recipient_blocks_is_read_as_a_bounce_in_words() -> None:
+    report = classify_bytes(status_report("Reporting-MTA: mx.example.fr\n\nMessage removed\n"))
+    assert report.kind is Kind.HARD_BOUNCE, report.reason
+    assert report.suppress == ("q@example.fr",)
+    assert report.reason.startswith("bounce without a status part")
+
+
+def test_a_dsn_attached_whole_to_a_gateways_bounce_is_judged() -> None:
+    inner = status_report(
+        "Reporting-MTA: dns; mx.example.com\n\n"
+        "Final-Recipient: rfc822; gone@example.com\nAction: failed\nStatus: 5.1.1\n"
+    ).decode()
+    raw = (
+        "From: postmaster@gateway.example.com\nTo: news@acme.example\n"
+        "Subject: Delivery Status Notification (Failure)\nMIME-Version: 1.0\n"
+        'Content-Type: multipart/mixed; boundary="outer"\n\n--outer\n'
+        "Content-Type: message/rfc822\n\n"
+        f"{inner}\n--outer--\n"
+    ).encode()
+    report = classify_bytes(raw)
+    assert report.kind is Kind.HARD_BOUNCE, report.reason
+    assert report.suppress == ("gone@example.com",)
+    assert report.reason.startswith("attached DSN")
+
+
+def test_a_dsn_attached_to_a_persons_mail_is_not_taken() -> None:
+    """Only a bounce (by its sender, Subject or report type) is unwrapped."""
+    inner = status_report(
+        "Final-Recipient: rfc822; gone@example.com\nAction: failed\nStatus: 5.1.1\n"
+    ).decode()
+    raw = (
+        "From: Peter <peter@example.org>\nTo: news@acme.example\nSubject: look at this\n"
+        'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="outer"\n\n--outer\n'
+        f"Content-Type: message/rfc822\n\n{inner}\n--outer--\n"
+    ).encode()
+    assert classify_bytes(raw).kind is Kind.NOT_A_REPORT
+
+
+@pytest.mark.parametrize(
+    ("subject", "body", "kind"),
+    [
+        # "Delivery failure notification" in base64, with a warning that retries go on.
+        ("=?utf-8?B?RGVsaXZlcnkgZmFpbHVyZSBub3RpZmljYXRpb24=?=",
+         "Your message with Subject: news\ncould not be delivered to the following recipients:"
+         "\n\nq@example.org\n\nPlease do not resend your original message.\n\n"
+         "Delivery attempts will continue to be made for 5 day(s).\n", Kind.DELAYED),
+        # "Automatic reply: Winter news" in quoted-printable.
+        ("=?utf-8?Q?Automatic_reply=3A_Winter_news?=", "I am away until Monday.\n",
+         Kind.NOT_A_REPORT),
+        ("=?x-unknown?Q?Undeliverable=3A_news?=", "q@example.org: 550 5.1.1 unknown\n",
+         Kind.HARD_BOUNCE),
+        ("=?utf-8?B?broken", "q@example.org: 550 5.1.1 unknown\n", Kind.NOT_A_REPORT),
+    ],
+)  # fmt: skip
+def test_encoded_subjects_are_read_decoded(subject: str, body: str, kind: Kind) -> None:
+    raw = f"From: gateway@example.org\nTo: news@acme.example\nSubject: {subject}\n\n{body}"
+    report = classify_bytes(raw.encode())
+    assert report.kind is kind, report.reason
