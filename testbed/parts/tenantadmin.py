@@ -53,10 +53,17 @@ class TenantAdmin:
         return info
 
     def clear_rate_windows(self) -> None:
-        """Forget every tenant's window counts (the tests start from empty windows)."""
-        found = self.redis.cli("--scan", "--pattern", "aup:{*}:w:*")
-        for key in found.splitlines():
-            self.redis.cli("DEL", key)
+        """Forget every tenant's window counts and the ladder's state (near-cap counts,
+        suspended senders and domains, offences): the tests start from empty windows."""
+        for pattern in (
+            "aup:{*}:w:*",
+            "aup:{*}:nearcap:*",
+            "aup:{*}:suspended",
+            "aup:{*}:offences",
+        ):
+            found = self.redis.cli("--scan", "--pattern", pattern)
+            for key in found.splitlines():
+                self.redis.cli("DEL", key)
 
     def add_demo_tenants(self) -> None:
         """The demo's tenants acme and globex, active, with their SASL users."""
