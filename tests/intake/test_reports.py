@@ -348,3 +348,26 @@ def test_bounce_rate_review_logs_a_warning_and_an_audit_event(
     [review] = [f for _id, f in audit(tenants) if f["event"] == "auto-review"]
     assert (review["measure"], review["events"], review["delivered"]) == ("bounces", "10", "200")
     assert tenants.hget("aup:tenant:acme", "status") == "active"
+
+
+@pytest.mark.parametrize(
+    ("name", "counted", "suppressed"),
+    [
+        ("dsn-testbed-450-delay-postmaster.eml", "refuse-450-full@example.net delayed 1", ()),
+        ("dsn-testbed-450-bounce-postmaster.eml", "refuse-450-full@example.net soft 1/3", ()),
+        ("dsn-testbed-550-bounce-postmaster.eml", None, ("refuse-550-gone@example.net",)),
+    ],
+)
+def test_the_postmaster_copies_the_test_bed_s_postfix_made(
+    config: Path,
+    tenants: redis.Redis,
+    name: str,
+    counted: str | None,
+    suppressed: tuple[str, ...],
+) -> None:
+    """What bounces@ receives in production: from double-bounce@, about acme's mail."""
+    raw = sample(name)
+    acted = process_report(raw, load_config(config), tenants, time.time(), "double-bounce@relay")
+    assert acted.report.tenant == "acme", acted.report.reason
+    assert acted.counted == ((counted,) if counted else ())
+    assert acted.suppressed == suppressed
