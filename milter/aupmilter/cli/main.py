@@ -148,6 +148,7 @@ def cmd_check(path: Path) -> int:
         print(f"  plan {name}: at most {limits.max_recipients} recipients per message")
         for window in limits.windows:
             print(f"    window {window.name}: {window.rule}")
+        print(f"    ladder: {plan.ladder.describe(limits.max_recipients)}")
     _print_unsubscribe(config)
     return EX_OK
 

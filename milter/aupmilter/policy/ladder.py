@@ -88,6 +88,19 @@ class LadderPlan:
     def near_cap(self, recipients: int, cap: int) -> bool:
         return self.enabled and recipients >= self.threshold(cap)
 
+    def describe(self, cap: int) -> str:
+        """``4th near-cap send (90+ of 100 recipients) of one content in 1 day offends``."""
+        if not self.enabled:
+            return "off"
+        span = format_period(self.window * 1000)
+        span = span if span[0].isdigit() else f"1 {span}"
+        nth = self.repeats + 1
+        suffix = "th" if 10 <= nth % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(nth % 10, "th")
+        return (
+            f"the {nth}{suffix} near-cap send ({self.threshold(cap)}+ of {cap} recipients)"
+            f" of one content by one sender in {span} is an offence"
+        )
+
 
 class Repeat(StrEnum):
     NONE = "none"

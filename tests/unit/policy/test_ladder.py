@@ -240,3 +240,22 @@ def test_decide_suspended(
     subject = "bob@acme.example" if rule == "sender-suspended" else "acme.example"
     assert subject in verdict.reason
     assert verdict.evidence == {"subject": subject, "since": since}
+
+
+@pytest.mark.parametrize(
+    ("plan", "cap", "text"),
+    [
+        (
+            LadderPlan(),
+            100,
+            "the 4th near-cap send (90+ of 100 recipients) of one content by one sender"
+            " in 1 day is an offence",
+        ),
+        (LadderPlan(repeats=1, window=7200), 10, "the 2nd near-cap send (9+ of 10"),
+        (LadderPlan(repeats=10), 10, "the 11th"),
+        (LadderPlan(repeats=20), 10, "the 21st"),
+        (LadderPlan(enabled=False), 100, "off"),
+    ],
+)
+def test_describe(plan: LadderPlan, cap: int, text: str) -> None:
+    assert plan.describe(cap).startswith(text)
