@@ -218,3 +218,19 @@ def test_shadow_mode_records_would_suspend_and_changes_nothing(
     passed(offend(send, "bob@acme.example", earlier=1))
     assert [e["offence"] for e in events(redis_db, "sender-suspended")] == ["1", "1"]
     assert redis_db.hget("aup:tenant:acme", "status") == "active"
+
+
+def test_a_repeat_that_raced_past_the_offence_is_held_without_a_second_offence(
+    daemon: Daemon, acme: str, redis_db: redis.Redis
+) -> None:
+    send = Sender(daemon)
+    passed(send("bob@acme.example"))
+    passed(send("bob@acme.example"))
+    # A concurrent transaction made the offence and reset the counter after this
+    # one was charged: this one sees a fill past K + 1.
+    (key,) = redis_db.scan_iter("aup:{acme}:nearcap:*")
+    bucket = next(iter(cast(dict[str, str], redis_db.hgetall(key))))
+    redis_db.hincrby(key, bucket, 1)
+    held(send("bob@acme.example"), "near-cap-repeat")
+    assert events(redis_db, "sender-suspended") == [], "the racer makes no offence of its own"
+    assert not redis_db.exists(SUSPENDED)
