@@ -170,3 +170,13 @@ def test_soft_bounces_past_the_queue_lifetime_suppress_after_the_plans_count(
     last = client.send(SENDER, [reader], message).last
     assert (last.code, last.enhanced) == (550, "5.7.1"), last
     print(f"first soft bounce counted after {one:.1f}s, suppressed after {took:.1f}s")
+
+
+def test_settings_for_one_test_replace_the_test_beds_own_and_are_restored(stack: Stack) -> None:
+    before = stack.postconf(*EXPIRE)
+    assert before["queue_run_delay"] == "10s"
+    with stack.postfix_settings(EXPIRE):
+        assert stack.postconf(*EXPIRE) == EXPIRE
+        # In place, not appended: a duplicate entry would make every daemon warn.
+        assert stack.postconf_warnings() == []
+    assert stack.postconf(*EXPIRE) == before
