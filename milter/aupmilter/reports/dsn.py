@@ -6,8 +6,9 @@ message/global-delivery-status):
 - `Action: failed` with a 5.x.x Status: hard; with 4.x.x: soft (the MTA gave
   up after retrying a temporary failure, e.g. Postfix past
   maximal_queue_lifetime); no usable Status: the class of the
-  Diagnostic-Code's reply (550 -> hard), else soft, since a suppression on a
-  guess cannot be undone by the recipient;
+  Diagnostic-Code's reply (550 -> hard), or of a reply code written in the
+  Status field itself (`Status: 553 ...`, seen in the wild), else soft, since
+  a suppression on a guess cannot be undone by the recipient;
 - `Action: delayed`: delayed;
 - `delivered`, `relayed`, `expanded`: positive, nothing to do.
 
@@ -101,12 +102,13 @@ def judge(block: Message) -> RecipientStatus:
     if found is not None and found.group(1) != "2":
         kind = Kind.HARD_BOUNCE if found.group(1) == "5" else Kind.SOFT_BOUNCE
         return RecipientStatus(address, kind, action, found.group(0).strip())
-    reply = _REPLY.search(diagnostic)
-    if reply is not None:
-        digit = reply.group(1) or reply.group(2)
-        kind = Kind.HARD_BOUNCE if digit == "5" else Kind.SOFT_BOUNCE
-        code = reply.group(0).lstrip("; \t")
-        return RecipientStatus(address, kind, action, f"Diagnostic-Code {code}")
+    for field, text in (("Diagnostic-Code", diagnostic), ("Status", status)):
+        reply = _REPLY.search(text)
+        if reply is not None:
+            digit = reply.group(1) or reply.group(2)
+            kind = Kind.HARD_BOUNCE if digit == "5" else Kind.SOFT_BOUNCE
+            code = reply.group(0).lstrip("; \t")
+            return RecipientStatus(address, kind, action, f"{field} {code}")
     return RecipientStatus(address, Kind.SOFT_BOUNCE, action, "no status")
 
 

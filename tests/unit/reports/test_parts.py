@@ -122,6 +122,10 @@ def test_field_blocks_of_a_base64_part() -> None:
         ("Action: failed\nStatus: x\nDiagnostic-Code: smtp; 451 4.3.0 later", Kind.SOFT_BOUNCE,
          "Diagnostic-Code 451"),
         ("Action: failed", Kind.SOFT_BOUNCE, "no status"),
+        # A reply code where the enhanced status belongs (flufl.bounce's dsn_03, real).
+        ("Action: failure\nStatus: 553 Exceeded maximum inbound message size",
+         Kind.HARD_BOUNCE, "Status 553"),
+        ("Action: failed\nStatus: 452 too many recipients", Kind.SOFT_BOUNCE, "Status 452"),
         ("Action: error\nStatus: 5.1.1", Kind.HARD_BOUNCE, "5.1.1"),
         ("Action: delayed\nStatus: 4.4.1", Kind.DELAYED, "4.4.1"),
         ("Action: delayed (retrying)", Kind.DELAYED, ""),
