@@ -68,6 +68,10 @@ def try_it(stack: Stack) -> str:
         f"  postsuper -c {config} -H ALL && postqueue -c {config} -f",
         f"  postsuper -c {config} -d ALL hold",
         *unsubscribe_lines(stack),
+        "Every decision is in the audit trail (the queue id is in Postfix's 250 reply):",
+        f"  {_rel(Path(sys.executable).parent / 'aup-milter')} log --redis {stack.redis_url}",
+        f"  {_rel(Path(sys.executable).parent / 'aup-milter')} explain QUEUE_ID"
+        f" --redis {stack.redis_url}",
         "Logs:",
         f"  {_rel(stack.milter_log)}  {_rel(stack.postfix.log_file)}  {_rel(stack.sink_log)}",
         f"Stop it all:  {_rel(Path(sys.executable))} -m testbed demo-down",
