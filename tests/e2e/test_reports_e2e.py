@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -60,7 +61,7 @@ def feedback_report(original: bytes) -> bytes:
             f"To: {REPORT_ADDRESS}\r\n"
             "Subject: Abuse report\r\n"
             "Date: Tue, 01 Dec 2026 12:00:00 +0000\r\n"
-            "Message-ID: <arf-1@provider.example>\r\n"
+            f"Message-ID: <arf-{uuid.uuid4().hex}@provider.example>\r\n"
             "MIME-Version: 1.0\r\n"
             "Content-Type: multipart/report; report-type=feedback-report;\r\n"
             f' boundary="{boundary}"\r\n'

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import cast
 
@@ -54,7 +55,17 @@ def sample(name: str, client: redis.Redis | None = None) -> bytes:
 
 
 def act(config: Path, client: redis.Redis, raw: bytes) -> Acted:
-    return process_report(raw, load_config(config), client, time.time())
+    """One more report like `raw` (a Message-ID of its own: the intake acts on a report once)."""
+    return process_report(another(raw), load_config(config), client, time.time())
+
+
+def another(raw: bytes) -> bytes:
+    """`raw` as a different report: its Message-ID replaced (or added)."""
+    fresh = f"Message-ID: <{uuid.uuid4().hex}@reports.test>".encode()
+    head, sep, body = raw.partition(b"\r\n\r\n" if b"\r\n\r\n" in raw else b"\n\n")
+    lines = [line for line in head.splitlines() if not line.lower().startswith(b"message-id:")]
+    newline = b"\r\n" if sep.startswith(b"\r") else b"\n"
+    return newline.join([fresh, *lines]) + sep + body
 
 
 def intake(config: Path, raw: bytes) -> subprocess.CompletedProcess[bytes]:
@@ -320,6 +331,18 @@ def test_a_lifted_suspension_does_not_fire_again_on_the_same_evidence(
     acted = act(config, tenants, raw)
     assert acted.rate.startswith("complaint rate 0.10 % (1 complaints"), acted.rate
     assert tenants.hget("aup:tenant:acme", "status") == "active"
+
+
+def test_the_same_report_sent_again_counts_nothing(config: Path, tenants: redis.Redis) -> None:
+    delivered(tenants, "acme", 1000)
+    raw = another(sample("arf-yahoo-complainer-in-to.eml", tenants))
+    first = process_report(raw, load_config(config), tenants, time.time())
+    assert first.rate.startswith("complaint rate 0.10 % (1 complaints"), first.rate
+    again = process_report(raw, load_config(config), tenants, time.time())
+    assert again.note == "the same report was acted on before: nothing counted again"
+    assert again.rate == "" and again.suppressed == ()
+    other = act(config, tenants, raw)
+    assert other.rate.startswith("complaint rate 0.20 % (2 complaints"), other.rate
 
 
 def test_complaints_below_the_minimum_volume_do_not_suspend(

@@ -43,6 +43,10 @@ aup:{<id>}:soft:<address>                    string: soft bounces of the address
                                              by the report intake; expires the plan's
                                              soft_bounce_window after the first
 aup:{<id>}:delayed:<address>                 string: delay notices of the address, the same way
+aup:{<id>}:report:<identity>                 string: a report the intake acted on (its
+                                             Message-ID's or content's digest), so the
+                                             same report sent again counts nothing;
+                                             expires after the plan's rate period + 1 day
 aup:{<id>}:rate:<measure>:<period_ms>        hash: the plan's rolling rate counters, bucketed
                                              as windows: delivered recipients (charged at end
                                              of message), complaints and bounces (counted by
@@ -210,3 +214,7 @@ def suspended_sender(identity: str) -> str:
 
 def suspended_domain(domain: str) -> str:
     return SUSPENDED_DOMAIN + domain
+
+
+def report_seen(tenant_id: str, identity: str) -> str:
+    return tagged(tenant_id) + f"report:{identity}"

@@ -20,6 +20,12 @@ classify -c` does, and then:
   unparseable    nothing changed
   tenant unknown nothing changed (also when the evidence names no tenant of this relay)
 
+The same report delivered twice (a feedback loop sending again, Postfix
+retrying the pipe) is acted on once: after acting, its identity (a digest of the
+report's Message-ID and body) is remembered for the plan's
+rate period under the tenant (keys.report_seen), and a report already seen
+changes and counts nothing.
+
 Every outcome is one log line (logger `aupmilter.reports.intake`); each
 suppression is also an audit event (store/suppression.py). The exit codes
 are the intake's (unsubscribe/intake.py has the table). Redis failing at any
@@ -30,8 +36,11 @@ judged without it, since there is nothing to lose.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 
 import redis
 
@@ -49,6 +58,8 @@ log = logging.getLogger("aupmilter.reports.intake")
 
 SOURCES = {Kind.COMPLAINT: Source.COMPLAINT, Kind.HARD_BOUNCE: Source.BOUNCE}
 MEASURES = {Kind.COMPLAINT: Measure.COMPLAINTS, Kind.HARD_BOUNCE: Measure.BOUNCES}
+MAX_HEADER_BYTES = 64 * 1024
+"""Of the report read for its Message-ID: the header section, bounded."""
 MAX_DETAIL = 200
 """Of the report's reason, kept with each suppression's audit event."""
 
@@ -75,10 +86,10 @@ def process_report(
 ) -> Acted:
     """Classify and act; StoreDown when Redis fails.
 
-    A retry after a failure half way repeats no harm: suppressions are
-    idempotent (the first record is kept); a soft bounce, a complaint or a
-    hard bounce may be counted twice, which errs towards review, never by more
-    than the one report.
+    A report already acted on counts nothing again. A retry after a failure
+    half way repeats no harm: suppressions are idempotent (the first record is
+    kept); only a failure between the counting and the remembering can count
+    one report twice, which errs towards review.
     """
     from aupmilter.reports.classify import classify_bytes
     from aupmilter.store.report_lookup import StoreReader, lookup_for
@@ -88,14 +99,29 @@ def process_report(
     if reader.failure is not None:
         raise StoreDown(str(reader.failure))
     try:
-        acted = _act(report, config, client, now)
+        acted = _act(report, config, client, now, report_identity(raw))
     except (redis.RedisError, OSError) as exc:
         raise StoreDown(str(exc)) from exc
     _log(acted)
     return acted
 
 
-def _act(report: Report, config: Config, client: redis.Redis, now: float) -> Acted:
+def report_identity(raw: bytes) -> str:
+    """What stays the same when a report is sent again: its Message-ID and its body.
+
+    The header section around them changes on the way (Received, a new Date from
+    a resending feedback loop); two reports that merely share a careless
+    Message-ID still differ in their bodies.
+    """
+    headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:MAX_HEADER_BYTES])
+    message_id = " ".join(str(headers.get("Message-ID", "")).split())
+    separator = b"\r\n\r\n" if b"\r\n\r\n" in raw else b"\n\n"
+    body = raw.partition(separator)[2]
+    digest = hashlib.sha256(message_id.encode("utf-8", "replace") + b"\0" + body)
+    return digest.hexdigest()[:32]
+
+
+def _act(report: Report, config: Config, client: redis.Redis, now: float, identity: str) -> Acted:
     if report.kind is Kind.UNPARSEABLE:
         return Acted(report, note="not readable as a report; discarded")
     if not (report.suppress or report.soft or report.delayed):
@@ -110,6 +136,9 @@ def _act(report: Report, config: Config, client: redis.Redis, now: float) -> Act
     plan = config.plans.get(str(plan_name))
     bounces = plan.bounces if plan is not None else BouncePlan()
     reputation = plan.reputation if plan is not None else ReputationPlan()
+    seen = keys.report_seen(report.tenant, identity)
+    if client.exists(seen):
+        return Acted(report, note="the same report was acted on before: nothing counted again")
     detail = report.reason[:MAX_DETAIL]
     store = SuppressionStore(client)
     suppressed: list[str] = []
@@ -132,6 +161,7 @@ def _act(report: Report, config: Config, client: redis.Redis, now: float) -> Act
         counters.forget(report.tenant, hardened)
     note = "" if suppressed else "nothing new suppressed"
     rate = _rate(report, str(status), reputation, client, now)
+    client.set(seen, str(int(now)), ex=reputation.period + 86_400)
     return Acted(report, tuple(suppressed), tuple(counted), note, rate)
 
 
