@@ -98,11 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from aupmilter.cli import auditlog as auditcli
     from aupmilter.cli import report as reportcli
+    from aupmilter.cli import status as statuscli
     from aupmilter.cli import unsubscribe as unsubcli
 
     unsubcli.add_parsers(commands, config_option)
     reportcli.add_parser(commands)
     auditcli.add_parser(commands, config_option)
+    statuscli.add_parser(commands, config_option)
     return parser
 
 
@@ -124,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from aupmilter.cli import auditlog as auditcli
 
         return auditcli.run(args, lambda: _tenant_redis(args))
+    if args.command == "status":
+        from aupmilter.cli import status as statuscli
+
+        return statuscli.run(args)
     return cmd_tenant(args)
 
 
