@@ -132,7 +132,7 @@ def test_version_is_the_projects(installed: Path) -> None:
 def test_program_uses_debians_python_and_libraries(installed: Path) -> None:
     assert PROGRAM.read_text().splitlines()[0] == f"#!{SYSTEM_PYTHON}"
     modules = ("aupmilter", "Milter", "milter", "redis", "hiredis", "dns.resolver", "spf",
-               "dkim", "publicsuffix2", "aiohttp", "flufl.bounce")  # fmt: skip
+               "dkim", "publicsuffix2", "aiohttp", "flufl.bounce", "rich")  # fmt: skip
     probe = "import importlib\n" + "".join(
         f"print({name!r}, importlib.import_module({name!r}).__file__)\n" for name in modules
     )

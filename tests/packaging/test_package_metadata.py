@@ -25,6 +25,7 @@ DEBIAN_NAMES = {
     "publicsuffix2": "python3-publicsuffix2",
     "aiohttp": "python3-aiohttp",
     "flufl.bounce": "python3-flufl.bounce",
+    "rich": "python3-rich",
 }
 
 

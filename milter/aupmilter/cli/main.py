@@ -99,11 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     from aupmilter.cli import auditlog as auditcli
     from aupmilter.cli import report as reportcli
     from aupmilter.cli import status as statuscli
+    from aupmilter.cli import top as topcli
     from aupmilter.cli import unsubscribe as unsubcli
+    from aupmilter.cli import windows as windowscli
 
     unsubcli.add_parsers(commands, config_option)
     reportcli.add_parser(commands)
     auditcli.add_parser(commands, config_option)
+    windowscli.add_parser(commands, config_option)
+    topcli.add_parser(commands, config_option)
     statuscli.add_parser(commands, config_option)
     return parser
 
@@ -130,6 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from aupmilter.cli import status as statuscli
 
         return statuscli.run(args)
+    if args.command in ("windows", "top"):
+        from aupmilter.cli import top as topcli
+        from aupmilter.cli import windows as windowscli
+
+        command = windowscli.run if args.command == "windows" else topcli.run
+        return command(args, lambda: _tenant_redis(args))
     return cmd_tenant(args)
 
 
@@ -227,10 +237,7 @@ def cmd_tenant(args: argparse.Namespace) -> int:
             _print_tenants([info], args.json, single=True)
         elif args.action == "show":
             info = admin.show(args.tenant_id)
-            _print_tenants([info], args.json, single=True)
-            if not args.json:
-                _print_rates(client, info, config)
-                _print_ladder(client, info.tenant_id)
+            _show(client, info, config, args.json)
         elif args.action == "list":
             _print_tenants(admin.list(), args.json, single=False)
         elif args.action == "set-status":
@@ -312,16 +319,18 @@ def _lift(client: Any, admin: Any, args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _print_ladder(client: Any, tenant_id: str) -> None:
-    """The ladder's suspensions and offence counts (policy.ladder): two reads."""
-    from aupmilter.store.ladder import LadderStore
+def _show(client: Any, info: TenantInfo, config: Config | None, as_json: bool) -> None:
+    """The tenant, its rates, and the automatic actions in force with their evidence."""
+    from aupmilter.cli import actions
 
-    ladder = LadderStore(client)
-    for suspension in ladder.suspensions(tenant_id):
-        since = _timestamp(str(suspension.since)) if suspension.since else "-"
-        print(f"suspended {suspension.kind.value} {suspension.subject} since {since}")
-    for sender, count in sorted(ladder.offences(tenant_id).items()):
-        print(f"near-cap-repeat offences of {sender}: {count}")
+    in_force = actions.gather(client, info.tenant_id, info.fields)
+    if as_json:
+        print(json.dumps({**info.as_json(), **actions.as_json(in_force)}, indent=2, sort_keys=True))
+        return
+    _print_tenants([info], False, single=True)
+    _print_rates(client, info, config)
+    for line in actions.lines(info.tenant_id, in_force):
+        print(line)
 
 
 def _timestamp(value: str) -> str:
