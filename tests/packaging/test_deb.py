@@ -78,6 +78,7 @@ PACKAGE_PATHS = (
     Path("/usr/share/man/man8/aup-milter.8.gz"),
     Path("/usr/share/man/man5/aup-milter.toml.5.gz"),
     Path("/usr/share/doc/aup-milter"),
+    Path("/usr/share/aup-milter"),
     *(SYSTEM_UNITS / name for name in (*SERVICES, *SOCKETS)),
 )
 
@@ -177,6 +178,9 @@ def test_units_manpages_and_examples_are_installed(installed: Path) -> None:
     examples = Path("/usr/share/doc/aup-milter/examples")
     for sample in (ROOT / "postfix-sample").iterdir():
         assert (examples / sample.name).read_bytes() == sample.read_bytes()
+    monitoring = Path("/usr/share/aup-milter/monitoring")
+    for shipped in (ROOT / "packaging" / "monitoring").iterdir():
+        assert (monitoring / shipped.name).read_bytes() == shipped.read_bytes()
 
 
 def test_system_account(installed: Path) -> None:
