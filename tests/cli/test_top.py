@@ -3,6 +3,16 @@ checked as text, and one frame printed from a real Redis."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +27,7 @@ from aupmilter.exitcodes import EX_OK
 from aupmilter.policy.limits import Scope, Unit, Window, WindowFill
 from aupmilter.policy.window_view import window_status
 from aupmilter.store import keys
+from testbed.parts.service import python_env
 from tests.support import RedisServer
 
 NOW = 1_796_083_200.0  # 2026-12-01T00:00:00Z
@@ -218,8 +229,6 @@ def test_once_prints_one_plain_frame_from_redis(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import time
-
     now = time.time()
     for i in range(3):
         fields = {"event": "verdict", "ts": f"{now - i:.3f}", "tenant": "acme", "verdict": "accept",
@@ -241,8 +250,6 @@ def test_once_prints_one_plain_frame_from_redis(
 
 
 def test_q_quits_and_other_keys_do_not(tmp_path: Path) -> None:
-    import os
-
     read, write = os.pipe()
     try:
         os.write(write, b"x")
@@ -255,3 +262,49 @@ def test_q_quits_and_other_keys_do_not(tmp_path: Path) -> None:
     with (tmp_path / "f").open("w") as plain, cbreak(plain) as fd:
         assert fd is None  # not a terminal: nothing to set
     assert quit_pressed(None, 0.01) is False
+
+
+def _on_a_terminal(url: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`aup-milter top` with a pseudo-terminal for its stdin and stdout, 120x40."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    command = [sys.executable, "-m", "aupmilter", "top", "-c", "/nonexistent", "--redis", url]
+    env = python_env({"TERM": "xterm"})
+    process = subprocess.Popen(
+        [*command, "--interval", "0.2"], stdin=slave, stdout=slave, stderr=slave, env=env
+    )
+    os.close(slave)
+    return process, master
+
+
+def _read_until(master: int, wanted: bytes, timeout: float = 15.0) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while wanted not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                seen += os.read(master, 65536)
+            except OSError:
+                break
+    return seen
+
+
+@pytest.mark.parametrize("stop", ["q", "ctrl-c"])
+def test_on_a_terminal_it_redraws_until_q_or_ctrl_c(redis_server: RedisServer, stop: str) -> None:
+    process, master = _on_a_terminal(redis_server.url)
+    try:
+        seen = _read_until(master, b"Busiest tenants")
+        assert b"Busiest tenants" in seen and b"(q quits)" in seen
+        seen = _read_until(master, b"Busiest tenants")  # redrawn
+        assert b"Busiest tenants" in seen
+        if stop == "q":
+            os.write(master, b"q")
+        else:
+            process.send_signal(signal.SIGINT)
+        assert process.wait(10) == EX_OK
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)

@@ -12,6 +12,7 @@ from typing import cast
 import pytest
 import redis
 
+from aupmilter.cli.auditlog import describe
 from aupmilter.cli.main import main
 from aupmilter.config import RedisSettings, load_config
 from aupmilter.exitcodes import EX_CONFIG, EX_FAILURE, EX_OK, EX_UNAVAILABLE
@@ -153,6 +154,7 @@ def test_reset_one_senders_window_is_audited(
         "by": "cli",
     }
     assert "emptied by cli" in event["detail"] and event["ts"].isdigit()
+    assert describe(event) == "Window sender-recipients-hour of bob was emptied by cli."
     # Empty already: nothing to do, nothing audited.
     assert cli("windows", "reset", "acme", "bob", "--window", "sender-recipients-hour") == EX_OK
     assert "already empty" in capsys.readouterr().out

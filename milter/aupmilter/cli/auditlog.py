@@ -300,7 +300,7 @@ def summary(fields: Fields) -> str:
         return f"{fields.get('recipient', '?')}: {said}"
     if "address" in fields and "source" in fields:
         return _joined(f"{fields['address']} ({fields['source']})", detail)
-    if what in LADDER_SUBJECTS or what == "lifted":
+    if what in LADDER_SUBJECTS or what in ("lifted", "window-reset"):
         by = f"by {fields['by']}" if "by" in fields else ""
         return _joined(fields.get("subject", "?"), by, detail or fields.get("reason", ""))
     if what in ("auto-review", "auto-suspend"):
@@ -526,6 +526,10 @@ def describe(fields: Fields) -> str:
         by = f" by {fields['by']}" if fields.get("by") else ""
         subject = fields.get("subject", "?")
         return _sentence(_with_why(f"The automatic action on {subject} was lifted{by}", fields))
+    if what == "window-reset":
+        by = f" by {fields['by']}" if fields.get("by") else ""
+        window, subject = fields.get("window", "?"), fields.get("subject", "?")
+        return _sentence(f"Window {window} of {subject} was emptied{by}")
     if what in SUPPRESSION_CHANGES:
         tenant = f" of tenant {fields['tenant']}" if fields.get("tenant") else ""
         source = f" (source {fields['source']})" if fields.get("source") else ""
