@@ -291,3 +291,19 @@ def test_a_manual_status_change_after_the_automatic_one_is_not_automatic(
     )
     assert cli("tenant", "show", "acme", "--json") == EX_OK
     assert json.loads(capsys.readouterr().out)["automatic_actions"] == []
+
+
+def test_a_lifted_suspension_leaves_tenant_show_audited(
+    cli: Cli, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    redis_client.hset("aup:{acme}:suspended", "sender:bob@acme.example", f"{int(time.time())} x")
+    assert cli("tenant", "show", "acme", "--json") == EX_OK
+    (action,) = json.loads(capsys.readouterr().out)["automatic_actions"]
+    assert (action["kind"], action["subject"]) == ("sender", "bob@acme.example")
+    assert cli("tenant", "lift", "acme", "--sender", "bob@acme.example") == EX_OK
+    capsys.readouterr()
+    (event,) = audit(redis_client, "lifted")
+    assert (event["subject"], event["by"]) == ("bob@acme.example", "cli")
+    assert cli("tenant", "show", "acme", "--json") == EX_OK
+    assert json.loads(capsys.readouterr().out)["automatic_actions"] == []
+    assert cli("tenant", "lift", "acme", "--sender", "bob@acme.example") == EX_FAILURE
