@@ -65,6 +65,7 @@ def add_parser(
 def run(args: argparse.Namespace, redis_for: RedisFor) -> int:
     import redis
 
+    from aupmilter.cli.status import redact
     from aupmilter.config import RedisSettings
     from aupmilter.store.client import connect
 
@@ -75,11 +76,12 @@ def run(args: argparse.Namespace, redis_for: RedisFor) -> int:
     client = connect(RedisSettings(url=url, connect_timeout=2.0, timeout=5.0))
     try:
         first = collect(client, config, time.time(), args.minutes * 60, args.top)
+        shown = redact(url)  # the screen may be shared; the password stays off it
         if args.once or not sys.stdout.isatty():
             console = plain_console()
-            console.print(render(first, url))
+            console.print(render(first, shown))
             return EX_OK
-        return _live(client, config, args, url, first)
+        return _live(client, config, args, shown, first)
     except (redis.RedisError, OSError) as exc:
         print(f"aup-milter top: cannot use Redis at {url}: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
