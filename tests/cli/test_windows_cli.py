@@ -205,7 +205,8 @@ def test_refusals(
     assert main(["windows", "-c", missing, "show", "acme"]) == EX_CONFIG
     assert "cannot read the configuration" in capsys.readouterr().err
     url = f"redis://127.0.0.1:{free_port()}/0"
-    assert main(["windows", "-c", str(config_path), "--redis", url, "show", "acme"]) == (
+    # The options go before the action, or after it.
+    assert main(["windows", "show", "acme", "-c", str(config_path), "--redis", url]) == (
         EX_UNAVAILABLE
     )
     assert f"cannot use Redis at {url}" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aupmilter.exitcodes import EX_CONFIG, EX_FAILURE, EX_OK, EX_UNAVAILABLE
@@ -48,6 +49,11 @@ def add_parser(
     which = reset.add_mutually_exclusive_group(required=True)
     which.add_argument("--window", metavar="NAME", help="the plan's window name")
     which.add_argument("--all", action="store_true", help="every window of the plan")
+    for action in (show, reset):  # also after the action: `windows show acme -c FILE`
+        action.add_argument(
+            "-c", "--config", type=Path, default=argparse.SUPPRESS, help="as before the action"
+        )
+        action.add_argument("--redis", metavar="URL", default=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace, redis_for: RedisFor) -> int:
@@ -90,8 +96,6 @@ def run(args: argparse.Namespace, redis_for: RedisFor) -> int:
 
 def config_problem(path: object) -> str:
     """Why there is no configuration: the plans' windows live in it."""
-    from pathlib import Path
-
     from aupmilter.config import ConfigError, load_config
 
     config_path = Path(str(path))
