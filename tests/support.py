@@ -8,6 +8,7 @@ tail of the relevant log.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -92,3 +93,13 @@ def record_of(store: Store, lookup: Lookup) -> TenantRecord | None:
     """Just the tenant the MAIL FROM read finds (the tests of tenancy ignore windows)."""
     state = store.sender_state(lookup)
     return state.record if state else None
+
+
+def as_from_a_terminal() -> None:
+    """`preexec_fn` for a child that a test stops with SIGINT, as Ctrl-C would.
+
+    A job started in the background by a non-interactive shell (CI runners, nohup)
+    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler:
+    the default disposition is what a terminal gives a foreground command.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

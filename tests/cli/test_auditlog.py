@@ -23,7 +23,7 @@ from aupmilter.cli.main import main
 from aupmilter.exitcodes import EX_FAILURE, EX_OK, EX_UNAVAILABLE, EX_USAGE
 from aupmilter.store.keys import AUDIT_STREAM
 from tests.milter.harness import child_env
-from tests.support import RedisServer, free_port
+from tests.support import RedisServer, as_from_a_terminal, free_port
 
 DAY = 1796083200  # 2026-12-01T00:00:00Z
 T10 = DAY + 10 * 3600 + 3  # 2026-12-01 10:00:03
@@ -662,7 +662,12 @@ def follower(
         argv = [sys.executable, "-m", "aupmilter", "log", "-c", str(tmp_path / "absent.toml"),
                 "--redis", redis_server.url, "--follow", *args]  # fmt: skip
         process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+            preexec_fn=as_from_a_terminal,
         )
         started.append(process)
         return process
