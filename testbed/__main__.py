@@ -18,7 +18,7 @@ from testbed.stack import REPO_ROOT, Stack
 from testbed.tenants import DEMO_ACCOUNTS
 
 DEFAULT_RUN_DIR = REPO_ROOT / "run" / "demo"
-DEFAULT_PORTS = {"redis": 6390, "smtp": 2525, "sink": 2526, "web": 8895}
+DEFAULT_PORTS = {"redis": 6390, "smtp": 2525, "sink": 2526, "web": 8895, "metrics": 8896}
 # Like the tests' clients (testbed.client): a tenant connects from an address not Postfix's own.
 REMOTE = f"--local-interface {CLIENT_ADDRESS}"
 
@@ -32,6 +32,7 @@ def build_stack(args: argparse.Namespace) -> Stack:
         with_milter=not args.without_milter,
         unsubscribe=True,
         web_port=args.web_port,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -68,6 +69,8 @@ def try_it(stack: Stack) -> str:
         f"  postsuper -c {config} -H ALL && postqueue -c {config} -f",
         f"  postsuper -c {config} -d ALL hold",
         *unsubscribe_lines(stack),
+        "The milter's Prometheus metrics (aup-milter(8) lists them):",
+        f"  curl -s {stack.metrics_url} | grep '^aup_transactions_total'",
         "Every decision is in the audit trail (the queue id is in Postfix's 250 reply):",
         f"  {_rel(Path(sys.executable).parent / 'aup-milter')} log --redis {stack.redis_url}",
         f"  {_rel(Path(sys.executable).parent / 'aup-milter')} explain QUEUE_ID"
@@ -143,6 +146,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=DEFAULT_PORTS["web"],
         help="the one-click unsubscribe service (links in the demo's mail point there)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_PORTS["metrics"],
+        help="the milter's Prometheus metrics endpoint",
     )
     parser.add_argument(
         "--without-milter",

@@ -56,7 +56,9 @@ class Stack:
     web service (``aup-milter web``) on ``web_port`` (default: the sink's port
     + 2), and the mailto intake in Postfix (``postfix-sample/*.intake``) with a
     milter-free listener on ``intake_port`` (default: the sink's port + 3);
-    see ``testbed.unsubscribe``.
+    see ``testbed.unsubscribe``. The milter serves its Prometheus metrics on
+    ``metrics_port`` (default: the sink's port + 4; the demo's is 8896), at
+    ``metrics_url``.
 
     The parts are attributes: ``redis``, ``sink_service``, ``dns``,
     ``milter_conf`` and ``milter`` (the daemon), ``web``, ``relay`` (Postfix)
@@ -82,6 +84,7 @@ class Stack:
         unsubscribe: bool = False,
         web_port: int | None = None,
         intake_port: int | None = None,
+        metrics_port: int | None = None,
         sink: SinkKind = "files",
         python: str = sys.executable,
         timeout: float = 30.0,
@@ -102,11 +105,13 @@ class Stack:
         dns_port = dns_port if dns_port is not None else sink_port + 1
         self.dns = DnsService(folder, dns_port, self.dns_records, python=python, timeout=timeout)
         web_port = web_port if web_port is not None else sink_port + 2
+        metrics_port = metrics_port if metrics_port is not None else sink_port + 4
         self.milter_conf = MilterConfig(
             folder,
             redis_url=self.redis.url,
             dns_address=self.dns.address,
             web_port=web_port,
+            metrics_port=metrics_port,
             unsubscribe=self.unsubscribe,
             extra=milter_config_extra,
             extra_plans=extra_plans,
@@ -139,6 +144,8 @@ class Stack:
         self.redis_port, self.redis_url = redis_port, self.redis.url
         self.smtp_port, self.sink_port = smtp_port, sink_port
         self.dns_port, self.web_port, self.web_url = dns_port, web_port, self.web.url
+        self.metrics_port = metrics_port
+        self.metrics_url = f"http://{HOST}:{metrics_port}/metrics"
         self.postfix = self.relay.layout
         self.milter_config, self.milter_socket = self.milter_conf.path, self.milter_conf.socket_path
         self.milter_log, self.sink_log = self.milter.log_path, self.sink_service.log_path

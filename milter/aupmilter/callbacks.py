@@ -25,6 +25,7 @@ from aupmilter import audit, replies
 from aupmilter.live_config import LiveRuntime
 from aupmilter.logs import ConnectionLog
 from aupmilter.message.collect import Collected
+from aupmilter.metrics import METRICS
 from aupmilter.policy.actions import (
     AddHeader,
     ChangeHeader,
@@ -53,12 +54,25 @@ P_HDR_LEADSPC: int = Milter.P_HDR_LEADSPC
 
 
 class Lifecycle:
-    """Counts open transactions so a stop can let them finish."""
+    """Counts open transactions so a stop can let them finish, and open connections."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._open = 0
+        self._connections = 0
         self.stopping = False
+
+    def connected(self) -> None:
+        with self._cond:
+            self._connections += 1
+
+    def disconnected(self) -> None:
+        with self._cond:
+            self._connections -= 1
+
+    @property
+    def open_connections(self) -> int:
+        return self._connections
 
     def begin(self) -> bool:
         with self._cond:
@@ -100,6 +114,10 @@ def guarded(stage: str) -> Callable[[F], F]:
     return wrap
 
 
+timed = METRICS.callback
+"""The callback's time into aup_callback_seconds (outside `guarded`: its 451 path counts too)."""
+
+
 # Header values arrive with their leading white space, so DKIM's "simple" header
 # canonicalization sees the bytes that were signed. The flip side: a header the milter
 # adds must bring its own leading space (`_spaced`).
@@ -113,13 +131,19 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         self.conn = Connection(conn_id=f"c{next(_connection_numbers):x}", client_name="")
         self.log = ConnectionLog(log, self.conn.conn_id)
         self.txn: Transaction | None = None
+        self.counted = False
+        """Counted as an open connection (connect seen), so close uncounts it once."""
         self.clock: Callable[[], float] = time.time
 
     # --- callbacks -----------------------------------------------------------
 
     @noreply
+    @timed("connect")
     @guarded("connect")
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        if not self.counted:
+            self.counted = True
+            self.lifecycle.connected()
         address = hostaddr[0] if isinstance(hostaddr, tuple) else None
         self.conn = Connection(
             conn_id=self.conn.conn_id,
@@ -131,6 +155,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         self.log.debug("connect from %s [%s]", hostname, address)
         return CONTINUE
 
+    @timed("envfrom")
     @guarded("envfrom")
     def envfrom(self, sender: str, *esmtp_params: str) -> int:
         self._end_transaction()
@@ -157,6 +182,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             return self._refuse(verdict.reply)
         return CONTINUE
 
+    @timed("envrcpt")
     @guarded("envrcpt")
     def envrcpt(self, recipient: str, *esmtp_params: str) -> int:
         txn = self.txn
@@ -175,6 +201,10 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         )
         event["recipient"] = unbracket(recipient)
         self.live.audit.record(event, self.clock())
+        if kind == audit.EventKind.RECIPIENT_REFUSED:
+            METRICS.recipient_refused(refusal.rule, str(event["verdict"]))
+        elif not txn.shadow:
+            METRICS.recipients_suppressed.inc()
         if txn.shadow:
             return CONTINUE
         # Only this RCPT is refused: the transaction and its other recipients stand.
@@ -206,6 +236,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             self.log.exception("unexpected error collecting the message; the message gets 451")
             txn.close()
 
+    @timed("eom")
     @guarded("eom")
     def eom(self) -> int:
         txn = self.txn
@@ -228,6 +259,8 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             )
             event.update(recipient=recipient, verdict="removed", rule=rcpt.SUPPRESSED)
             self.live.audit.record(event, now)
+        if result.suppressed:
+            METRICS.recipients_suppressed.inc(len(result.suppressed))
         if not verdict.refuses:
             self._apply(result.actions)
         extra: dict[str, object] = dict(result.log_fields or {})
@@ -250,6 +283,9 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
     @guarded("close")
     def close(self) -> int:
         self._end_transaction()
+        if self.counted:
+            self.counted = False
+            self.lifecycle.disconnected()
         return CONTINUE
 
     # --- recording -----------------------------------------------------------
@@ -287,6 +323,7 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         if extra:
             event.update(extra)
         self.live.audit.record(event, self.clock() if now is None else now)
+        METRICS.transaction(str(event["verdict"]), shown.rule or "", shown.tenant)
 
     # --- applying ------------------------------------------------------------
 

@@ -27,6 +27,8 @@ from aupmilter.callbacks import AupMilter, Lifecycle
 from aupmilter.config import Config, ListenAddress, MilterSettings
 from aupmilter.exitcodes import EX_FAILURE, EX_OK
 from aupmilter.live_config import ConfigWatcher, LiveRuntime
+from aupmilter.metrics import METRICS, MetricsServer
+from aupmilter.store import shared_counts
 
 log = logging.getLogger("aupmilter.daemon")
 
@@ -248,6 +250,35 @@ class AuditFlusher(threading.Thread):
             )
 
 
+def start_metrics(config: Config, live: LiveRuntime, lifecycle: Lifecycle) -> MetricsServer | None:
+    """The Prometheus endpoint of `[metrics] listen`; None when disabled or not possible.
+
+    An address that cannot be bound is logged as an error and the daemon runs
+    without metrics: mail keeps flowing, and the failed scrape shows.
+    """
+    trail = live.audit
+    METRICS.watch(
+        connections=lambda: lifecycle.open_connections,
+        transactions=lambda: lifecycle.open_transactions,
+        audit_pending=lambda: trail.pending,
+        audit_dropped=lambda: trail.dropped,
+    )
+    METRICS.share(lambda: shared_counts.read(live.current.store.client))
+    settings = config.metrics
+    if settings.host is None:
+        return None
+    server = MetricsServer(METRICS, settings.host, settings.port)
+    try:
+        server.start()
+    except OSError as exc:
+        log.error(
+            "metrics: cannot listen on %s (%s); running without metrics", settings.listen, exc
+        )
+        return None
+    log.info("metrics served on %s", server.url)
+    return server
+
+
 def serve(config: Config) -> int:
     """Run until SIGTERM/SIGINT; return the process exit status."""
     live = LiveRuntime(config)
@@ -272,6 +303,7 @@ def serve(config: Config) -> int:
     watcher.start()
     flusher = AuditFlusher(live)
     flusher.start()
+    metrics_server = start_metrics(config, live, lifecycle)
     milter_thread = MilterThread()
     milter_thread.start()
     log.info(
@@ -304,6 +336,8 @@ def serve(config: Config) -> int:
     else:
         log.info("stopped cleanly")
     flusher.stop()
+    if metrics_server is not None:
+        metrics_server.stop()
     live.current.store.close()
     return EX_OK
 

@@ -17,6 +17,7 @@ from aupmilter import logs
 from aupmilter.audit import AuditTrail
 from aupmilter.config import Config, ConfigError, load_config, plan_files
 from aupmilter.mailauth.resolver import Resolver
+from aupmilter.metrics import METRICS
 from aupmilter.policy.tenancy import SenderPolicy
 from aupmilter.store.client import Store, WindowCatalog
 
@@ -75,11 +76,17 @@ class LiveRuntime:
                 exc,
                 extra={"problems": exc.problems},
             )
+            METRICS.config_reloads.labels("failed").inc()
             return False
         if config.milter.listen != old.config.milter.listen:
             log.warning(
                 "milter.listen changed to %s; it takes effect at the next restart",
                 config.milter.listen,
+            )
+        if config.metrics != old.config.metrics:
+            log.warning(
+                "metrics.listen changed to %r; it takes effect at the next restart",
+                config.metrics.listen,
             )
         store = old.store if config.redis == old.config.redis else self._store_factory(config)
         self.audit.retention_seconds = config.audit.retention_seconds
@@ -87,6 +94,7 @@ class LiveRuntime:
         with self._lock:
             self._current = Runtime(config, store)
         logs.configure(config.log)
+        METRICS.config_reloads.labels("ok").inc()
         log.info("configuration reloaded from %s (%d plans)", config.path, len(config.plans))
         return True
 

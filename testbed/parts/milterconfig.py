@@ -13,7 +13,7 @@ from typing import Any
 
 from testbed import toml
 from testbed import unsubscribe as unsub
-from testbed.parts.service import REPO_ROOT
+from testbed.parts.service import HOST, REPO_ROOT
 
 SAMPLE_CONFIG = REPO_ROOT / "etc" / "aup-milter.toml"
 POLICIES_DIR = REPO_ROOT / "policies"
@@ -37,6 +37,7 @@ class MilterConfig:
         redis_url: str,
         dns_address: str,
         web_port: int,
+        metrics_port: int | None = None,
         unsubscribe: bool = False,
         extra: str = "",
         extra_plans: str = "",
@@ -45,6 +46,8 @@ class MilterConfig:
         self.redis_url = redis_url
         self.dns_address = dns_address
         self.web_port = web_port
+        self.metrics_port = metrics_port
+        """The daemon's Prometheus endpoint on the stack's host; None: none."""
         self.unsubscribe = unsubscribe
         self.extra = extra
         self.extra_plans = extra_plans
@@ -73,6 +76,8 @@ class MilterConfig:
             "timeout": DNS_TIMEOUT,
             "lifetime": DNS_LIFETIME,
         }
+        port = self.metrics_port
+        base["metrics"] = {"listen": f"{HOST}:{port}" if port is not None else ""}
         if self.unsubscribe:
             base.update(unsub.milter_sections(self.run_dir, self.web_port))
         return toml.merged(base, self.extra)

@@ -78,9 +78,14 @@ def audit(client: redis.Redis) -> list[tuple[str, dict[str, str]]]:
 
 
 def snapshot(client: redis.Redis) -> dict[str, object]:
-    """Every key but the audit stream, with its value: what a report must not change."""
+    """Every key but the audit stream, with its value: what a report must not change.
+
+    The metrics counts (keys.SHARED_COUNTS) count every report, acted on or not.
+    """
     found: dict[str, object] = {}
     for key in client.scan_iter():
+        if key == keys.SHARED_COUNTS:
+            continue
         kind = client.type(key)
         if kind == "hash":
             found[key] = client.hgetall(key)

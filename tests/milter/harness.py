@@ -66,6 +66,8 @@ def daemon_settings(
             "plans_dir": str(PLANS_DIR),
         },
         "log": {"format": "json", "level": "debug"},
+        # No metrics endpoint unless a test asks for one (on a free port): many daemons run.
+        "metrics": {"listen": ""},
     }
     if dns_address is not None:
         settings["dns"] = {

@@ -24,16 +24,18 @@ import subprocess
 import tempfile
 import time
 import tomllib
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from testbed import toml
 from testbed.dnsserver import DnsServer
 from tests.milter.mta import Kind, MilterClient
-from tests.support import RedisServer, tail, wait_until
+from tests.support import RedisServer, free_port, tail, wait_until
 
 from .conftest import DEB_PACKAGE_ENV
 from .units import MAX_EXPOSURE, SERVICES, SOCKETS, UNIT_DIR, exposure
@@ -133,7 +135,8 @@ def test_version_is_the_projects(installed: Path) -> None:
 def test_program_uses_debians_python_and_libraries(installed: Path) -> None:
     assert PROGRAM.read_text().splitlines()[0] == f"#!{SYSTEM_PYTHON}"
     modules = ("aupmilter", "Milter", "milter", "redis", "hiredis", "dns.resolver", "spf",
-               "dkim", "publicsuffix2", "aiohttp", "flufl.bounce", "rich")  # fmt: skip
+               "dkim", "publicsuffix2", "aiohttp", "flufl.bounce", "rich",
+               "prometheus_client")  # fmt: skip
     probe = "import importlib\n" + "".join(
         f"print({name!r}, importlib.import_module({name!r}).__file__)\n" for name in modules
     )
@@ -238,6 +241,7 @@ class Workspace:
     path: Path
     redis: RedisServer
     dns: DnsServer
+    metrics_port: int = 0
 
     def config(self, **milter: object) -> Path:
         """The shipped config, pointed at this Redis and DNS, the installed plans and ``milter``."""
@@ -248,6 +252,9 @@ class Workspace:
         # The senders' domains must resolve (bounce route); Debian's dnspython asks this server.
         settings["dns"] = {"nameservers": [self.dns.address], "timeout": 1.0, "lifetime": 2.0}
         settings["policy"]["plans_dir"] = str(CONFIG_DIR / "policies")
+        # The shipped 127.0.0.1:8896 may be a running demo's: a port of this test's own.
+        self.metrics_port = free_port()
+        settings["metrics"]["listen"] = f"127.0.0.1:{self.metrics_port}"
         path = self.path / "aup-milter.toml"
         path.write_text(toml.dumps(settings))
         path.chmod(0o644)
@@ -378,8 +385,28 @@ def test_daemon_runs_as_its_account_with_debians_libraries(workspace: Workspace)
         assert grp.getgrgid(info.st_gid).gr_name == "postfix"
         assert pwd.getpwuid(info.st_uid).pw_name == ACCOUNT
         assert_policy_is_enforced(f"unix:{milter_socket}")
+        assert_metrics_count_it(workspace.metrics_port)
         assert running.stop() == 0
     assert "stopped cleanly" in running.log.read_text()
+
+
+def assert_metrics_count_it(port: int) -> None:
+    """The endpoint (Debian's python3-prometheus-client) counted assert_policy_is_enforced."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    transactions = {
+        dict(labels)["verdict"]: value
+        for (name, labels), value in found.items()
+        if name == "aup_transactions_total"
+    }
+    assert transactions == {"accept": 2, "quarantine": 1, "reject": 1}, transactions
+    refused = ("aup_recipients_refused_total", (("rule", "recipient-cap"), ("verdict", "tempfail")))
+    assert found[refused] == 1
 
 
 def test_daemon_takes_its_socket_from_socket_activation(workspace: Workspace) -> None:

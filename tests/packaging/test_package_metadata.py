@@ -26,6 +26,7 @@ DEBIAN_NAMES = {
     "aiohttp": "python3-aiohttp",
     "flufl.bounce": "python3-flufl.bounce",
     "rich": "python3-rich",
+    "prometheus-client": "python3-prometheus-client",
 }
 
 

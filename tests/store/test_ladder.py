@@ -165,7 +165,8 @@ def test_an_offence_suspends_resets_counts_and_audits_in_one_round_trip(
     commands = client_commands(redis_server, lambda: counts.append(ladder.record(made, COUNTER)))
     assert counts == [previous + 1]
     names = [c.split()[0].strip('"').upper() for c in commands]
-    assert names == ["HSET", "DEL", "HSET", "XADD"], "one pipeline, no MULTI"
+    assert names == ["HSET", "DEL", "HSET", "XADD", "HINCRBY"], "one pipeline, no MULTI"
+    assert redis_client.hget(keys.SHARED_COUNTS, f"action:{rung.event}") == "1", "for metrics"
     assert not redis_client.exists(COUNTER), "the evidence is spent"
     value = cast(str | None, redis_client.hget(keys.suspended_subjects("acme"), field))
     assert value is not None and value.startswith(f"{int(T0)} ") and FINGERPRINT[:12] in value
@@ -204,9 +205,10 @@ def test_shadow_mode_changes_nothing_but_the_counter(
     commands = client_commands(
         redis_server, lambda: ladder.record(offence(0, shadow=True), COUNTER)
     )
-    assert [c.split()[0].strip('"').upper() for c in commands] == ["DEL", "XADD"]
+    assert [c.split()[0].strip('"').upper() for c in commands] == ["DEL", "XADD", "HINCRBY"]
     assert not redis_client.exists(COUNTER)
     assert not redis_client.exists(keys.suspended_subjects("acme"), keys.offences("acme"))
+    assert redis_client.hgetall(keys.SHARED_COUNTS) == {"action:would-sender-suspended": "1"}
     ladder.record(offence(2, shadow=True), COUNTER)
     assert redis_client.hget("aup:tenant:acme", "status") == "active"
     first, second = events(redis_client)

@@ -5,7 +5,7 @@ errors: a typo must not silently fall back to a default. The result is a tree
 of frozen objects; a reload builds a new tree and swaps it in whole.
 
 One module per group of sections, all reading through `loader.Section`:
-`daemon` ([milter], [redis], [log], [audit]), `plans` ([policy] and the plan files),
+`daemon` ([milter], [redis], [log], [audit], [metrics]), `plans` ([policy] and the plan files),
 `messages` ([messages], [dns]), `unsubscribe` ([unsubscribe], [web], [dkim])
 and `feedback` ([feedback_id]). The plan types are the policy layer's
 (`aupmilter.policy.plans`); they are re-exported here because the loader
@@ -22,11 +22,13 @@ from aupmilter.config.daemon import (
     AuditSettings,
     ListenAddress,
     LogSettings,
+    MetricsSettings,
     MilterSettings,
     RedisSettings,
     parse_listen,
     read_audit,
     read_log,
+    read_metrics,
     read_milter,
     read_redis,
 )
@@ -59,6 +61,7 @@ __all__ = [
     "ListenAddress",
     "LogSettings",
     "MessageSettings",
+    "MetricsSettings",
     "MilterSettings",
     "Plan",
     "PolicySettings",
@@ -94,6 +97,7 @@ class Config:
     feedback_id: FeedbackIdSettings | None = None
     """None without a [feedback_id] section: bulk mail then gets no Feedback-ID."""
     audit: AuditSettings = field(default_factory=AuditSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @property
     def plan_names(self) -> frozenset[str]:
@@ -116,6 +120,7 @@ def load_config(path: Path) -> Config:
     policy_settings = read_policy(section("policy"))
     log_settings = read_log(section("log"))
     audit_settings = read_audit(section("audit"))
+    metrics_settings = read_metrics(section("metrics"))
     dns_settings = read_dns(section("dns"))
     message_settings = read_messages(section("messages"))
     unsubscribe_settings, web_settings, dkim_settings = read_unsubscribe_sections(
@@ -149,4 +154,5 @@ def load_config(path: Path) -> Config:
         dkim=dkim_settings,
         feedback_id=feedback_id_settings,
         audit=audit_settings,
+        metrics=metrics_settings,
     )

@@ -1,4 +1,5 @@
-"""The daemon's own sections: `[milter]` (the socket), `[redis]` (the store), `[log]`."""
+"""The daemon's own sections: `[milter]` (the socket), `[redis]` (the store), `[log]`,
+`[audit]` and `[metrics]` (the Prometheus endpoint)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
-from aupmilter.config.loader import Section, choice, integer, number, string
+from aupmilter.config.loader import Section, choice, host_port, integer, number, string
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_LISTEN = Path("/run/aup-milter/aup-milter.sock")
@@ -173,3 +174,36 @@ def read_audit(section: Section) -> AuditSettings:
     )
     section.reject_unknown()
     return settings
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """Where the daemon serves its Prometheus metrics; `host` None: not served."""
+
+    host: str | None = "127.0.0.1"
+    port: int = 8896
+
+    @property
+    def listen(self) -> str:
+        if self.host is None:
+            return ""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_metrics_listen(raw: Any) -> tuple[str | None, int] | None:
+    """`HOST:PORT`, `[IPv6]:PORT`, or "" (no endpoint)."""
+    if raw == "":
+        return None, 0
+    return host_port(raw)
+
+
+def read_metrics(section: Section) -> MetricsSettings:
+    defaults = MetricsSettings()
+    host, port = section.get(
+        "listen",
+        (defaults.host, defaults.port),
+        "'HOST:PORT', '[IPv6]:PORT' or '' (no metrics endpoint)",
+        parse_metrics_listen,
+    )
+    section.reject_unknown()
+    return MetricsSettings(host=host, port=port)

@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dns.exception
 import dns.message
@@ -29,7 +30,18 @@ import dns.resolver
 
 from aupmilter.policy.evidence import Answer, Status
 
+if TYPE_CHECKING:
+    from aupmilter.metrics import Metrics
+
 log = logging.getLogger("aupmilter.mailauth.resolver")
+
+
+def _metrics() -> Metrics:
+    """The process's metrics, imported at first use: the intake and the command line,
+    which import this module but never count, skip prometheus_client's import."""
+    from aupmilter.metrics import METRICS
+
+    return METRICS
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +133,7 @@ class Resolver:
             if cached is not None:
                 if cached[0] > now:
                     self._cache.move_to_end(key)
+                    _metrics().dns_cache_hits.inc()
                     return cached[1]
                 del self._cache[key]
         answer, ttl = self._lookup(key[0], key[1])
@@ -138,29 +151,37 @@ class Resolver:
         try:
             qname = dns.name.from_text(name)
         except (dns.exception.DNSException, UnicodeError, ValueError) as exc:
-            # Not expressible as a DNS name: it cannot exist.
+            # Not expressible as a DNS name: it cannot exist (and no query is sent).
             return Answer(Status.NXDOMAIN, detail=f"{label}: not a DNS name ({exc})"), 0
         self.lookups += 1
+        answer, ttl, result = self._query(qname, rdtype, label)
+        _metrics().dns_lookup(dns.rdatatype.to_text(rdtype), result)
+        return answer, ttl
+
+    def _query(
+        self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, label: str
+    ) -> tuple[Answer, int, str]:
+        """The query sent: its answer, TTL, and the result's name (aup_dns_lookups_total)."""
         try:
             result = self._resolver().resolve(qname, rdtype, raise_on_no_answer=False, search=False)
         except dns.resolver.NXDOMAIN as exc:
-            return Answer(Status.NXDOMAIN, detail=f"{label}: no such domain"), _negative_ttl(
-                exc, self.settings.negative_ttl
-            )
+            ttl = _negative_ttl(exc, self.settings.negative_ttl)
+            return Answer(Status.NXDOMAIN, detail=f"{label}: no such domain"), ttl, "nxdomain"
         except dns.exception.Timeout:  # LifetimeTimeout too (dnspython >= 2.3 has both)
-            return Answer(Status.TEMPFAIL, detail=f"{label}: timed out"), 0
+            return Answer(Status.TEMPFAIL, detail=f"{label}: timed out"), 0, "timeout"
         except dns.resolver.NoNameservers:
             # Every server answered SERVFAIL or REFUSED (its text names our servers: not for
             # the sender's eyes).
-            return Answer(Status.TEMPFAIL, detail=f"{label}: server failure"), 0
+            return Answer(Status.TEMPFAIL, detail=f"{label}: server failure"), 0, "servfail"
         except dns.exception.DNSException as exc:
-            return Answer(Status.TEMPFAIL, detail=f"{label}: {type(exc).__name__}: {exc}"), 0
+            detail = f"{label}: {type(exc).__name__}: {exc}"
+            return Answer(Status.TEMPFAIL, detail=detail), 0, "error"
         except OSError as exc:
-            return Answer(Status.TEMPFAIL, detail=f"{label}: {exc}"), 0
+            return Answer(Status.TEMPFAIL, detail=f"{label}: {exc}"), 0, "error"
         if result.rrset is None:
             negative = _soa_minimum(result.response, self.settings.negative_ttl)
-            return Answer(Status.NODATA, detail=f"{label}: no records"), negative
-        return Answer(Status.FOUND, tuple(result.rrset)), int(result.rrset.ttl)
+            return Answer(Status.NODATA, detail=f"{label}: no records"), negative, "nodata"
+        return Answer(Status.FOUND, tuple(result.rrset)), int(result.rrset.ttl), "answer"
 
     def txt(self, name: str) -> tuple[Answer, tuple[bytes, ...]]:
         """TXT records, each with its character-strings joined (as DKIM and SPF read them)."""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -33,7 +33,19 @@ from aupmilter.policy.tokens import Reference
 from aupmilter.store import keys
 from aupmilter.store.tenants import tenant_record
 
+if TYPE_CHECKING:
+    from aupmilter.metrics import Metrics
+
 log = logging.getLogger("aupmilter.store")
+
+
+def metrics() -> Metrics:
+    """The process's metrics, imported at first use: the intake and the command line,
+    which import this module but never count, skip prometheus_client's import."""
+    from aupmilter.metrics import METRICS
+
+    return METRICS
+
 
 STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
 
@@ -223,7 +235,7 @@ class Store:
             *(catalog.script_args(sender_id) if catalog else ["0"]),
             keys.DOMAINS_SUFFIX,  # last: the tenant's domains, for the message checks
         ]
-        reply = self._call(self._sender_state, mapping_keys, args)
+        reply = self._call("sender_state", self._sender_state, mapping_keys, args)
         if not reply:
             return None
         _index, tenant_id, stream, fills, flat, domains, ladder = reply
@@ -281,7 +293,7 @@ class Store:
                 *(r.store_value for r in written),
             ]
         args += recipients
-        status, detail, fills = self._call(self._charge, script_keys, args)
+        status, detail, fills = self._call("charge", self._charge, script_keys, args)
         if status == 0:
             return NoRoom(window_index=int(detail) - 1, fill=parse_fill(fills))
         if status == 2:
@@ -290,11 +302,17 @@ class Store:
 
     def is_suppressed(self, tenant_id: str, address: str) -> bool:
         """For suppression_check = "rcpt": one HEXISTS per RCPT (address normalised)."""
-        return bool(self._command(lambda: self.client.hexists(keys.suppressed(tenant_id), address)))
+        return bool(
+            self._command(
+                "rcpt_lookup", lambda: self.client.hexists(keys.suppressed(tenant_id), address)
+            )
+        )
 
-    def _command(self, run: Callable[[], Any]) -> Any:
+    def _command(self, call: str, run: Callable[[], Any]) -> Any:
+        """One round trip named `call` (aup_redis_* metrics); errors as StoreUnavailable."""
         try:
-            result = run()
+            with metrics().redis_call(call):
+                result = run()
         except STORE_ERRORS as exc:
             reason = f"{type(exc).__name__}: {exc}"
             self.outage.failed(reason)
@@ -302,11 +320,11 @@ class Store:
         self.outage.succeeded()
         return result
 
-    def _call(self, script: Script, script_keys: list[str], args: list[str]) -> Any:
+    def _call(self, call: str, script: Script, script_keys: list[str], args: list[str]) -> Any:
         riders = self.audit.take() if self.audit is not None else []
         if not riders:
-            return self._command(lambda: script(keys=script_keys, args=args))
-        return self._command(lambda: self._ride(riders, script, script_keys, args))
+            return self._command(call, lambda: script(keys=script_keys, args=args))
+        return self._command(call, lambda: self._ride(riders, script, script_keys, args))
 
     def _ride(
         self,
@@ -353,7 +371,7 @@ class Store:
         pipe = self.client.pipeline(transaction=False)
         self._queue_events(pipe, riders)
         try:
-            results = self._command(lambda: pipe.execute(raise_on_error=False))
+            results = self._command("audit_flush", lambda: pipe.execute(raise_on_error=False))
         except StoreUnavailable:
             audit.give_back(riders)
             return 0

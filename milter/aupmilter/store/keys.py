@@ -73,6 +73,11 @@ aup:unsubref:<ref>        string: "<tenant>\n<address>" behind an unsubscribe to
 aup:audit                 stream: the audit trail (aupmilter.audit): one entry per verdict,
                           refused or suppressed recipient, suppression change and automatic
                           action, flat string fields; trimmed by MINID to [audit] retention_days
+aup:metrics:counts        hash: relay-wide counters for Prometheus (store.shared_counts):
+                          report:<kind>, unsubscribe:<outcome>, suppression:<source>,
+                          action:<automatic action> -> count; written with HINCRBY by the
+                          intake, the web service, `aup-milter suppress` and the ladder,
+                          read by the daemon's metrics at scrape time; DEL resets them
 
 The Lua scripts get every key name through KEYS or ARGV (their headers say
 which); the one name a script spells itself is the `plan` field.
@@ -90,6 +95,7 @@ PREFIX = "aup:"
 TENANT_PREFIX = f"{PREFIX}tenant:"
 TENANTS = f"{PREFIX}tenants"
 AUDIT_STREAM = f"{PREFIX}audit"
+SHARED_COUNTS = f"{PREFIX}metrics:counts"
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 FIELD_STATUS = "status"

@@ -38,7 +38,8 @@ from aupmilter.policy.ladder import Offence, Rung
 from aupmilter.policy.limits import recipient_key
 from aupmilter.policy.tenancy import TenantStatus
 from aupmilter.store import keys
-from aupmilter.store.client import STORE_ERRORS, StoreUnavailable
+from aupmilter.store.client import STORE_ERRORS, StoreUnavailable, metrics
+from aupmilter.store.shared_counts import queue_count
 from aupmilter.store.suppression import queue_audit
 
 log = logging.getLogger("aupmilter.ladder")
@@ -100,7 +101,10 @@ class LadderStore:
                 if not offence.shadow:
                     self._queue_rung(pipe, offence)
                 queue_audit(pipe, fields, offence.now)
-                pipe.execute()
+                action = f"would-{fields['event']}" if offence.shadow else fields["event"]
+                queue_count(pipe, "action", action)
+                with metrics().redis_call("offence"):
+                    pipe.execute()
         except STORE_ERRORS as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         log.warning(

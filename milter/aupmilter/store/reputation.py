@@ -28,6 +28,7 @@ from aupmilter.policy.limits import Window
 from aupmilter.policy.reputation import Decision, Measure, ReputationPlan
 from aupmilter.policy.tenancy import TenantStatus
 from aupmilter.store import keys
+from aupmilter.store.shared_counts import queue_count
 from aupmilter.store.suppression import queue_audit
 
 
@@ -119,5 +120,6 @@ class ReputationCounters:
         }
         with self.client.pipeline(transaction=False) as pipe:
             queue_audit(pipe, fields, now)
+            queue_count(pipe, "action", action)
             pipe.execute()
         return fields

@@ -10,6 +10,8 @@ keys.unsubscribe_ref(ref)   string: "<tenant>\\n<address>" for the unsubscribe t
                             reference <ref> (see aupmilter.policy.tokens); expires with the tokens
 keys.AUDIT_STREAM           stream: audit events (appended here; the milter trims it to
                             its [audit] retention_days, so one retention holds for all)
+keys.SHARED_COUNTS          hash: `suppression:<source>` counts the addresses newly suppressed
+                            (store.shared_counts), in the same pipeline as the audit events
 
 The suppression hash carries the tenant's Redis Cluster hash tag, so a script
 may touch it with the tenant's windows. The first suppression of an address
@@ -36,6 +38,7 @@ from aupmilter.policy.limits import recipient_key
 from aupmilter.policy.tenancy import normalize_domain
 from aupmilter.policy.tokens import Reference
 from aupmilter.store import keys
+from aupmilter.store.shared_counts import queue_count
 
 log = logging.getLogger("aupmilter.suppression")
 
@@ -194,6 +197,7 @@ class SuppressionStore:
                 queue_audit(pipe, fields, now)
                 if audit_log:
                     log_event(fields)
+            queue_count(pipe, "suppression", source.value, sum(o.added for o in outcomes))
             pipe.execute()
         return outcomes
 

@@ -31,6 +31,12 @@ delivery status:
   75  EX_TEMPFAIL  Redis unreachable, the configuration does not load, or an
                    unexpected error: deferred, retried
 
+Each outcome is counted for Prometheus in the shared counts hash
+(store/shared_counts.py, exported by the daemon): `unsubscribe:<outcome>`
+with outcome unsubscribed, already (suppressed before), refused (67) or
+invalid (64, 65), and `report:<kind>` for each report. The count is one
+HINCRBY of its own, after the work; it never changes the exit code.
+
 Every fault of the relay's own making defers the message, so it loses no
 unsubscribe and no report: Postfix keeps it in its queue until the fault is
 fixed (EX_CONFIG would be permanent to Postfix, 5.3.5, and bounce it).
@@ -59,6 +65,7 @@ import redis
 from aupmilter.config import Config, ConfigError, UnsubscribeSettings, load_config
 from aupmilter.exitcodes import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE
 from aupmilter.policy.tokens import InvalidToken, TokenKind, TokenSigner
+from aupmilter.store.shared_counts import count_quietly
 from aupmilter.store.suppression import (
     AddressError,
     Source,
@@ -143,6 +150,10 @@ def sender_address(headers: email.message.Message) -> str:
         raise IntakeRefusal(EX_DATAERR, f"the From address is not usable: {exc}") from None
 
 
+UNSUBSCRIBED, ALREADY, REFUSED, INVALID = "unsubscribed", "already", "refused", "invalid"
+"""The outcomes counted (`unsubscribe:<outcome>` in the shared counts)."""
+
+
 def process(
     raw: bytes,
     recipient: str | None,
@@ -151,6 +162,17 @@ def process(
     now: float,
 ) -> str:
     """Suppress what the message asks for; the suppressed address, or IntakeRefusal."""
+    return process_outcome(raw, recipient, settings, store, now)[0]
+
+
+def process_outcome(
+    raw: bytes,
+    recipient: str | None,
+    settings: UnsubscribeSettings,
+    store: SuppressionStore,
+    now: float,
+) -> tuple[str, str]:
+    """`process`, with the outcome: UNSUBSCRIBED or ALREADY."""
     headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
     address_to = recipient or find_recipient(headers, settings)
     token = token_of(address_to, settings)
@@ -168,8 +190,8 @@ def process(
     if claims.kind is TokenKind.MESSAGE:
         address = sender_address(headers)
     detail = f"token {claims.token[:8]} message {claims.message_tag_text}".strip()
-    store.add(reference.tenant, address, Source.MAILTO, now, detail=detail)
-    return address
+    outcome = store.add(reference.tenant, address, Source.MAILTO, now, detail=detail)
+    return address, UNSUBSCRIBED if outcome.added else ALREADY
 
 
 def _refusal(address: str, exc: InvalidToken, why: str) -> IntakeRefusal:
@@ -202,10 +224,12 @@ def main(args: argparse.Namespace, stdin: BinaryIO | None = None) -> int:
     raw = read_message(stdin or sys.stdin.buffer)
     client = connect(config.redis)
     try:
-        address = process(raw, args.recipient, config.unsubscribe, SuppressionStore(client),
-                          time.time())  # fmt: skip
+        address, outcome = process_outcome(raw, args.recipient, config.unsubscribe,
+                                           SuppressionStore(client), time.time())  # fmt: skip
+        count_quietly(client, "unsubscribe", outcome)
     except IntakeRefusal as exc:
         print(f"aup-milter intake: {exc}", file=sys.stderr)
+        count_quietly(client, "unsubscribe", REFUSED if exc.code == EX_NOUSER else INVALID)
         return exc.code
     except (redis.RedisError, OSError) as exc:
         print(f"aup-milter intake: policy store unavailable, try again later: {exc}",
@@ -230,7 +254,8 @@ def reports_main(config: Config, stdin: BinaryIO) -> int:
     raw = read_message(stdin, MAX_REPORT_BYTES + 1)
     client = connect(config.redis)
     try:
-        process_report(raw, config, client, time.time())
+        acted = process_report(raw, config, client, time.time())
+        count_quietly(client, "report", str(acted.report.kind))
     except StoreDown as exc:
         print(f"aup-milter intake: policy store unavailable, try again later: {exc}",
               file=sys.stderr)  # fmt: skip

@@ -17,6 +17,13 @@ answer, 503 with Retry-After: the link keeps working once it is back.
 
 Run it behind any HTTPS reverse proxy; list the proxy in `web.trusted_proxies`
 so the rate limit applies to the client named in X-Forwarded-For.
+
+GET /metrics serves the service's Prometheus metrics (aupmilter.metrics:
+aup_web_requests_total{outcome}, aup_build_info) on the same listener, which
+is loopback by default; the reverse proxy forwards only /u/ (the samples in
+README do), so the metrics stay local. Outcomes: page, unsubscribed,
+already, ask-address, bad-address, invalid-token, not-one-click,
+unavailable, rate-limited, too-large, not-found, bad-method, health, error.
 """
 
 from __future__ import annotations
@@ -34,11 +41,14 @@ from typing import Any
 import redis
 import redis.asyncio
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from aupmilter.config import Config, ConfigError, UnsubscribeSettings, WebSettings, load_config
 from aupmilter.exitcodes import EX_CONFIG, EX_OK
+from aupmilter.metrics import METRICS, WEB_SAMPLES
 from aupmilter.policy.tokens import InvalidToken, TokenClaims, TokenKind, TokenSigner
 from aupmilter.store import keys
+from aupmilter.store.shared_counts import queue_count
 from aupmilter.store.suppression import (
     AddressError,
     Outcome,
@@ -60,6 +70,8 @@ MAX_HEADERS = 50
 MAX_TRACKED_CLIENTS = 100_000
 RETRY_AFTER_SECONDS = 60
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+UNCOUNTED = ("/metrics",)
+OUTCOME_BY_STATUS = {404: "not-found", 405: "bad-method", 413: "too-large", 429: "rate-limited"}
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -168,13 +180,15 @@ class UnsubscribeService:
         app.router.add_get("/u/{token}", self.show)
         app.router.add_post("/u/{token}", self.unsubscribe)
         app.router.add_get("/healthz", self.health)
+        app.router.add_get("/metrics", self.metrics)
         return app
 
     @web.middleware
     async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         client = client_address(request, self.settings.trusted_proxies)
         request["client"] = client
-        if request.path != "/healthz" and not self.limiter.allow(client):
+        local = request.path in ("/healthz", "/metrics")
+        if not local and not self.limiter.allow(client):
             log.info("rate limit: %s refused", client, extra={"client": client})
             response: web.StreamResponse = page(
                 "Too many requests", "<p>Please try again in a minute.</p>", status=429
@@ -191,10 +205,20 @@ class UnsubscribeService:
                 if exc.status == 405:
                     response.headers["Allow"] = "GET, POST"
         response.headers.update(SECURITY_HEADERS)
+        if request.path not in UNCOUNTED:
+            outcome = request.get("outcome") or OUTCOME_BY_STATUS.get(response.status, "error")
+            METRICS.web_requests.labels(outcome).inc()
         return response
 
     async def health(self, request: web.Request) -> web.Response:
+        request["outcome"] = "health"
         return web.Response(text="ok\n")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = METRICS.exposition(WEB_SAMPLES)
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
 
     def _claims(self, request: web.Request) -> TokenClaims | None:
         token = request.match_info["token"]
@@ -212,49 +236,59 @@ class UnsubscribeService:
     async def show(self, request: web.Request) -> web.Response:
         claims = self._claims(request)
         if claims is None:
+            request["outcome"] = "invalid-token"
             return invalid_link()
+        request["outcome"] = "page"
         return page("Unsubscribe", confirm_form(claims.kind))
 
     async def unsubscribe(self, request: web.Request) -> web.Response:
+        response, outcome = await self._unsubscribe(request)
+        request["outcome"] = outcome
+        return response
+
+    async def _unsubscribe(self, request: web.Request) -> tuple[web.Response, str]:
+        """The POST's response and its outcome (aup_web_requests_total)."""
         claims = self._claims(request)
         if claims is None:
-            return invalid_link()
+            return invalid_link(), "invalid-token"
         length = request.content_length
         if length is not None and length > self.settings.max_body_bytes:
-            return page("Request too large", "<p>The request is too large.</p>", 413)
+            return page("Request too large", "<p>The request is too large.</p>", 413), "too-large"
         if request.content_type not in FORM_TYPES:
-            return self._not_one_click()
+            return self._not_one_click(), "not-one-click"
         form = await request.post()
         if form.get(ONE_CLICK_FIELD) != ONE_CLICK_VALUE:
-            return self._not_one_click()
+            return self._not_one_click(), "not-one-click"
         typed = form.get("address")
         try:
             stored = await self.client.get(keys.unsubscribe_ref(claims.ref_text))
             reference = claims.resolve(None if stored is None else str(stored))
         except InvalidToken as exc:
             log.info("refused token %.8s...: %s", claims.token, exc)
-            return invalid_link()
+            return invalid_link(), "invalid-token"
         except (redis.RedisError, OSError) as exc:
-            return self._unavailable(exc)
+            return self._unavailable(exc), "unavailable"
         address = reference.address
         if claims.kind is TokenKind.MESSAGE:
             if not isinstance(typed, str) or not typed.strip():
-                return page("Unsubscribe", confirm_form(claims.kind))
+                return page("Unsubscribe", confirm_form(claims.kind)), "ask-address"
             try:
                 address = validate_address(typed)
             except AddressError as exc:
                 note = f"That is not an email address ({exc}); please check it."
-                return page("Unsubscribe", confirm_form(claims.kind, note), status=400)
+                form_page = page("Unsubscribe", confirm_form(claims.kind, note), status=400)
+                return form_page, "bad-address"
         detail = f"token {claims.token[:8]} message {claims.message_tag_text}".strip()
         try:
             outcome = await self._suppress(reference.tenant, address, detail)
         except (redis.RedisError, OSError) as exc:
-            return self._unavailable(exc)
+            return self._unavailable(exc), "unavailable"
         shown = html.escape(outcome.suppression.address)
-        return page(
+        done = page(
             "Unsubscribed",
             f"<p>{shown} will receive no more mailing-list mail from this sender.</p>",
         )
+        return done, "unsubscribed" if outcome.added else "already"
 
     async def _suppress(self, tenant: str, address: str, detail: str) -> Outcome:
         now = self.clock()
@@ -270,6 +304,8 @@ class UnsubscribeService:
         fields = audit_fields("suppress", outcome.suppression, outcome.added, detail)
         async with self.client.pipeline(transaction=False) as pipe:
             queue_audit(pipe, fields, now)
+            if outcome.added:
+                queue_count(pipe, "suppression", Source.ONE_CLICK.value)
             await pipe.execute()
         log_event(fields)
         return outcome

@@ -122,7 +122,8 @@ def test_redis_url_forms(confdir: Path, url: str) -> None:
         ("[redis]\nhost = 'x'\n", "redis.host"),
         ("[policy]\nunknown_senders = 'accept'\n", "policy.unknown_senders"),
         ("[log]\nfile = 'x'\n", "log.file"),
-        ("[metrics]\nport = 1\n", "metrics"),
+        ("[metrics]\nport = 1\n", "metrics.port"),
+        ("[metric]\nlisten = ''\n", "metric"),
     ],
 )
 def test_unknown_keys_are_errors(confdir: Path, text: str, key: str) -> None:
