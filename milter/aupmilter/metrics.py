@@ -30,7 +30,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -84,6 +83,7 @@ WEB_SAMPLES = ("aup_web_requests_total", "aup_build_info")
 """What the unsubscribe web service's /metrics shows (the rest is the daemon's)."""
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class BoundedLabel:
@@ -243,6 +243,9 @@ class Metrics:
         self.build_info.labels(__version__).set(1)
         self.tenant_label = BoundedLabel()
         self._callbacks = {name: self.callback_seconds.labels(name) for name in CALLBACKS}
+        self._redis: dict[str, tuple[Any, Any, Any]] = {}
+        for call in REDIS_CALLS:
+            self._redis_children(call)
         self._shared: SharedCounts | None = None
         self._dropped: ReadCounter | None = None
 
@@ -273,18 +276,27 @@ class Metrics:
 
         return wrap
 
-    @contextmanager
-    def redis_call(self, call: str) -> Iterator[None]:
-        """One Redis round trip: counted, timed, and counted as an error if it raises."""
+    def redis_call(self, call: str, run: Callable[[], T]) -> T:
+        """`run()`, one Redis round trip: counted, timed, and counted as an error if it raises."""
+        trips, errors, seconds = self._redis.get(call) or self._redis_children(call)
+        trips.inc()
         started = time.perf_counter()
-        self.redis_round_trips.labels(call).inc()
         try:
-            yield
+            return run()
         except BaseException:
-            self.redis_errors.labels(call).inc()
+            errors.inc()
             raise
         finally:
-            self.redis_seconds.labels(call).observe(time.perf_counter() - started)
+            seconds.observe(time.perf_counter() - started)
+
+    def _redis_children(self, call: str) -> tuple[Any, Any, Any]:
+        children = (
+            self.redis_round_trips.labels(call),
+            self.redis_errors.labels(call),
+            self.redis_seconds.labels(call),
+        )
+        self._redis[call] = children
+        return children
 
     def dns_lookup(self, rdtype: str, result: str) -> None:
         self.dns_lookups.labels(rdtype, result).inc()

@@ -160,10 +160,13 @@ def test_callback_timer_observes_even_when_the_callback_raises() -> None:
 
 def test_redis_call_counts_round_trips_errors_and_time() -> None:
     metrics = Metrics()
-    with metrics.redis_call("charge"):
-        pass
-    with pytest.raises(ConnectionError), metrics.redis_call("charge"):
+
+    def down() -> None:
         raise ConnectionError("down")
+
+    assert metrics.redis_call("charge", lambda: 42) == 42
+    with pytest.raises(ConnectionError):
+        metrics.redis_call("charge", down)
     found = samples(metrics.exposition())
     assert value(found, "aup_redis_round_trips_total", call="charge") == 2
     assert value(found, "aup_redis_errors_total", call="charge") == 1

@@ -311,8 +311,7 @@ class Store:
     def _command(self, call: str, run: Callable[[], Any]) -> Any:
         """One round trip named `call` (aup_redis_* metrics); errors as StoreUnavailable."""
         try:
-            with metrics().redis_call(call):
-                result = run()
+            result = metrics().redis_call(call, run)
         except STORE_ERRORS as exc:
             reason = f"{type(exc).__name__}: {exc}"
             self.outage.failed(reason)

@@ -103,8 +103,7 @@ class LadderStore:
                 queue_audit(pipe, fields, offence.now)
                 action = f"would-{fields['event']}" if offence.shadow else fields["event"]
                 queue_count(pipe, "action", action)
-                with metrics().redis_call("offence"):
-                    pipe.execute()
+                metrics().redis_call("offence", pipe.execute)
         except STORE_ERRORS as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         log.warning(
