@@ -28,7 +28,7 @@ from aupmilter.policy.limits import Scope, Unit, Window, WindowFill
 from aupmilter.policy.window_view import window_status
 from aupmilter.store import keys
 from testbed.parts.service import python_env
-from tests.support import RedisServer
+from tests.support import RedisServer, as_from_a_terminal
 
 NOW = 1_796_083_200.0  # 2026-12-01T00:00:00Z
 
@@ -271,7 +271,12 @@ def _on_a_terminal(url: str) -> tuple[subprocess.Popen[bytes], int]:
     command = [sys.executable, "-m", "aupmilter", "top", "-c", "/nonexistent", "--redis", url]
     env = python_env({"TERM": "xterm"})
     process = subprocess.Popen(
-        [*command, "--interval", "0.2"], stdin=slave, stdout=slave, stderr=slave, env=env
+        [*command, "--interval", "0.2"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        preexec_fn=as_from_a_terminal,  # SIGINT as a terminal gives it, whoever runs the tests
     )
     os.close(slave)
     return process, master
