@@ -8,6 +8,8 @@
 #      only when pyproject.toml is newer than the last install.
 #   3. .venv-intake: the environment of the test bed's mailto intake, made by
 #      Debian's /usr/bin/python3 (see below), redone on the same condition.
+#   4. .sendmail: Debian's sendmail-bin unpacked (dpkg -x), not installed (see
+#      below), for the test bed's private Sendmail; done once.
 # Quiet when there is nothing to do. Exits non-zero with a reason on failure.
 set -euo pipefail
 
@@ -20,6 +22,14 @@ PACKAGES=(postfix redis-server redis-tools libmilter-dev sasl2-bin libsasl2-modu
 # The sample and unit tests: m4 with Sendmail's macros (no Sendmail daemon),
 # systemd-analyze, and man to render the manual pages.
 PACKAGES+=(sendmail-cf systemd man-db)
+# The test bed's private Sendmail (testbed/parts/sendmailinstance.py): sendmail-bin
+# conflicts with postfix, so it is unpacked into .sendmail/ rather than installed
+# (step 4); what it links against comes from Debian as usual, m4 and sendmail-cf
+# build its .cf, and util-linux's unshare gives it a host name of its own.
+SENDMAIL_DIR=.sendmail
+SENDMAIL_BIN="$SENDMAIL_DIR/usr/libexec/sendmail/sendmail"
+SENDMAIL_STAMP="$SENDMAIL_DIR/.unpacked-stamp"
+PACKAGES+=(m4 util-linux libwrap0 libldap-2.5-0 libnsl2 libdb5.3 libsasl2-2 libssl3)
 MIN_PYTHON="3.11"
 VENV=.venv
 STAMP="$VENV/.installed-stamp"
@@ -116,4 +126,41 @@ if [[ ! -f "$INTAKE_STAMP" || pyproject.toml -nt "$INTAKE_STAMP" ]]; then
     # Editable: the intake under test is this checkout's code, as in .venv.
     "$INTAKE_VENV/bin/python" -m pip install -q -e . || die "pip install -e . into $INTAKE_VENV failed"
     touch "$INTAKE_STAMP"
+fi
+
+# Step 4. `apt-get download` fetches the .deb from the configured archive (as
+# any user, when the package lists are there); dpkg -x unpacks it without
+# running its scripts or touching the dpkg database, so Postfix stays.
+unpack_sendmail() {
+    local tmp deb
+    tmp="$(mktemp -d)"
+    # apt downloads as its sandbox user _apt when that user can write there.
+    if [[ "$(id -u)" == 0 ]]; then chown _apt "$tmp" 2>/dev/null || true; fi
+    if ! (cd "$tmp" && apt-get download -q sendmail-bin >/dev/null 2>&1); then
+        if [[ "$(id -u)" != 0 ]]; then
+            rm -rf "$tmp"
+            echo "bootstrap: could not download sendmail-bin (the test bed unpacks it into $SENDMAIL_DIR)" >&2
+            echo "bootstrap: as root, run: apt-get update && bash scripts/bootstrap.sh" >&2
+            exit 1
+        fi
+        apt-get update -q >/dev/null || { rm -rf "$tmp"; die "apt-get update failed"; }
+        (cd "$tmp" && apt-get download -q sendmail-bin >/dev/null 2>&1) \
+            || { rm -rf "$tmp"; die "apt-get download sendmail-bin failed"; }
+    fi
+    deb="$(ls "$tmp"/sendmail-bin_*.deb)"
+    rm -rf "$SENDMAIL_DIR.new"
+    dpkg -x "$deb" "$SENDMAIL_DIR.new" || { rm -rf "$tmp"; die "dpkg -x $deb failed"; }
+    local unresolved
+    unresolved="$(ldd "$SENDMAIL_DIR.new/usr/libexec/sendmail/sendmail" 2>&1 | grep 'not found' || true)"
+    if [[ -n "$unresolved" ]]; then
+        rm -rf "$tmp" "$SENDMAIL_DIR.new"
+        die "the unpacked sendmail lacks libraries (add their packages to PACKAGES): $unresolved"
+    fi
+    dpkg-deb -f "$deb" Version >"$SENDMAIL_DIR.new/.unpacked-stamp"
+    rm -rf "$tmp" "$SENDMAIL_DIR"
+    mv "$SENDMAIL_DIR.new" "$SENDMAIL_DIR"
+}
+if [[ ! -x "$SENDMAIL_BIN" || ! -f "$SENDMAIL_STAMP" ]]; then
+    say "unpacking Debian's sendmail-bin into $SENDMAIL_DIR (for the test bed; not installed)"
+    unpack_sendmail
 fi

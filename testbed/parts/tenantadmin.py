@@ -5,20 +5,33 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Protocol
 
-from testbed.parts.postfixinstance import PostfixInstance
 from testbed.parts.redisserver import RedisServer
 from testbed.parts.service import python_env
 from testbed.proc import TestbedError, run
 from testbed.tenants import DEMO_ACCOUNTS, Tenant
 
 
+class SaslRelay(Protocol):
+    """The MTA whose SMTP AUTH users the tenants log in as (Postfix or Sendmail instance)."""
+
+    sasl_users: dict[str, str]
+
+    def auth_authen(self, login: str) -> str: ...
+
+    def add_sasl_user(self, login: str, password: str) -> None: ...
+
+
 class TenantAdmin:
-    """The tenant CLI on ``redis``; logins in the form ``postfix``'s SASL setup hands the milter."""
+    """The tenant CLI on ``redis``; logins in the form ``postfix``'s SASL setup hands the milter.
+
+    ``postfix`` is the relay the tenants authenticate to: the Postfix instance
+    of a ``Stack``, or any other ``SaslRelay`` (the Sendmail instance).
+    """
 
     def __init__(
-        self, redis: RedisServer, postfix: PostfixInstance, *, python: str = sys.executable
+        self, redis: RedisServer, postfix: SaslRelay, *, python: str = sys.executable
     ) -> None:
         self.redis = redis
         self.postfix = postfix
