@@ -55,7 +55,7 @@ def event(ago: float, kind: str, **fields: str) -> tuple[str, dict[str, str]]:
         (
             [
                 verdict(5, "acme", recipients="10", auth="bob", sender="b@acme.example"),
-                verdict(10, "acme", recipients="4", sender="news@acme.example"),
+                verdict(10, "acme", recipients="4", sender="news@ACME.example"),
                 verdict(20, "globex", "quarantine", recipients="30", sender="x@globex.example"),
                 verdict(30, "acme", recipients="3", auth="bob", suppressed='["a@x", "b@y"]'),
             ],

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from aupmilter.policy.limits import sender_identity
 from aupmilter.policy.window_view import WindowStatus
 
 Entry = tuple[str, Mapping[str, str]]
@@ -96,8 +97,9 @@ def delivered(fields: Mapping[str, str]) -> int:
 
 
 def sender_of(fields: Mapping[str, str]) -> str:
-    """Whom per-sender windows count: the login, else the envelope sender (`<>`)."""
-    return fields.get("auth") or fields.get("sender") or "<>"
+    """Whom per-sender windows count, as their keys spell it: the login, else the envelope
+    sender with its domain lower-cased (`<>` for the null sender)."""
+    return sender_identity(fields.get("auth") or None, fields.get("sender", ""))
 
 
 def passed(verdict: str) -> bool:
