@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -386,6 +387,7 @@ def test_daemon_runs_as_its_account_with_debians_libraries(workspace: Workspace)
         assert pwd.getpwuid(info.st_uid).pw_name == ACCOUNT
         assert_policy_is_enforced(f"unix:{milter_socket}")
         assert_metrics_count_it(workspace.metrics_port)
+        assert_status_ok(config, milter_socket)
         assert running.stop() == 0
     assert "stopped cleanly" in running.log.read_text()
 
@@ -407,6 +409,21 @@ def assert_metrics_count_it(port: int) -> None:
     assert transactions == {"accept": 2, "quarantine": 1, "reject": 1}, transactions
     refused = ("aup_recipients_refused_total", (("rule", "recipient-cap"), ("verdict", "tempfail")))
     assert found[refused] == 1
+
+
+def assert_status_ok(config: Path, milter_socket: Path) -> None:
+    """`aup-milter status` under Debian's python3: the daemon, its Redis and scripts, its config."""
+    result = run([str(PROGRAM), "status", "-c", str(config), "--json"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["summary"].startswith("AUP-MILTER OK - milter answers (protocol 6)")
+    assert report["checks"]["milter"]["address"] == f"unix:{milter_socket}"
+    assert {name: check["status"] for name, check in report["checks"].items()} == {
+        "milter": "ok",
+        "redis": "ok",
+        "scripts": "ok",
+        "config": "ok",
+    }
 
 
 def test_daemon_takes_its_socket_from_socket_activation(workspace: Workspace) -> None:
