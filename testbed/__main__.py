@@ -75,6 +75,9 @@ def try_it(stack: Stack) -> str:
         f"  {_rel(Path(sys.executable).parent / 'aup-milter')} log --redis {stack.redis_url}",
         f"  {_rel(Path(sys.executable).parent / 'aup-milter')} explain QUEUE_ID"
         f" --redis {stack.redis_url}",
+        "Health check (Nagios exit codes: 0 OK, 1 WARNING, 2 CRITICAL):",
+        f"  {_rel(Path(sys.executable).parent / 'aup-milter')} status"
+        f" -c {_rel(stack.milter_config)}",
         "Logs:",
         f"  {_rel(stack.milter_log)}  {_rel(stack.postfix.log_file)}  {_rel(stack.sink_log)}",
         f"Stop it all:  {_rel(Path(sys.executable))} -m testbed demo-down",
