@@ -8,9 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aupmilter.config import load_config
 from aupmilter.live_config import ConfigWatcher, LiveRuntime, file_signature
+from aupmilter.metrics import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,3 +78,24 @@ def test_watcher_applies_an_edit_without_being_asked(config_path: Path) -> None:
         watcher.stop()
         watcher.join(timeout=5)
     assert not watcher.is_alive()
+
+
+def test_reloads_are_counted_by_result(config_path: Path) -> None:
+    def reloads() -> dict[str, float]:
+        text = METRICS.exposition(["aup_config_reloads_total"]).decode()
+        return {
+            s.labels["result"]: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "aup_config_reloads_total"
+        }
+
+    live = LiveRuntime(load_config(config_path))
+    before = reloads()
+    assert live.reload()
+    config_path.write_text("[policy]\nunknown_sender = 1\n")
+    assert not live.reload()
+    assert not live.reload()
+    after = reloads()
+    assert after["ok"] - before.get("ok", 0) == 1
+    assert after["failed"] - before.get("failed", 0) == 2
