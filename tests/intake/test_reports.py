@@ -318,6 +318,9 @@ def test_complaints_past_the_threshold_suspend_with_the_figures(
     assert "suspended automatically" in caplog.text
     events = [f["event"] for _id, f in audit(tenants)]
     assert events.count("auto-review") == 2 and events[-1] == "auto-suspend"
+    counted = tenants.hgetall(keys.SHARED_COUNTS)  # the metrics' automatic actions
+    assert (counted["action:auto-review"], counted["action:auto-suspend"]) == ("2", "1")
+    assert counted["suppression:complaint"] == "1", "the same complainer, suppressed once"
     # Suspended: further complaints suppress but are not counted, nothing else fires.
     acted = act(config, tenants, raw)
     assert acted.rate == "complaints not counted: tenant is suspended"
