@@ -131,6 +131,18 @@ def stream_fields(event: Mapping[str, object], now: float) -> StreamFields:
     return fields
 
 
+def event_time(entry_id: str, fields: Mapping[str, str]) -> float:
+    """When a stream entry happened: its `ts` when that reads as a number, else its id's time."""
+    try:
+        return float(fields["ts"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return int(entry_id.split("-", 1)[0]) / 1000
+    except ValueError:
+        return 0.0
+
+
 class AuditTrail:
     """Events waiting for a ride to the audit stream; one per process, shared by every thread.
 

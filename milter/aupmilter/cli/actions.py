@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aupmilter.cli.auditlog import describe, event_time, record, utc
+from aupmilter.audit import event_time
+from aupmilter.cli.auditlog import describe, record, utc
 from aupmilter.store import keys
 from aupmilter.store.ladder import Subject, Suspension
 

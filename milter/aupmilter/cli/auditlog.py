@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
+from aupmilter.audit import event_time
 from aupmilter.exitcodes import EX_FAILURE, EX_OK, EX_UNAVAILABLE, EX_USAGE
 
 if TYPE_CHECKING:
@@ -191,18 +192,6 @@ def parse_time(text: str, now: float) -> float:
 def stream_id(seconds: float) -> str:
     """The stream id bound (milliseconds) of a time."""
     return str(max(0, int(seconds * 1000)))
-
-
-def event_time(entry_id: str, fields: Fields) -> float:
-    """The event's `ts` when it reads as a number, else the time in its entry id."""
-    try:
-        return float(fields["ts"])
-    except (KeyError, ValueError):
-        pass
-    try:
-        return int(entry_id.split("-", 1)[0]) / 1000
-    except ValueError:
-        return 0.0
 
 
 def utc(seconds: float, zone: str = "") -> str:

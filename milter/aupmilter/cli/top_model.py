@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from aupmilter.audit import event_time
 from aupmilter.policy.limits import sender_identity
 from aupmilter.policy.window_view import WindowStatus
 
@@ -69,17 +70,6 @@ class Frame:
     events: int = 0
     complete: bool = True
     """False when the read stopped at its bound before the span's start."""
-
-
-def event_time(entry_id: str, fields: Mapping[str, str]) -> float:
-    try:
-        return float(fields["ts"])
-    except (KeyError, ValueError):
-        pass
-    try:
-        return int(entry_id.split("-", 1)[0]) / 1000
-    except ValueError:
-        return 0.0
 
 
 def _int(text: str | None) -> int:
