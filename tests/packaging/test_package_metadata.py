@@ -22,6 +22,7 @@ DEBIAN_NAMES = {
     "pyspf": "python3-spf",
     "dkimpy": "python3-dkim",
     "pynacl": "python3-nacl",
+    "cryptography": "python3-cryptography",
     "publicsuffix2": "python3-publicsuffix2",
     "aiohttp": "python3-aiohttp",
     "flufl.bounce": "python3-flufl.bounce",

@@ -7,7 +7,12 @@ Accepted files:
   base64 32-byte seed that dkimpy's `dknewkey --ktype ed25519` writes.
 
 The result is what dkimpy's signer takes (PKCS#1 PEM for RSA, the base64 seed
-for Ed25519), so dkimpy versions without PKCS#8 support sign just as well.
+for Ed25519), so dkimpy versions without PKCS#8 support sign just as well. An
+RSA key is also loaded into OpenSSL (python3-cryptography) here, once per
+load: the signer computes RSA signatures with it (see dkimsign.py), and a key
+OpenSSL refuses (inconsistent parameters) is refused at load like any other
+unusable key. A rotated key file is read again at the next config load, as
+every key is.
 
 A key must not be accessible by "other" users nor writable by its group: a
 readable signing key lets anyone sign mail as the tenant's domain.
@@ -19,10 +24,13 @@ import base64
 import binascii
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from dkim.crypto import UnparsableKeyError, parse_private_key
 
 MIN_RSA_BITS = 2048
@@ -46,6 +54,8 @@ class SigningKey:
     """dkimpy's form: PKCS#1 PEM (RSA) or the base64 seed (Ed25519)."""
     bits: int
     path: Path
+    openssl: RSAPrivateKey | None = field(default=None, compare=False)
+    """The RSA key loaded into OpenSSL, which signs with it; None: dkimpy signs alone."""
 
     def __repr__(self) -> str:  # never print key material into logs or error texts
         return f"SigningKey({self.algorithm}, {self.bits} bits, {self.path})"
@@ -116,7 +126,13 @@ def _rsa(der: bytes, path: Path) -> SigningKey:
     encoded = base64.b64encode(der)
     pem += b"\n".join(encoded[i : i + 64] for i in range(0, len(encoded), 64))
     pem += b"\n-----END RSA PRIVATE KEY-----\n"
-    return SigningKey("rsa-sha256", pem, bits, path)
+    try:
+        loaded = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise UnusableKey(f"not a valid RSA private key (OpenSSL: {exc})") from None
+    if not isinstance(loaded, RSAPrivateKey):  # the PEM label says RSA: never seen
+        raise UnusableKey("not a valid RSA private key (OpenSSL read another kind)")
+    return SigningKey("rsa-sha256", pem, bits, path, openssl=loaded)
 
 
 def _bare_ed25519(data: bytes, path: Path) -> SigningKey:
