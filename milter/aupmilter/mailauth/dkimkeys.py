@@ -129,7 +129,9 @@ def _rsa(der: bytes, path: Path) -> SigningKey:
     try:
         loaded = load_pem_private_key(pem, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise UnusableKey(f"not a valid RSA private key (OpenSSL: {exc})") from None
+        # cryptography 38 adds OpenSSL's error list to the text: its first words suffice
+        reason = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+        raise UnusableKey(f"not a valid RSA private key (OpenSSL: {reason})") from None
     if not isinstance(loaded, RSAPrivateKey):  # the PEM label says RSA: never seen
         raise UnusableKey("not a valid RSA private key (OpenSSL read another kind)")
     return SigningKey("rsa-sha256", pem, bits, path, openssl=loaded)

@@ -230,5 +230,6 @@ def test_a_key_openssl_refuses_is_refused_when_the_config_loads(
         "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(lines) + "\n-----END RSA PRIVATE KEY-----\n"
     )
     path.chmod(0o600)
-    with pytest.raises(UnusableKey, match="OpenSSL"):
+    with pytest.raises(UnusableKey, match="OpenSSL") as refused:
         load_signing_key(path)
+    assert "_OpenSSLError" not in str(refused.value), "a text for the config error, not a repr"
