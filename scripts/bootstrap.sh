@@ -10,6 +10,7 @@
 #      Debian's /usr/bin/python3 (see below), redone on the same condition.
 #   4. .sendmail: Debian's sendmail-bin unpacked (dpkg -x), not installed (see
 #      below), for the test bed's private Sendmail; done once.
+#   5. .promtool: Debian's prometheus unpacked the same way, for promtool alone.
 # Quiet when there is nothing to do. Exits non-zero with a reason on failure.
 set -euo pipefail
 
@@ -30,6 +31,11 @@ SENDMAIL_DIR=.sendmail
 SENDMAIL_BIN="$SENDMAIL_DIR/usr/libexec/sendmail/sendmail"
 SENDMAIL_STAMP="$SENDMAIL_DIR/.unpacked-stamp"
 PACKAGES+=(m4 util-linux libwrap0 libldap-2.5-0 libnsl2 libdb5.3 libsasl2-2 libssl3)
+# The monitoring files' cross-checks: PyYAML under Debian's python3 reads the alert
+# rules, and promtool (unpacked from Debian's prometheus into .promtool/, step 5)
+# checks them.
+PACKAGES+=(python3-yaml)
+PROMTOOL_DIR=.promtool
 MIN_PYTHON="3.11"
 VENV=.venv
 STAMP="$VENV/.installed-stamp"
@@ -131,36 +137,45 @@ fi
 # Step 4. `apt-get download` fetches the .deb from the configured archive (as
 # any user, when the package lists are there); dpkg -x unpacks it without
 # running its scripts or touching the dpkg database, so Postfix stays.
-unpack_sendmail() {
-    local tmp deb
+# unpack_deb PACKAGE DIR BINARY: PACKAGE's files under DIR; BINARY (relative to
+# DIR) must find every library it links against.
+unpack_deb() {
+    local package="$1" dir="$2" binary="$3" tmp deb
     tmp="$(mktemp -d)"
     # apt downloads as its sandbox user _apt when that user can write there.
     if [[ "$(id -u)" == 0 ]]; then chown _apt "$tmp" 2>/dev/null || true; fi
-    if ! (cd "$tmp" && apt-get download -q sendmail-bin >/dev/null 2>&1); then
+    if ! (cd "$tmp" && apt-get download -q "$package" >/dev/null 2>&1); then
         if [[ "$(id -u)" != 0 ]]; then
             rm -rf "$tmp"
-            echo "bootstrap: could not download sendmail-bin (the test bed unpacks it into $SENDMAIL_DIR)" >&2
+            echo "bootstrap: could not download $package (the test bed unpacks it into $dir)" >&2
             echo "bootstrap: as root, run: apt-get update && bash scripts/bootstrap.sh" >&2
             exit 1
         fi
         apt-get update -q >/dev/null || { rm -rf "$tmp"; die "apt-get update failed"; }
-        (cd "$tmp" && apt-get download -q sendmail-bin >/dev/null 2>&1) \
-            || { rm -rf "$tmp"; die "apt-get download sendmail-bin failed"; }
+        (cd "$tmp" && apt-get download -q "$package" >/dev/null 2>&1) \
+            || { rm -rf "$tmp"; die "apt-get download $package failed"; }
     fi
-    deb="$(ls "$tmp"/sendmail-bin_*.deb)"
-    rm -rf "$SENDMAIL_DIR.new"
-    dpkg -x "$deb" "$SENDMAIL_DIR.new" || { rm -rf "$tmp"; die "dpkg -x $deb failed"; }
+    deb="$(ls "$tmp"/"$package"_*.deb)"
+    rm -rf "$dir.new"
+    dpkg -x "$deb" "$dir.new" || { rm -rf "$tmp"; die "dpkg -x $deb failed"; }
     local unresolved
-    unresolved="$(ldd "$SENDMAIL_DIR.new/usr/libexec/sendmail/sendmail" 2>&1 | grep 'not found' || true)"
+    unresolved="$(ldd "$dir.new/$binary" 2>&1 | grep 'not found' || true)"
     if [[ -n "$unresolved" ]]; then
-        rm -rf "$tmp" "$SENDMAIL_DIR.new"
-        die "the unpacked sendmail lacks libraries (add their packages to PACKAGES): $unresolved"
+        rm -rf "$tmp" "$dir.new"
+        die "the unpacked $package lacks libraries (add their packages to PACKAGES): $unresolved"
     fi
-    dpkg-deb -f "$deb" Version >"$SENDMAIL_DIR.new/.unpacked-stamp"
-    rm -rf "$tmp" "$SENDMAIL_DIR"
-    mv "$SENDMAIL_DIR.new" "$SENDMAIL_DIR"
+    dpkg-deb -f "$deb" Version >"$dir.new/.unpacked-stamp"
+    rm -rf "$tmp" "$dir"
+    mv "$dir.new" "$dir"
 }
 if [[ ! -x "$SENDMAIL_BIN" || ! -f "$SENDMAIL_STAMP" ]]; then
     say "unpacking Debian's sendmail-bin into $SENDMAIL_DIR (for the test bed; not installed)"
-    unpack_sendmail
+    unpack_deb sendmail-bin "$SENDMAIL_DIR" usr/libexec/sendmail/sendmail
+fi
+# promtool, to check the shipped alert rules (tests/packaging/test_monitoring.py):
+# from Debian's prometheus, unpacked like sendmail-bin so no Prometheus server
+# is installed or started.
+if [[ ! -x "$PROMTOOL_DIR/usr/bin/promtool" || ! -f "$PROMTOOL_DIR/.unpacked-stamp" ]]; then
+    say "unpacking Debian's prometheus into $PROMTOOL_DIR (for promtool; not installed)"
+    unpack_deb prometheus "$PROMTOOL_DIR" usr/bin/promtool
 fi
