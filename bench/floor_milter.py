@@ -10,8 +10,8 @@ between the two is aup-milter's own work and nothing else:
   (HELO, end of headers, DATA, unknown: pymilter's ``nocallback`` defaults),
   header values with their leading space, and the same action flags
   (``aupmilter.daemon.MILTER_FLAGS``);
-- the same low-level registration (``libmilter.set_*_callback`` to the
-  connection's object, the raw header bytes) and libmilter's own thread
+- the same registration, by aup-milter's own code (``aupmilter.daemon.register_milter``:
+  the callbacks to the connection's object, the raw header bytes) and libmilter's own thread
   pool, run off the main thread with the listen backlog at SOMAXCONN;
 - SIGTERM and SIGINT stop it (libmilter stopped from the main thread).
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import grp
 import os
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ from typing import Any, TypeVar
 import Milter
 import milter as libmilter
 
-from aupmilter.daemon import MILTER_FLAGS
+from aupmilter.daemon import register_milter
 
 FLOOR_NAME = "bench-floor"
 CONTINUE: int = Milter.CONTINUE
@@ -80,27 +79,8 @@ class FloorMilter(Milter.Base):  # type: ignore[misc]
 
 
 def register() -> None:
-    """The registration of ``aupmilter.daemon._register``, with the do-nothing class."""
-    Milter.factory = FloorMilter
-    libmilter.set_flags(MILTER_FLAGS)
-    libmilter.set_connect_callback(Milter.connect_callback)
-    libmilter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
-    libmilter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
-    libmilter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
-    libmilter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
-    libmilter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
-    libmilter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
-    libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
-    libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
-    libmilter.set_close_callback(Milter.close_callback)
-    libmilter.settimeout(TIMEOUT)
-    libmilter.setbacklog(socket.SOMAXCONN)
-    libmilter.register(
-        FLOOR_NAME,
-        data=lambda ctx: ctx.getpriv().data(),
-        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
-        negotiate=Milter.negotiate_callback,
-    )
+    """aup-milter's own registration (daemon.register_milter), with the do-nothing class."""
+    register_milter(FLOOR_NAME, FloorMilter, TIMEOUT)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

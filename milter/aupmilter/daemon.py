@@ -17,6 +17,7 @@ import socket
 import stat
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import Milter
@@ -98,7 +99,16 @@ def sd_notify(message: str) -> None:
 
 
 def _register(live: LiveRuntime, lifecycle: Lifecycle, settings: MilterSettings) -> None:
-    Milter.factory = lambda: AupMilter(live, lifecycle)
+    register_milter(MILTER_NAME, lambda: AupMilter(live, lifecycle), settings.timeout)
+
+
+def register_milter(name: str, factory: Callable[[], Milter.Base], timeout: int) -> None:
+    """Register `factory`'s connection objects with libmilter, with our flags and callbacks.
+
+    The bench's do-nothing milter (bench/floor_milter.py) registers through this too,
+    so the floor it measures negotiates and dispatches exactly as aup-milter does.
+    """
+    Milter.factory = factory
     libmilter.set_flags(MILTER_FLAGS)
     libmilter.set_connect_callback(Milter.connect_callback)
     libmilter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
@@ -110,11 +120,11 @@ def _register(live: LiveRuntime, lifecycle: Lifecycle, settings: MilterSettings)
     libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
     libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
     libmilter.set_close_callback(Milter.close_callback)
-    libmilter.settimeout(settings.timeout)
+    libmilter.settimeout(timeout)
     # Every smtpd process opens its own milter connection: bursts need a deep queue.
     libmilter.setbacklog(socket.SOMAXCONN)
     libmilter.register(
-        MILTER_NAME,
+        name,
         data=lambda ctx: ctx.getpriv().data(),
         unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
         negotiate=Milter.negotiate_callback,
