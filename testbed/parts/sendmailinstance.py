@@ -27,7 +27,9 @@ in and out) is what a timeout's diagnostics show.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import stat
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,6 +66,23 @@ def queue_id_of(reply_text: str) -> str | None:
     """Sendmail's queue id from its ``250 2.0.0 ID Message accepted for delivery``."""
     match = _ACCEPTED.match(reply_text)
     return match.group(1) if match else None
+
+
+SAFE_RUN_ROOT = Path("/run/aup-milter-testbed")
+
+
+def safe_run_dir(preferred: Path) -> Path:
+    """`preferred`, unless a directory above it is world-writable (a checkout under /tmp).
+
+    Sendmail refuses files and sockets whose path crosses a world-writable directory
+    ("unsafe: World writable directory"), so the run folder then moves to a
+    root-owned one under /run, named after `preferred`.
+    """
+    for parent in preferred.resolve().parents:
+        if parent.exists() and parent.stat().st_mode & stat.S_IWOTH:
+            digest = hashlib.sha256(str(preferred.resolve()).encode()).hexdigest()[:12]
+            return SAFE_RUN_ROOT / f"{preferred.name}-{digest}"
+    return preferred
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import pytest
 
 from testbed import DEMO_ACCOUNTS, DEMO_SASL_USERS, Stack
 from testbed.client import TOKEN_HEADER, Outcome, SmtpClient, make_message
-from testbed.parts.sendmailinstance import HOSTNAME, SendmailInstance, queue_id_of
+from testbed.parts.sendmailinstance import HOSTNAME, SendmailInstance, queue_id_of, safe_run_dir
 from testbed.parts.tenantadmin import TenantAdmin
 from testbed.proc import wait_until
 from testbed.stack import SinkMessage, default_run_dir, port_offset
@@ -35,7 +35,7 @@ from tests.e2e.test_unsubscribe import bulk_message, links, verify_dkim
 
 pytestmark = pytest.mark.e2e
 
-RUN_DIR = default_run_dir("e2e-sendmail")
+RUN_DIR = safe_run_dir(default_run_dir("e2e-sendmail"))
 # Beside the Postfix stacks' (6395/2535, 6396/2545) and the demo's: DNS, web and
 # metrics take the sink's port + 1, + 2 and + 4.
 REDIS_PORT, SMTP_PORT, SINK_PORT = (port + port_offset() for port in (6397, 2565, 2566))
