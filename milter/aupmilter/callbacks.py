@@ -42,6 +42,14 @@ from aupmilter.stages.transaction import Connection, Transaction
 
 log = logging.getLogger("aupmilter.milter")
 _connection_numbers = itertools.count(1)
+_connection_prefix = "c"
+
+
+def name_connections(prefix: str) -> None:
+    """Connection ids become PREFIX + a number: a worker's (`w1-c`) differ from its siblings'."""
+    global _connection_prefix
+    _connection_prefix = prefix
+
 
 F = TypeVar("F", bound=Callable[..., int])
 
@@ -128,7 +136,9 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
     def __init__(self, live: LiveRuntime, lifecycle: Lifecycle) -> None:
         self.live = live
         self.lifecycle = lifecycle
-        self.conn = Connection(conn_id=f"c{next(_connection_numbers):x}", client_name="")
+        self.conn = Connection(
+            conn_id=f"{_connection_prefix}{next(_connection_numbers):x}", client_name=""
+        )
         self.log = ConnectionLog(log, self.conn.conn_id)
         self.txn: Transaction | None = None
         self.counted = False

@@ -18,18 +18,21 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import Milter
 import milter as libmilter
+from prometheus_client import CollectorRegistry
 
-from aupmilter import __version__, audit, logs
+from aupmilter import __version__, audit, callbacks, logs
 from aupmilter.callbacks import AupMilter, Lifecycle
 from aupmilter.config import Config, ListenAddress, MilterSettings
 from aupmilter.exitcodes import EX_FAILURE, EX_OK
 from aupmilter.live_config import ConfigWatcher, LiveRuntime
-from aupmilter.metrics import METRICS, MetricsServer
+from aupmilter.metrics import METRICS, SHARED_FAMILIES, MetricsServer, SharedCounts
 from aupmilter.store import shared_counts
+from aupmilter.workers import ControlChannel, Supervisor, WorkerSeat, supervisor_metrics
 
 log = logging.getLogger("aupmilter.daemon")
 
@@ -131,19 +134,30 @@ def register_milter(name: str, factory: Callable[[], Milter.Base], timeout: int)
     )
 
 
-def open_listener(settings: MilterSettings) -> str:
-    """Open the socket libmilter will accept on; return a description for the log."""
+@dataclass(frozen=True, slots=True)
+class Listener:
+    description: str
+    """For the log: the address, or "systemd socket activation"."""
+    fd: int
+    """The listening socket libmilter accepts on."""
+
+
+def open_listener(settings: MilterSettings) -> Listener:
+    """Open the socket libmilter will accept on (libmilter must be registered first)."""
     listen = settings.listen
     if listen.kind == "systemd":
-        return _adopt_systemd_socket()
-    if listen.kind == "unix":
-        return _open_unix(listen, settings)
-    libmilter.setconn(listen.libmilter_spec)
+        return _adopt_socket(systemd_listen_fd(), "systemd socket activation")
     before = socket_fds()
-    _opensocket(listen)
-    for fd in socket_fds() - before:
-        set_nodelay(fd)
-    return str(listen)
+    if listen.kind == "unix":
+        _open_unix(listen, settings)
+    else:
+        libmilter.setconn(listen.libmilter_spec)
+        _opensocket(listen)
+    opened = sorted(socket_fds() - before)
+    if len(opened) != 1:
+        raise StartupError(f"cannot find libmilter's listening socket (found {opened})")
+    set_nodelay(opened[0])
+    return Listener(str(listen), opened[0])
 
 
 def _opensocket(listen: ListenAddress | str) -> None:
@@ -153,7 +167,7 @@ def _opensocket(listen: ListenAddress | str) -> None:
         raise StartupError(f"cannot listen on {listen}: {exc} (in use, or no permission?)") from exc
 
 
-def _open_unix(listen: ListenAddress, settings: MilterSettings) -> str:
+def _open_unix(listen: ListenAddress, settings: MilterSettings) -> None:
     path = listen.path
     assert path is not None
     if not path.parent.is_dir():
@@ -182,24 +196,27 @@ def _open_unix(listen: ListenAddress, settings: MilterSettings) -> str:
             " or use socket activation, aup-milter.socket)"
         ) from None
     os.chmod(path, settings.socket_mode)
-    return str(listen)
 
 
-def _adopt_systemd_socket() -> str:
-    passed = systemd_listen_fd()
-    # libmilter opens its own socket; open a throwaway one, then put systemd's in its place.
+def _adopt_socket(passed: int, description: str) -> Listener:
+    """Make libmilter accept on `passed`, a socket it did not open (systemd's, a supervisor's).
+
+    libmilter opens its own socket; open a throwaway one, then put `passed` in
+    its place. libmilter remembers only the placeholder's path, so when it
+    stops it never unlinks a unix socket that others still serve.
+    """
     with tempfile.TemporaryDirectory(prefix="aup-milter-") as scratch:
         placeholder = Path(scratch) / "placeholder.sock"
         libmilter.setconn(f"unix:{placeholder}")
         before = socket_fds()
-        _opensocket("a placeholder socket for systemd activation")
+        _opensocket(f"a placeholder socket for {description}")
         opened = sorted(socket_fds() - before - {passed})
         if len(opened) != 1:
             raise StartupError(f"cannot find libmilter's listening socket (found {opened})")
         os.dup2(passed, opened[0])
         os.close(passed)
     set_nodelay(opened[0])
-    return "systemd socket activation"
+    return Listener(description, opened[0])
 
 
 class MilterThread(threading.Thread):
@@ -260,12 +277,8 @@ class AuditFlusher(threading.Thread):
             )
 
 
-def start_metrics(config: Config, live: LiveRuntime, lifecycle: Lifecycle) -> MetricsServer | None:
-    """The Prometheus endpoint of `[metrics] listen`; None when disabled or not possible.
-
-    An address that cannot be bound is logged as an error and the daemon runs
-    without metrics: mail keeps flowing, and the failed scrape shows.
-    """
+def watch_metrics(live: LiveRuntime, lifecycle: Lifecycle) -> None:
+    """The gauges read at scrape time: open connections and transactions, the audit queue."""
     trail = live.audit
     METRICS.watch(
         connections=lambda: lifecycle.open_connections,
@@ -273,11 +286,18 @@ def start_metrics(config: Config, live: LiveRuntime, lifecycle: Lifecycle) -> Me
         audit_pending=lambda: trail.pending,
         audit_dropped=lambda: trail.dropped,
     )
-    METRICS.share(lambda: shared_counts.read(live.current.store.client))
+
+
+def start_metrics(config: Config, registry: CollectorRegistry) -> MetricsServer | None:
+    """The Prometheus endpoint of `[metrics] listen`; None when disabled or not possible.
+
+    An address that cannot be bound is logged as an error and the daemon runs
+    without metrics: mail keeps flowing, and the failed scrape shows.
+    """
     settings = config.metrics
     if settings.host is None:
         return None
-    server = MetricsServer(METRICS, settings.host, settings.port)
+    server = MetricsServer(registry, settings.host, settings.port)
     try:
         server.start()
     except OSError as exc:
@@ -290,7 +310,22 @@ def start_metrics(config: Config, live: LiveRuntime, lifecycle: Lifecycle) -> Me
 
 
 def serve(config: Config) -> int:
-    """Run until SIGTERM/SIGINT; return the process exit status."""
+    """Run until SIGTERM/SIGINT; return the process exit status.
+
+    One process serves when `milter.workers` comes to 1; otherwise this one
+    supervises that many workers (workers.py), each of which serves.
+    """
+    seat = WorkerSeat.from_environment()
+    if seat is not None:
+        return _serve(config, seat)
+    count = config.milter.worker_count()
+    if count == 1:
+        return _serve(config, None)
+    return _supervise(config, count)
+
+
+def _serve(config: Config, seat: WorkerSeat | None) -> int:
+    """libmilter serving in this process: alone, or as the worker `seat`."""
     live = LiveRuntime(config)
     lifecycle = Lifecycle()
     stop_requested = threading.Event()
@@ -308,31 +343,48 @@ def serve(config: Config) -> int:
     signal.signal(signal.SIGHUP, reload_now)
 
     _register(live, lifecycle, config.milter)
-    where = open_listener(config.milter)
+    supervisor_pid = os.getppid()
+    if seat is None:
+        where = open_listener(config.milter).description
+    else:
+        callbacks.name_connections(f"w{seat.index}-c")
+        where = _adopt_socket(seat.listen_fd, f"worker {seat.index}'s shared socket").description
     watcher = ConfigWatcher(live)
     watcher.start()
     flusher = AuditFlusher(live)
     flusher.start()
-    metrics_server = start_metrics(config, live, lifecycle)
+    watch_metrics(live, lifecycle)
+    metrics_server = None
+    if seat is None:
+        METRICS.share(lambda: shared_counts.read(live.current.store.client))
+        metrics_server = start_metrics(config, METRICS.registry)
     milter_thread = MilterThread()
     milter_thread.start()
     log.info(
-        "aup-milter %s listening on %s (redis %s, on_store_error=%s, %d plans)",
+        "aup-milter %s %s on %s (redis %s, on_store_error=%s, %d plans)",
         __version__,
+        "listening" if seat is None else f"worker {seat.index} serving",
         where,
         _redacted(config.redis.url),
         config.policy.on_store_error,
         len(config.plans),
     )
-    sd_notify("READY=1")
+    if seat is None:
+        sd_notify("READY=1")
+    else:
+        ControlChannel(seat.control_fd, METRICS.exposition).ready()
     while not stop_requested.wait(0.5):
         if not milter_thread.is_alive():
             watcher.stop()
             flusher.stop()
             log.error("libmilter stopped by itself: %s", milter_thread.error or "no reason given")
             return EX_FAILURE
+        if seat is not None and os.getppid() != supervisor_pid:
+            log.error("worker %d: the supervisor is gone; stopping", seat.index)
+            break
 
-    sd_notify("STOPPING=1")
+    if seat is None:
+        sd_notify("STOPPING=1")
     watcher.stop()
     grace = live.current.config.milter.shutdown_grace
     log.info("stopping: new transactions get 421; up to %.0f s for open ones to finish", grace)
@@ -350,6 +402,53 @@ def serve(config: Config) -> int:
         metrics_server.stop()
     live.current.store.close()
     return EX_OK
+
+
+def _supervise(config: Config, count: int) -> int:
+    """Open the socket once, then run `count` workers on it until stopped (workers.py)."""
+    live = LiveRuntime(config)
+    _register(live, Lifecycle(), config.milter)  # libmilter opens sockets only once registered
+    listener = open_listener(config.milter)
+    os.set_inheritable(listener.fd, True)
+    # A worker that loses the race for a connection must not block in accept().
+    os.set_blocking(listener.fd, False)
+    supervisor = Supervisor(config.path, count, listener.fd, config.milter.shutdown_grace)
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("%s received: stopping the workers", signal.Signals(signum).name)
+        sd_notify("STOPPING=1")
+        supervisor.stop_requested.set()
+
+    def reload_all(_signum: int, _frame: object) -> None:
+        log.info("SIGHUP received")
+        supervisor.reload_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, reload_all)
+
+    registry = supervisor_metrics(supervisor, frozenset(WORKER_FAMILIES_SKIPPED))
+    registry.register(SharedCounts(lambda: shared_counts.read(live.current.store.client)))
+    metrics_server = start_metrics(config, registry)
+    log.info(
+        "aup-milter %s listening on %s with %d workers (redis %s, on_store_error=%s, %d plans)",
+        __version__,
+        listener.description,
+        count,
+        _redacted(config.redis.url),
+        config.policy.on_store_error,
+        len(config.plans),
+    )
+    status = supervisor.run(on_all_ready=lambda: sd_notify("READY=1"))
+    if metrics_server is not None:
+        metrics_server.stop()
+    live.current.store.close()
+    log.info("stopped (status %d)", status)
+    return status
+
+
+WORKER_FAMILIES_SKIPPED = ("aup_build_info", *(name for name, _, _ in SHARED_FAMILIES.values()))
+"""What the supervisor exports itself, not summed over the workers."""
 
 
 def _redacted(url: str) -> str:

@@ -351,8 +351,8 @@ class _QuietHandler(WSGIRequestHandler):
 class MetricsServer:
     """The daemon's HTTP endpoint: GET /metrics (any path) on a thread of its own."""
 
-    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
-        self.metrics = metrics
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self.registry = registry
         self.host = host
         self.port = port
         self._server: ThreadingWSGIServer | None = None
@@ -365,7 +365,7 @@ class MetricsServer:
         class Server(ThreadingWSGIServer):
             address_family = family
 
-        app = make_wsgi_app(self.metrics.registry)
+        app = make_wsgi_app(self.registry)
         self._server = make_server(self.host, self.port, app, Server, handler_class=_QuietHandler)
         self.port = self._server.server_port
         self._thread = threading.Thread(

@@ -58,7 +58,7 @@ def daemon_settings(
     **overrides: Mapping[str, object],
 ) -> dict[str, dict[str, object]]:
     settings: dict[str, dict[str, object]] = {
-        "milter": {"listen": listen, "socket_mode": "0600", "shutdown_grace": 5},
+        "milter": {"listen": listen, "socket_mode": "0600", "shutdown_grace": 5, "workers": 1},
         "redis": {"url": redis_url},
         "policy": {
             "on_store_error": "tempfail",

@@ -231,7 +231,7 @@ def test_web_exposition_shows_only_the_web_samples() -> None:
 def test_server_serves_the_registry_over_http_and_stops() -> None:
     metrics = watched()
     metrics.transaction("reject", "unknown-sender", None)
-    server = MetricsServer(metrics, "127.0.0.1", 0)
+    server = MetricsServer(metrics.registry, "127.0.0.1", 0)
     server.start()
     try:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/metrics", server.url)
@@ -248,10 +248,10 @@ def test_server_serves_the_registry_over_http_and_stops() -> None:
 
 
 def test_a_taken_address_raises_at_start() -> None:
-    first = MetricsServer(Metrics(), "127.0.0.1", 0)
+    first = MetricsServer(Metrics().registry, "127.0.0.1", 0)
     first.start()
     try:
         with pytest.raises(OSError):
-            MetricsServer(Metrics(), "127.0.0.1", first.port).start()
+            MetricsServer(Metrics().registry, "127.0.0.1", first.port).start()
     finally:
         first.stop()

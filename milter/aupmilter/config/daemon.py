@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,9 @@ from aupmilter.config.loader import Section, choice, host_port, integer, number,
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_LISTEN = Path("/run/aup-milter/aup-milter.sock")
+MAX_WORKERS = 256
+AUTO_WORKERS = 0
+"""`workers = "auto"`: one process per CPU the daemon may run on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,14 @@ class MilterSettings:
     socket_group: str | None
     timeout: int
     shutdown_grace: float
+    workers: int = 0
+    """Worker processes; AUTO_WORKERS (0): one per CPU the process may run on."""
+
+    def worker_count(self) -> int:
+        """The processes to run: `workers`, or the CPUs in this process's affinity mask."""
+        if self.workers != AUTO_WORKERS:
+            return self.workers
+        return max(1, len(os.sched_getaffinity(0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +103,15 @@ def parse_socket_mode(raw: Any) -> int | None:
     return int(raw, 8)
 
 
+def parse_workers(raw: Any) -> int | None:
+    """`"auto"` (AUTO_WORKERS) or a whole number of processes from 1 to MAX_WORKERS."""
+    if raw == "auto":
+        return AUTO_WORKERS
+    if isinstance(raw, int) and not isinstance(raw, bool) and 1 <= raw <= MAX_WORKERS:
+        return raw
+    return None
+
+
 def parse_redis_url(raw: Any) -> str | None:
     if not isinstance(raw, str):
         return None
@@ -117,6 +138,12 @@ def read_milter(section: Section) -> MilterSettings:
         socket_group=section.get("socket_group", cast(str | None, None), "a group name", string),
         timeout=section.get("timeout", 600, "whole seconds from 1 to 3600", integer(1, 3600)),
         shutdown_grace=section.get("shutdown_grace", 20.0, "seconds from 0 to 600", number(0, 600)),
+        workers=section.get(
+            "workers",
+            AUTO_WORKERS,
+            f"'auto' or a whole number of processes from 1 to {MAX_WORKERS}",
+            parse_workers,
+        ),
     )
     section.reject_unknown()
     return settings

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from aupmilter.config import ConfigError, ListenAddress, load_config
+from aupmilter.config.daemon import AUTO_WORKERS
 from tests.unit.configfiles import ROOT, problems, write
 
 
@@ -20,6 +22,8 @@ def test_empty_file_gives_documented_defaults(confdir: Path) -> None:
     assert config.milter.socket_group is None
     assert config.milter.timeout == 600
     assert config.milter.shutdown_grace == 20
+    assert config.milter.workers == AUTO_WORKERS
+    assert config.milter.worker_count() == len(os.sched_getaffinity(0))
     assert config.redis.url == "redis://127.0.0.1:6379/0"
     assert config.redis.connect_timeout == 0.5
     assert config.redis.timeout == 0.5
@@ -75,6 +79,11 @@ BAD_VALUES = [
     ("milter", "timeout", "1.5", "whole seconds"),
     ("milter", "shutdown_grace", "-1", "seconds from 0 to 600"),
     ("milter", "shutdown_grace", "true", "seconds from 0 to 600"),
+    ("milter", "workers", "0", "'auto' or a whole number of processes from 1 to 256"),
+    ("milter", "workers", "257", "'auto' or a whole number of processes from 1 to 256"),
+    ("milter", "workers", '"2"', "'auto' or a whole number of processes from 1 to 256"),
+    ("milter", "workers", "true", "'auto' or a whole number of processes from 1 to 256"),
+    ("milter", "workers", "1.5", "'auto' or a whole number of processes from 1 to 256"),
     ("redis", "url", '"http://127.0.0.1:6379"', "redis://"),
     ("redis", "url", '"redis://"', "redis://"),
     ("redis", "url", '"unix://relative"', "unix:///path"),
@@ -275,3 +284,10 @@ def test_window_errors_name_file_key_and_form(confdir: Path, body: str, expected
     gold.write_text("[plan.gold]\n" + body)
     found = problems(confdir, "")
     assert any(expected in p and p.startswith(str(gold)) for p in found), found
+
+
+@pytest.mark.parametrize(("value", "count"), [("1", 1), ("3", 3), ('"auto"', None)])
+def test_workers_is_a_count_or_auto(confdir: Path, value: str, count: int | None) -> None:
+    config = load_config(write(confdir, f"[milter]\nworkers = {value}\n"))
+    expected = count if count is not None else len(os.sched_getaffinity(0))
+    assert config.milter.worker_count() == expected
