@@ -56,6 +56,8 @@ from types import FrameType
 from typing import Any
 
 from aupmilter.store import keys
+from bench import milter_only
+from bench.procstat import tree_cpu_seconds
 from testbed.proc import TestbedError, tail, tcp_port_free
 from testbed.stack import HOST, Stack, default_run_dir
 
@@ -181,6 +183,9 @@ class Options:
     redis_port: int
     smtp_port: int
     suppression_check: str = "eom"
+    milter_only: str = "also"
+    """"also": the milter-only capacity runs after the end-to-end ones; "only"; "skip"."""
+    quick: bool = False
 
 
 @dataclass(frozen=True)
@@ -285,7 +290,7 @@ class Side:
                 raise BenchError(f"{self.label}: the milter is not running{self.log_tails()}")
 
     def milter_cpu(self) -> float:
-        """CPU seconds (user + system, all threads) the milter process has used so far."""
+        """CPU seconds (user + system, all threads) the milter and its workers have used so far."""
         if not self.with_milter:
             return 0.0
         pid = self.stack.status()["milter"]
@@ -295,13 +300,9 @@ class Side:
                 f"(now {pid}){tail(self.stack.milter_log)}"
             )
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            return tree_cpu_seconds(pid)
         except OSError as exc:
             raise BenchError(f"{self.label}: cannot read /proc/{pid}/stat: {exc}") from None
-        # Fields after the parenthesised name start at the state (field 3):
-        # utime and stime are fields 14 and 15.
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def redis_calls(self) -> Counter[str]:
         """Calls per command since Redis started (INFO commandstats), INFO itself left out."""
@@ -738,13 +739,14 @@ def stop_all(sides: Sequence[Side], root: Path) -> list[str]:
     return problems
 
 
-def benchmark(options: Options) -> list[Summary]:
+def benchmark(options: Options) -> tuple[list[Summary], list[str]]:
+    """The end-to-end summaries and the milter-only result lines."""
     check_tools()
     triple = make_sides(options)
-    sides = triple.all
-    bare = triple.bare
+    sides = triple.all if options.milter_only != "only" else (triple.floor, triple.aup)
     started = time.monotonic()
     summaries: list[Summary] = []
+    milter_lines: list[str] = []
     try:
         # Leftovers of an interrupted earlier run (only pids from our own run folders).
         for side in sides:
@@ -752,7 +754,7 @@ def benchmark(options: Options) -> list[Summary]:
         check_ports(sides)
         for side in sides:
             side.start()
-        version = bare.stack.postconf("mail_version").get("mail_version", "?")
+        version = triple.aup.stack.postconf("mail_version").get("mail_version", "?")
         say(
             f"smtp-source ({options.sessions} sessions, one connection per message, "
             f"{MESSAGE_BYTES}-byte body, from {SENDER} or {BULK_SENDER}) -> Postfix {version} "
@@ -769,8 +771,16 @@ def benchmark(options: Options) -> list[Summary]:
             f"{options.pairs} triple(s) (bare, floor, aup-milter) per workload, "
             "after one warm-up run per side"
         )
-        for workload in options.workloads:
-            summaries.append(run_workload(triple, workload, options))
+        if options.milter_only != "only":
+            for workload in options.workloads:
+                summaries.append(run_workload(triple, workload, options))
+        if options.milter_only != "skip":
+            milter_lines = milter_only.run(
+                triple.aup.stack,
+                triple.floor.stack,
+                triple.aup.stack.milter_config_extra,
+                options.quick,
+            )
     finally:
         problems = stop_all(sides, options.run_dir)
         # Reported here: on Ctrl-C or an earlier error nothing else would show them.
@@ -779,7 +789,7 @@ def benchmark(options: Options) -> list[Summary]:
     if problems:
         raise BenchError("could not stop everything it started (see above)")
     say(f"done in {time.monotonic() - started:.0f} s; everything it started is stopped")
-    return summaries
+    return summaries, milter_lines
 
 
 # ---- command line ------------------------------------------------------------
@@ -870,6 +880,21 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         f"(default {DEFAULT_SMTP_PORT})",
     )
     parser.add_argument(
+        "--milter-only",
+        action="store_const",
+        const="only",
+        default="also",
+        dest="milter_only",
+        help="only the milter-only capacity runs (bench/milter_only.py), no end-to-end ones",
+    )
+    parser.add_argument(
+        "--no-milter-only",
+        action="store_const",
+        const="skip",
+        dest="milter_only",
+        help="only the end-to-end runs",
+    )
+    parser.add_argument(
         "--suppression-check",
         choices=("eom", "rcpt"),
         default="eom",
@@ -901,6 +926,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         redis_port=args.redis_port,
         smtp_port=args.smtp_port,
         suppression_check=args.suppression_check,
+        milter_only=args.milter_only,
+        quick=args.quick,
     )
 
 
@@ -909,7 +936,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _terminated)
     try:
-        summaries = benchmark(options)
+        summaries, milter_lines = benchmark(options)
     except (BenchError, TestbedError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -922,4 +949,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"bench: workload={summary.workload.name} ratio={summary.median_ratio:.2f} "
             f"vs_floor={summary.median_vs_floor:.2f}"
         )
+    for line in milter_lines:
+        say(line)
     return 0
