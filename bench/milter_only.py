@@ -150,7 +150,7 @@ class Capacity:
 def measure(
     label: str, stack: Stack, recipients: int, messages: int, workers: int
 ) -> tuple[Capacity, DriveResult]:
-    address = str(stack.milter_socket)
+    address = address_of(stack)
     drive(address, recipients, max(1, messages // WARMUP_DIVISOR))
     pid = _milter_pid(stack)
     before = tree_cpu_seconds(pid)
@@ -159,6 +159,10 @@ def measure(
     if result.refused:
         raise TestbedError(f"{label}: {result.refused} of {result.messages} messages refused")
     return Capacity(label, workers, result.rate, used * 1000 / result.messages), result
+
+
+def address_of(stack: Stack) -> str:
+    return f"unix:{stack.milter_socket}"
 
 
 def _milter_pid(stack: Stack) -> int:
@@ -180,12 +184,12 @@ def set_workers(stack: Stack, base_extra: str, workers: int) -> None:
             what=f"{workers} workers",
         )
     # Every worker answers before the clock starts.
-    drive(str(stack.milter_socket), 1, 8 * workers)
+    drive(address_of(stack), 1, 8 * workers)
 
 
 def idle_rss(stack: Stack, connections: int) -> list[int]:
     """Resident KiB of each worker with `connections` MTA connections open, each in a MAIL."""
-    address = str(stack.milter_socket)
+    address = address_of(stack)
     opened: list[MilterClient] = []
     try:
         for n in range(connections):
@@ -233,10 +237,10 @@ def run(aup: Stack, floor: Stack, base_extra: str, quick: bool,
         say(f"  {name}: 2 workers / 1 worker = {scale:.2f}x; CPU above the floor {above:.2f} ms")
         pace = caps[2].rate / 2
         paced = drive(
-            str(aup.milter_socket), recipients, max(50, int(pace * LATENCY_SECONDS)), pace
+            address_of(aup), recipients, max(50, int(pace * LATENCY_SECONDS)), pace
         )
         floor_paced = drive(
-            str(floor.milter_socket), recipients, max(50, int(pace * LATENCY_SECONDS)), pace
+            address_of(floor), recipients, max(50, int(pace * LATENCY_SECONDS)), pace
         )
         say(
             f"  {name} at {pace:.0f} msg/s (half the 2-worker capacity): transaction latency "
