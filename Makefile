@@ -2,7 +2,8 @@
 #   make test       install what is missing (apt, .venv), then lint, type-check and run every test
 #   make demo       bring up Redis, the milter, a private Postfix and a sink under run/demo/
 #   make demo-stop  stop exactly what `make demo` started
-#   make bench      throughput of Postfix + aup-milter against bare Postfix and a do-nothing milter (bench/)
+#   make bench      throughput of Postfix + aup-milter against bare Postfix and a do-nothing milter,
+#                   then the milter's own capacity with 1 and 2 workers (bench/)
 #   make deb        build the Debian package offline: dist/aup-milter_VERSION_all.deb
 #   make test-deb   build it, install it with apt-get, exercise the installed daemon, purge it
 

@@ -55,7 +55,10 @@ class MilterSettings:
         """The processes to run: `workers`, or the CPUs in this process's affinity mask."""
         if self.workers != AUTO_WORKERS:
             return self.workers
-        return max(1, len(os.sched_getaffinity(0)))
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except OSError:  # a seccomp filter may refuse it: the machine's count then
+            return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True, slots=True)
