@@ -145,6 +145,8 @@ class Capacity:
     workers: int
     rate: float
     cpu_ms_per_msg: float
+    redis_ms_per_msg: float
+    """Redis's own CPU (INFO cpu, user + system) per message."""
 
 
 def measure(
@@ -153,12 +155,23 @@ def measure(
     address = address_of(stack)
     drive(address, recipients, max(1, messages // WARMUP_DIVISOR))
     pid = _milter_pid(stack)
-    before = tree_cpu_seconds(pid)
+    before, redis_before = tree_cpu_seconds(pid), redis_cpu_seconds(stack)
     result = drive(address, recipients, messages)
     used = tree_cpu_seconds(pid) - before
+    redis_used = redis_cpu_seconds(stack) - redis_before
     if result.refused:
         raise TestbedError(f"{label}: {result.refused} of {result.messages} messages refused")
-    return Capacity(label, workers, result.rate, used * 1000 / result.messages), result
+    per_message = 1000 / result.messages
+    capacity = Capacity(label, workers, result.rate, used * per_message, redis_used * per_message)
+    return capacity, result
+
+
+def redis_cpu_seconds(stack: Stack) -> float:
+    """CPU the stack's redis-server has used (INFO cpu: used_cpu_user + used_cpu_sys)."""
+    fields = dict(
+        line.split(":", 1) for line in stack.redis_cli("INFO", "cpu").splitlines() if ":" in line
+    )
+    return float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
 
 
 def address_of(stack: Stack) -> str:
@@ -231,14 +244,13 @@ def run(aup: Stack, floor: Stack, base_extra: str, quick: bool,
             say(
                 f"  {name} {cap.label}: {cap.rate:.0f} msg/s, "
                 f"{cap.cpu_ms_per_msg:.2f} ms milter CPU per message"
+                + ("" if cap.label == "floor" else f", Redis CPU {cap.redis_ms_per_msg:.3f} ms")
             )
         scale = caps[2].rate / caps[1].rate if caps[1].rate else float("nan")
         above = caps[1].cpu_ms_per_msg - floor_cap.cpu_ms_per_msg
         say(f"  {name}: 2 workers / 1 worker = {scale:.2f}x; CPU above the floor {above:.2f} ms")
         pace = caps[2].rate / 2
-        paced = drive(
-            address_of(aup), recipients, max(50, int(pace * LATENCY_SECONDS)), pace
-        )
+        paced = drive(address_of(aup), recipients, max(50, int(pace * LATENCY_SECONDS)), pace)
         floor_paced = drive(
             address_of(floor), recipients, max(50, int(pace * LATENCY_SECONDS)), pace
         )
@@ -252,7 +264,8 @@ def run(aup: Stack, floor: Stack, base_extra: str, quick: bool,
         lines.append(
             f"bench: milter-only workload={name} workers=1 msgs_per_s={caps[1].rate:.0f} "
             f"cpu_ms_per_msg={caps[1].cpu_ms_per_msg:.2f} floor_msgs_per_s={floor_cap.rate:.0f} "
-            f"floor_cpu_ms_per_msg={floor_cap.cpu_ms_per_msg:.2f}"
+            f"floor_cpu_ms_per_msg={floor_cap.cpu_ms_per_msg:.2f} "
+            f"redis_cpu_ms_per_msg={caps[1].redis_ms_per_msg:.3f}"
         )
         lines.append(
             f"bench: milter-only workload={name} workers=2 msgs_per_s={caps[2].rate:.0f} "
