@@ -68,10 +68,16 @@ class DriveResult:
 
 def _client_process(
     address: str, recipients: int, count: int, threads: int, interval: float, start_at: float
-) -> tuple[list[float], int]:
-    """One load process: `threads` connections' worth of `count` messages; latencies, refusals."""
+) -> tuple[list[float], int, float, float]:
+    """One load process: `threads` connections' worth of `count` messages.
+
+    Every thread starts at `start_at` (monotonic, shared by all processes on
+    the machine) plus its offset; returns the latencies, the refusals, and
+    when the first message began and the last one ended.
+    """
     latencies: list[float] = []
     refused = [0]
+    ended = [start_at]
     lock = threading.Lock()
     rcpts = [f"r{n}@example.net" for n in range(recipients)]
     headers = compliant_headers(SENDER, rcpts[:1])
@@ -82,11 +88,10 @@ def _client_process(
         bad = 0
         next_at = start_at + offset
         for _ in range(share):
-            if interval:
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            next_at += interval
             with MilterClient(address, timeout=30.0) as client:
                 client.open_session(daemon_name="smtpd-bench")
                 began = time.perf_counter()
@@ -97,6 +102,7 @@ def _client_process(
         with lock:
             latencies.extend(mine)
             refused[0] += bad
+            ended[0] = max(ended[0], time.monotonic())
 
     workers = [
         threading.Thread(target=run, args=(share, n * interval / threads))
@@ -106,7 +112,7 @@ def _client_process(
         worker.start()
     for worker in workers:
         worker.join()
-    return latencies, refused[0]
+    return latencies, refused[0], start_at, ended[0]
 
 
 def drive(address: str, recipients: int, messages: int, rate: float | None = None) -> DriveResult:
@@ -117,7 +123,8 @@ def drive(address: str, recipients: int, messages: int, rate: float | None = Non
               for n in range(CLIENT_PROCESSES)]  # fmt: skip
     context = multiprocessing.get_context("spawn")
     with context.Pool(CLIENT_PROCESSES) as pool:
-        start_at = time.monotonic() + 1.0
+        # Time for the client processes to come up: the clock starts when they all send.
+        start_at = time.monotonic() + 2.0
         jobs = [
             pool.apply_async(
                 _client_process,
@@ -133,10 +140,11 @@ def drive(address: str, recipients: int, messages: int, rate: float | None = Non
             for n, count in enumerate(counts)
         ]
         results = [job.get(timeout=900) for job in jobs]
-        finished = time.monotonic()
-    latencies = tuple(value for found, _ in results for value in found)
-    refused = sum(bad for _, bad in results)
-    return DriveResult(len(latencies), finished - start_at, latencies, refused)
+    latencies = tuple(value for found, _, _, _ in results for value in found)
+    refused = sum(bad for _, bad, _, _ in results)
+    began = min(first for _, _, first, _ in results)
+    finished = max(last for _, _, _, last in results)
+    return DriveResult(len(latencies), finished - began, latencies, refused)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from aupmilter.store import keys
-from testbed.proc import free_port
+from testbed.proc import free_port, wait_until
 from tests.milter.harness import Daemon, StartDaemon, Tenants
 from tests.support import RedisServer
 
@@ -72,7 +72,12 @@ def test_scrape_counts_exactly_the_verdicts_and_refusals_sent(
         assert pruned.eom is not None and pruned.eom.response.kind.name == "CONTINUE"
         during = scrape(port)
         assert value(during, "aup_open_connections") == 1
-    after = scrape(port)
+    # libmilter runs the close callback after the MTA hung up, on its own thread.
+    after = wait_until(
+        lambda: found if value(found := scrape(port), "aup_open_connections") == 0 else None,
+        timeout=10.0,
+        what="the connection counted closed",
+    )
 
     # The fourth near-cap message with one content is the sender's first offence (the ladder).
     assert value(after, "aup_transactions_total", verdict="accept", rule="") == 3
