@@ -271,6 +271,25 @@ def rewrite(body: bytes, walk: Walk, indexes: Sequence[int], footer: FooterText)
     return Rewritten(b"".join(pieces), ", ".join(sorted(fallbacks)) or None)
 
 
+_LETTERS = str.maketrans(
+    {"Ł": "L", "ł": "l", "Ø": "O", "ø": "o", "Đ": "D", "đ": "d", "ß": "ss", "Æ": "AE",
+     "æ": "ae", "Œ": "OE", "œ": "oe", "Þ": "Th", "þ": "th", "ı": "i", "–": "-", "—": "-"}
+)  # fmt: skip
+"""Letters NFKD does not decompose, as their usual ASCII spelling."""
+
+
+def _folded(char: str, charset: str) -> str:
+    """A character the charset lacks: without its accents, else its ASCII spelling, else ?."""
+    plain = "".join(
+        c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c)
+    ).translate(_LETTERS)
+    try:
+        plain.encode(charset)
+    except UnicodeEncodeError:
+        return "?"
+    return plain
+
+
 def _encoded(text: str, part: TextPart) -> tuple[bytes, str | None]:
     """`text` in the part's charset; 7bit parts get ASCII. The fallback used, if any."""
     charset = "ascii" if part.encoding == "7bit" else part.charset
@@ -280,8 +299,14 @@ def _encoded(text: str, part: TextPart) -> tuple[bytes, str | None]:
         pass
     if part.is_html:
         return text.encode(charset, "xmlcharrefreplace"), "html-entities"
-    folded = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    return folded.encode(charset, "replace"), "ascii-folded"
+    fitted = []
+    for char in text:
+        try:
+            char.encode(charset)
+            fitted.append(char)
+        except UnicodeEncodeError:
+            fitted.append(_folded(char, charset))
+    return "".join(fitted).encode(charset), "ascii-folded"
 
 
 def _footer_block(part: TextPart, footer: FooterText) -> tuple[bytes, str | None]:

@@ -28,7 +28,7 @@ def test_empty_file_gives_documented_defaults(confdir: Path) -> None:
     assert config.policy.plans_dir == (confdir / "policies").resolve()
     assert config.log.format == "json"
     assert config.log.level == "info"
-    assert config.plan_names == {"standard", "business", "bulk"}
+    assert config.plan_names == {"standard", "business", "bulk", "newsletter"}
 
 
 def test_shipped_sample_config_is_valid(tmp_path: Path) -> None:
