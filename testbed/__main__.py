@@ -64,7 +64,7 @@ def try_it(stack: Stack) -> str:
         f"  swaks --server {smtp} {REMOTE} --auth-user {initech.tenant.logins[0]} "
         f"--auth-password {initech.password} --from news@{initech.tenant.domains[0]} "
         "--to z@example.net --add-header 'Precedence: bulk' --body 'Our autumn news.'",
-        f"  tail -n 12 \"$(ls -t {_rel(stack.mail_dir)}/*.eml | head -1)\"",
+        f'  tail -n 12 "$(ls -t {_rel(stack.mail_dir)}/*.eml | head -1)"',
         "Unknown sender (rejected with 550 5.7.1):",
         f"  swaks --server {smtp} {REMOTE} --from someone@unknown.example --to x@example.net",
         "Suspend acme (its next mail goes to the hold queue), then lift it again:",

@@ -273,7 +273,8 @@ def rewrite(body: bytes, walk: Walk, indexes: Sequence[int], footer: FooterText)
 
 _LETTERS = str.maketrans(
     {"Ł": "L", "ł": "l", "Ø": "O", "ø": "o", "Đ": "D", "đ": "d", "ß": "ss", "Æ": "AE",
-     "æ": "ae", "Œ": "OE", "œ": "oe", "Þ": "Th", "þ": "th", "ı": "i", "–": "-", "—": "-"}
+     "æ": "ae", "Œ": "OE", "œ": "oe", "Þ": "Th", "þ": "th", "\u0131": "i",
+     "\u2013": "-", "\u2014": "-"}
 )  # fmt: skip
 """Letters NFKD does not decompose, as their usual ASCII spelling."""
 

@@ -195,7 +195,7 @@ def test_plans_from_several_files(confdir: Path) -> None:
 def test_shipped_plans_have_caps_and_windows(confdir: Path) -> None:
     plans = load_config(write(confdir, "")).plans
     caps = {name: plan.limits.max_recipients for name, plan in plans.items()}
-    assert caps == {"standard": 100, "business": 200, "bulk": 1000}
+    assert caps == {"standard": 100, "business": 200, "bulk": 1000, "newsletter": 1000}
     for plan in plans.values():
         scopes = {(w.scope.value, w.unit.value) for w in plan.limits.windows}
         assert {("sender", "recipients"), ("tenant", "messages")} <= scopes, plan.name
