@@ -70,16 +70,10 @@ def newsletter() -> tuple[list[HeaderField], bytes]:
     message.add_attachment(
         bytes(range(256)) * 24, maintype="application", subtype="pdf", filename="prices.pdf"
     )
-    raw = message.as_bytes(policy=email.policy.SMTP)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    fields = []
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t"):
-            last = fields.pop()
-            fields.append(HeaderField(last.name, last.raw + b"\n" + line))
-        else:
-            name, _, value = line.partition(b":")
-            fields.append(HeaderField(name.decode(), value))
+    raw = message.as_bytes(policy=email.policy.SMTP)  # the boundaries are made here
+    sent = email.message_from_bytes(raw, policy=email.policy.compat32)
+    fields = [HeaderField(name, f" {value}".encode()) for name, value in sent.items()]
+    body = raw.partition(b"\r\n\r\n")[2]
     return fields, body
 
 

@@ -39,6 +39,9 @@ from aupmilter.policy.footer import (
     visible_text,
 )
 from aupmilter.policy.headers import HeaderField
+from aupmilter.policy.plans import UnsubscribePlan
+from aupmilter.stages.listmail import ListMail
+from tests.messages import split_message
 
 CORPUS = Path(__file__).resolve().parents[2] / "corpus" / "mime"
 IDENTITY = TenantIdentity(
@@ -67,23 +70,10 @@ def entries() -> list[Entry]:
     return [Entry(**{"kept": {}, **item}) for item in manifest["message"]]
 
 
-def split(raw: bytes) -> tuple[list[HeaderField], bytes]:
-    """Header fields as the milter collects them, and the body (CRLF), as the MTA sends it."""
-    wire = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    head, _, body = wire.partition(b"\r\n\r\n")
-    fields: list[HeaderField] = []
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t"):
-            last = fields.pop()
-            fields.append(HeaderField(last.name, last.raw + b"\n" + line))
-        else:
-            name, _, value = line.partition(b":")
-            fields.append(HeaderField(name.decode(), value))
-    return fields, body
-
-
 def load(name: str) -> tuple[list[HeaderField], bytes]:
-    return split((CORPUS / name).read_bytes())
+    # Stored with LF line ends; the MTA hands the milter CRLF.
+    raw = (CORPUS / name).read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return split_message(raw)
 
 
 def parsed(fields: list[HeaderField], body: bytes) -> EmailMessage:
@@ -330,3 +320,26 @@ def test_plain_footer_is_base64_in_a_base64_part() -> None:
     decoded = base64.b64decode(new).decode("latin-1")
     assert decoded.startswith("Très chère lectrice")
     assert decoded.endswith(f"Unsubscribe: {LINK}\r\n")
+
+
+@pytest.mark.parametrize(
+    ("mode", "stream", "needed"),
+    [
+        (FooterMode.OFF, None, False),
+        (FooterMode.CHECK, None, True),
+        (FooterMode.INSERT, "bulk", True),
+        (FooterMode.INSERT, "transactional", False),  # never bulk: never footed
+    ],
+)
+def test_the_body_is_collected_only_when_the_footer_may_need_it(
+    mode: FooterMode, stream: str | None, needed: bool
+) -> None:
+    listmail = ListMail(
+        tenant="initech",
+        stream=stream,
+        plan=UnsubscribePlan(),
+        settings=None,
+        identity=None,
+        footer=FooterPlan(mode=mode),
+    )
+    assert listmail.needs_body is needed
