@@ -121,12 +121,19 @@ class _VisibleText(HTMLParser):
             self.chunks.append(data)
 
 
+_TAG = re.compile(r"<[^>]*>")
+
+
 def visible_text(text: str, is_html: bool) -> str:
+    """The text a reader sees; HTML the standard parser gives up on is read tag-stripped."""
     if not is_html:
         return text
     parser = _VisibleText()
-    parser.feed(text)
-    parser.close()
+    try:
+        parser.feed(text)
+        parser.close()
+    except AssertionError:  # html.parser's answer to some broken markup (`<![x`)
+        return html.unescape(_TAG.sub(" ", text))
     return "".join(parser.chunks)
 
 

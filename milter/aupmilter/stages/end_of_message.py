@@ -175,6 +175,8 @@ def _shadowed(txn: Transaction, draft: Draft) -> EndOfMessageResult:
         fields["would_add_headers"] = would_add
     if draft.suppressed:
         fields["would_remove"] = list(draft.suppressed)
+    if any(isinstance(a, ReplaceBody) for a in draft.actions):
+        fields["footer_outcome"] = "would-insert"  # the body goes unchanged in shadow mode
     passed = Verdict.accept(f"shadow mode: {verdict.reason}", verdict.tenant, rule=verdict.rule)
     return EndOfMessageResult(replace(passed, warnings=verdict.warnings), (), (), fields)
 

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aupmilter import replies
 from aupmilter.message.footer import Walk, rewrite, scan
@@ -304,6 +306,11 @@ def test_address_words_ignore_case_space_and_punctuation() -> None:
     assert not shows_address(in_attribute, True, IDENTITY)
 
 
+def test_markup_the_html_parser_refuses_is_read_tag_stripped() -> None:
+    broken = "<![d>4120 Freidrich <b>Lane</b> Austin, TX&nbsp;78744 USA"
+    assert shows_address(broken, True, IDENTITY)
+
+
 def test_unsubscribe_target_prefers_https() -> None:
     header = "<mailto:u+t@unsub.example>, <https://unsub.example/u/t>"
     assert unsubscribe_target(header) == "https://unsub.example/u/t"
@@ -343,3 +350,23 @@ def test_the_body_is_collected_only_when_the_footer_may_need_it(
         footer=FooterPlan(mode=mode),
     )
     assert listmail.needs_body is needed
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from([e.file for e in entries()]),
+    cut=st.integers(min_value=0, max_value=4000),
+    noise=st.binary(max_size=40),
+    at=st.integers(min_value=0, max_value=4000),
+)
+def test_damaged_mime_gets_an_answer_never_an_exception(
+    name: str, cut: int, noise: bytes, at: int
+) -> None:
+    fields, body = load(name)
+    damaged = body[:at] + noise + body[at:cut] if cut > at else body[:cut] + noise
+    for plan in (CHECK, INSERT):
+        walk = scan(fields, damaged, IDENTITY, plan)
+        judgement = judge(plan, IDENTITY, walk.scan, "initech")
+        if judgement.rewrite:
+            rewritten = rewrite(damaged, walk, judgement.rewrite, footer_text(IDENTITY, LINK))
+            assert len(rewritten.body) > len(damaged)
