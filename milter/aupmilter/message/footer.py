@@ -156,11 +156,15 @@ class _Walker:
             marker = boundary.encode("ascii")
         except UnicodeEncodeError:
             raise MalformedMime("a boundary that is not ASCII") from None
-        delimiter = re.compile(rb"(?m)^--" + re.escape(marker) + rb"(--)?[ \t]*\r?$")
+        # No `^` in the pattern: a literal start lets the regex engine skip ahead
+        # (several times faster); the line start is checked below instead.
+        delimiter = re.compile(rb"(?m)--" + re.escape(marker) + rb"(--)?[ \t]*\r?$")
         parts: list[tuple[int, int]] = []
         opened: int | None = None
         closed = False
         for match in delimiter.finditer(self.body, start, end):
+            if match.start() > start and self.body[match.start() - 1] != 0x0A:
+                continue  # not at the start of a line: part of the content
             if opened is not None:
                 parts.append((opened, _before_line_break(self.body, opened, match.start())))
             line_end = _LINE_END.match(self.body, match.end())
