@@ -2,7 +2,7 @@
 
 The message is a newsletter as tenants send them: multipart/mixed holding a
 multipart/alternative (UTF-8 quoted-printable text, HTML with `</body>`) and
-a base64 PDF attachment, about 20 KB in all. For it this times, with
+a base64 PDF attachment, about 19 KB in all. For it this times, with
 `aupmilter.message.footer` and `aupmilter.policy.footer` as the end of
 message calls them:
 
@@ -17,7 +17,7 @@ message calls them:
 Figures are process CPU milliseconds per message, the median of `--rounds`
 rounds; the last line is for scripts:
 
-    footer: check_ms=0.21 insert_ms=0.34 sign_delta_ms=0.01 body_bytes=20480
+    footer: check_ms=0.449 insert_ms=0.471 sign_delta_ms=0.039 body_bytes=18606
 """
 
 from __future__ import annotations
