@@ -183,6 +183,12 @@ def cmd_check(path: Path) -> int:
         for window in limits.windows:
             print(f"    window {window.name}: {window.rule}")
         print(f"    ladder: {plan.ladder.describe(limits.max_recipients)}")
+        if plan.footer.enabled:
+            footer = plan.footer
+            print(
+                f"    footer: {footer.mode} on bulk mail (text parts up to"
+                f" {footer.max_part_bytes} bytes rewritten; larger: {footer.oversize})"
+            )
     _print_unsubscribe(config)
     _warn_identities(config)
     return EX_OK
