@@ -46,7 +46,7 @@ def _rel(path: Path) -> str:
 
 def try_it(stack: Stack) -> str:
     smtp = f"{stack.host}:{stack.smtp_port}"
-    acme, globex = DEMO_ACCOUNTS
+    acme, globex, initech = DEMO_ACCOUNTS
     # postsuper insists on an absolute -c path.
     config = stack.postfix.config_dir
     lines = [
@@ -59,6 +59,12 @@ def try_it(stack: Stack) -> str:
         "Send as tenant globex:",
         f"  swaks --server {smtp} {REMOTE} --auth-user {globex.tenant.logins[0]} "
         f"--auth-password {globex.password} --from b@{globex.tenant.domains[0]} --to y@example.net",
+        "Send a newsletter as tenant initech (plan newsletter: the relay adds its sender footer,",
+        "identity, postal address and unsubscribe link, to every text part, then DKIM-signs):",
+        f"  swaks --server {smtp} {REMOTE} --auth-user {initech.tenant.logins[0]} "
+        f"--auth-password {initech.password} --from news@{initech.tenant.domains[0]} "
+        "--to z@example.net --add-header 'Precedence: bulk' --body 'Our autumn news.'",
+        f'  tail -n 12 "$(ls -t {_rel(stack.mail_dir)}/*.eml | head -1)"',
         "Unknown sender (rejected with 550 5.7.1):",
         f"  swaks --server {smtp} {REMOTE} --from someone@unknown.example --to x@example.net",
         "Suspend acme (its next mail goes to the hold queue), then lift it again:",

@@ -392,7 +392,7 @@ class Stack:
         self.tenants.clear_rate_windows()
 
     def add_demo_tenants(self) -> None:
-        """The demo's tenants acme and globex, active, with their SASL users."""
+        """The demo's tenants (acme, globex, initech), active, with their SASL users."""
         self.tenants.add_demo_tenants()
 
 

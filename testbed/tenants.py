@@ -14,6 +14,21 @@ STATUSES = ("active", "suspended", "terminated")
 
 
 @dataclass(frozen=True)
+class Identity:
+    """The sender identity the footer of bulk mail shows (``tenant set-identity``)."""
+
+    name: str
+    address: tuple[str, ...]
+    contact: str
+
+    def set_args(self, tenant_id: str) -> list[str]:
+        args = ["set-identity", tenant_id, "--name", self.name, "--contact", self.contact]
+        for line in self.address:
+            args += ["--address", line]
+        return args
+
+
+@dataclass(frozen=True)
 class Tenant:
     id: str
     plan: str
@@ -21,6 +36,7 @@ class Tenant:
     logins: tuple[str, ...]
     domains: tuple[str, ...]
     status: str = "active"
+    identity: Identity | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -45,6 +61,20 @@ class DemoAccount:
 DEMO_ACCOUNTS: tuple[DemoAccount, ...] = (
     DemoAccount(Tenant("acme", "standard", ("acme",), ("acme.example",)), "acme-demo"),
     DemoAccount(Tenant("globex", "business", ("globex",), ("globex.example",)), "globex-demo"),
+    DemoAccount(
+        Tenant(
+            "initech",
+            "newsletter",
+            ("initech",),
+            ("initech.example",),
+            identity=Identity(
+                "Initech, Inc.",
+                ("4120 Freidrich Lane", "Austin, TX 78744", "USA"),
+                "https://initech.example/contact",
+            ),
+        ),
+        "initech-demo",
+    ),
 )
 
 # SASL users of the demo: the tenants' logins with their passwords.

@@ -50,7 +50,11 @@ UNSUB_DOMAIN = "unsub.testbed.example"
 UNSUB_LOCAL = "unsubscribe"
 SIGNING_SELECTOR = "test2048"
 SIGNING_KEY = "test-rsa2048"
-SIGNED_TENANTS = {"acme": "acme.example", "globex": "globex.example"}
+SIGNED_TENANTS = {
+    "acme": "acme.example",
+    "globex": "globex.example",
+    "initech": "initech.example",
+}
 # main.cf.intake settings the testbed takes: all but error_notice_recipient
 # (postmaster has no mailbox here). The bounce and delay notices go to the
 # report intake, as in production.

@@ -73,6 +73,8 @@ RECORDS: list[str] = [
     *mail_domain("globex.example", spf="v=spf1 include:_spf.globex.example ~all"),
     f"_spf.globex.example. 300 IN TXT {txt_strings(f'v=spf1 ip4:{RELAY_IP} ip4:{OTHER_IP} -all')}",
     dkim_key_record("test2048", "globex.example", public_key("test-rsa2048")),
+    *mail_domain("initech.example"),  # the demo's newsletter sender (plan newsletter: footer)
+    dkim_key_record("test2048", "initech.example", public_key("test-rsa2048")),
     # --- bounce routes: one domain per case ---------------------------------------
     "nullmx.example. 300 IN MX 0 .",  # RFC 7505: accepts no mail
     "nullmx.example. 300 IN A 192.0.2.20",

@@ -33,6 +33,7 @@ from aupmilter.policy.actions import (
     InsertHeader,
     MilterAction,
     Quarantine,
+    ReplaceBody,
 )
 from aupmilter.policy.tenancy import unbracket
 from aupmilter.policy.verdict import Verdict
@@ -59,6 +60,8 @@ REJECT: int = Milter.REJECT
 TEMPFAIL: int = Milter.TEMPFAIL
 noreply: Callable[[F], F] = Milter.noreply
 P_HDR_LEADSPC: int = Milter.P_HDR_LEADSPC
+BODY_CHUNK = 65_535
+"""MILTER_CHUNK_SIZE: the largest body packet an MTA reads."""
 
 
 class Lifecycle:
@@ -351,6 +354,11 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
                     self.addheader(name, self._spaced(value), index)
                 case Quarantine(reason):
                     self.quarantine(reason)
+                case ReplaceBody(body):
+                    # libmilter sends what it is given as one SMFIR_REPLBODY packet:
+                    # the MTA takes at most 64 KiB per packet.
+                    for start in range(0, len(body), BODY_CHUNK):
+                        self.replacebody(body[start : start + BODY_CHUNK])
 
     def _spaced(self, value: str) -> str:
         # With leading space negotiated, the MTA inserts the value exactly as given.

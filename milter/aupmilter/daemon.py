@@ -38,7 +38,13 @@ log = logging.getLogger("aupmilter.daemon")
 
 MILTER_NAME = "aup-milter"
 SD_LISTEN_FDS_START = 3
-MILTER_FLAGS = libmilter.QUARANTINE | libmilter.DELRCPT | libmilter.ADDHDRS | libmilter.CHGHDRS
+MILTER_FLAGS = (
+    libmilter.QUARANTINE
+    | libmilter.DELRCPT
+    | libmilter.ADDHDRS
+    | libmilter.CHGHDRS
+    | libmilter.CHGBODY  # the sender footer (stages.end_of_message, message.footer)
+)
 """Actions used at end of message: hold, drop suppressed recipients, add or change headers."""
 STOP_TIMEOUT = 15.0
 """libmilter's listener notices a stop within its 5 s poll; allow for a slow machine."""

@@ -244,6 +244,36 @@ SPOOL_UNAVAILABLE = Reply(
     "The relay cannot store the message right now; please try again later",
 )
 
+# --- the sender-identity footer of bulk mail (policy.footer) ------------------------
+FOOTER_MISSING = Reply(
+    "550",
+    "5.7.1",
+    "Bulk mail must show your postal address in every text part; "
+    "add a footer with the address registered for your account and send again",
+)
+FOOTER_NO_IDENTITY = Reply(
+    "451",
+    "4.7.0",
+    "Your account has no sender identity (name, postal address, contact) for the footer "
+    "bulk mail must carry; ask the relay's operators to register it",
+)
+FOOTER_MALFORMED_MIME = Reply(
+    "550",
+    "5.6.0",
+    "The MIME structure of the message cannot be read; fix it and send the message again",
+)
+FOOTER_NO_TEXT_PART = Reply(
+    "550",
+    "5.7.1",
+    "Bulk mail needs a text/plain or text/html part showing your postal address; "
+    "add one and send again",
+)
+FOOTER_PART_TOO_LARGE = Reply(
+    "552",
+    "5.3.4",
+    "A text part is larger than this relay reads for the sender footer; send a smaller message",
+)
+
 ALL_REPLIES: tuple[Reply, ...] = (
     STORE_UNAVAILABLE,
     SHUTTING_DOWN,
@@ -271,6 +301,11 @@ ALL_REPLIES: tuple[Reply, ...] = (
     UNSUBSCRIBE_NONCOMPLIANT,
     RECIPIENT_UNSUBSCRIBED,
     BULK_ONE_RECIPIENT,
+    FOOTER_MISSING,
+    FOOTER_NO_IDENTITY,
+    FOOTER_MALFORMED_MIME,
+    FOOTER_NO_TEXT_PART,
+    FOOTER_PART_TOO_LARGE,
 )
 
 

@@ -51,6 +51,8 @@ class TenantAdmin:
         self.remove(tenant.id)
         logins = [self.postfix.auth_authen(login) for login in tenant.logins]
         self.cli(*tenant.add_args(logins))
+        if tenant.identity is not None:
+            self.cli(*tenant.identity.set_args(tenant.id))
 
     def remove(self, tenant_id: str) -> None:
         """Remove a tenant and its mappings; a missing tenant is fine."""
@@ -79,7 +81,7 @@ class TenantAdmin:
                 self.redis.cli("DEL", key)
 
     def add_demo_tenants(self) -> None:
-        """The demo's tenants acme and globex, active, with their SASL users."""
+        """The demo's tenants (acme, globex, initech), active, with their SASL users."""
         for account in DEMO_ACCOUNTS:
             for login in account.tenant.logins:
                 if self.postfix.sasl_users.get(login) != account.password:

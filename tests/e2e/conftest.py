@@ -27,6 +27,15 @@ max_recipients_per_message = 100
 [plan.e2e-short.windows]
 sender-recipients-short = { per = "sender", count = "recipients", limit = 3, period = "6s" }
 tenant-recipients-hour = { per = "tenant", count = "recipients", limit = 1000, period = "1h" }
+
+[plan.e2e-footer-check]
+description = "End-to-end tests: bulk mail must already show the sender's postal address"
+max_recipients_per_message = 100
+bulk_recipients = 2
+footer = "check"
+
+[plan.e2e-footer-check.windows]
+tenant-recipients-hour = { per = "tenant", count = "recipients", limit = 1000, period = "1h" }
 """
 
 # A SASL account that authenticates fine but belongs to no tenant.

@@ -6,10 +6,11 @@ import pytest
 import redis
 
 from aupmilter.config import RedisSettings
+from aupmilter.policy.footer import TenantIdentity
 from aupmilter.policy.limits import LimitOverrides
 from aupmilter.policy.tenancy import Lookup, LookupKind, TenantRecord, tenant_lookup
 from aupmilter.store.client import Store, StoreUnavailable
-from aupmilter.store.tenants import TenantAdmin
+from aupmilter.store.tenants import TenantAdmin, validate_identity
 from tests.support import RedisServer, client_commands, free_port, record_of
 
 
@@ -111,3 +112,18 @@ def test_unreachable_redis_raises_store_unavailable_and_logs_once(
     errors = [r for r in caplog.records if r.name == "aupmilter.store"]
     assert len(errors) == 1 and "redis unavailable" in errors[0].getMessage()
     assert store.outage.down
+
+
+def test_the_identity_rides_in_the_same_read(store: Store, redis_client: redis.Redis) -> None:
+    """The footer's identity fields (tenant set-identity) come with the tenant: no extra call."""
+    TenantAdmin(redis_client).set_identity(
+        "acme", validate_identity("Acme Ltd", ["1 Main St\nSpringfield"], "ops@acme.example")
+    )
+    record = record_of(store, tenant_lookup("acme", ""))
+    assert record is not None
+    address = ("1 Main St", "Springfield")
+    assert record.identity == TenantIdentity("Acme Ltd", address, "ops@acme.example")
+    redis_client.hdel("aup:tenant:acme", "identity_contact")
+    partial = record_of(store, tenant_lookup("acme", ""))
+    assert partial is not None and partial.identity is not None
+    assert partial.identity.missing == ("contact",)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import cast
 import pytest
 import redis
 
-from aupmilter.store.tenants import TenantAdmin, TenantError
+from aupmilter.store.tenants import TenantAdmin, TenantError, validate_identity
 from tests.support import ROOT, RedisServer, free_port
 
 
@@ -201,3 +202,63 @@ def test_cli_check_command(tmp_path: Path) -> None:
 
 def test_cli_version() -> None:
     assert cli("--version").stdout.startswith("aup-milter ")
+
+
+def test_set_identity_writes_the_documented_fields(
+    admin: TenantAdmin, redis_client: redis.Redis
+) -> None:
+    admin.add("initech", "newsletter", ["initech"], ["initech.example"])
+    identity = validate_identity(
+        " Initech, Inc. ", ["4120 Freidrich Lane", "Austin, TX 78744\nUSA"], "https://i.example/c"
+    )
+    admin.set_identity("initech", identity)
+    fields = redis_client.hgetall("aup:tenant:initech")
+    assert fields["identity_name"] == "Initech, Inc."
+    assert fields["identity_address"] == "4120 Freidrich Lane\nAustin, TX 78744\nUSA"
+    assert fields["identity_contact"] == "https://i.example/c"
+    with pytest.raises(TenantError, match="no tenant 'nobody'"):
+        admin.set_identity("nobody", identity)
+
+
+@pytest.mark.parametrize(
+    ("name", "address", "contact", "message"),
+    [
+        ("", ["1 Main St"], "a@b.example", "invalid name"),
+        ("Acme", [], "a@b.example", "needs 1-8 lines"),
+        ("Acme", ["x"] * 9, "a@b.example", "needs 1-8 lines"),
+        ("Acme", ["1 Main St"], "call us", "expected an http(s) URL or a mailbox address"),
+        ("Acme", ["1 Main\tSt"], "a@b.example", "invalid address line"),
+        ("A" * 201, ["1 Main St"], "a@b.example", "1-200 printable characters"),
+    ],
+)
+def test_identity_is_validated(name: str, address: list[str], contact: str, message: str) -> None:
+    with pytest.raises(TenantError, match=re.escape(message)):
+        validate_identity(name, address, contact)
+
+
+def test_cli_set_identity_and_check_warning(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    base = ("tenant", "-c", "/nonexistent.toml", "--redis", redis_server.url)
+    cli(*base, "add", "initech", "--plan", "newsletter", "--domain", "initech.example")
+    config = tmp_path / "aup-milter.toml"
+    config.write_text(
+        f'[redis]\nurl = "{redis_server.url}"\n[policy]\nplans_dir = "{ROOT / "policies"}"\n'
+    )
+    warned = cli("check", "-c", str(config))
+    assert "warning: tenant initech is on plan newsletter (footer insert)" in warned.stderr
+    assert "name, address, contact" in warned.stderr
+    shown = json.loads(
+        cli(
+            *base, "set-identity", "initech", "--name", "Initech, Inc.", "--address",
+            "4120 Freidrich Lane", "--address", "Austin, TX 78744", "--contact",
+            "https://initech.example/contact", "--json",
+        ).stdout
+    )  # fmt: skip
+    assert shown["identity_address"] == "4120 Freidrich Lane\nAustin, TX 78744"
+    assert "warning" not in cli("check", "-c", str(config)).stderr
+    refused = cli(
+        *base, "set-identity", "initech", "--name", "I", "--address", "x", "--contact", "no",
+        check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "invalid contact 'no'" in refused.stderr

@@ -85,6 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--reason", default="", help="why (shown in logs and quarantine reason)")
     status.add_argument("--json", action="store_true")
 
+    identity = actions.add_parser(
+        "set-identity",
+        help="set the sender identity (name, postal address, contact) bulk mail's footer shows",
+    )
+    identity.add_argument("tenant_id", metavar="ID")
+    identity.add_argument("--name", required=True, help="the sender's legal name")
+    identity.add_argument(
+        "--address",
+        action="append",
+        required=True,
+        metavar="LINE",
+        help="one line of the postal address; repeatable, in order",
+    )
+    identity.add_argument(
+        "--contact", required=True, help="a contact URL (https://...) or mailbox address"
+    )
+    identity.add_argument("--json", action="store_true")
+
     remove = actions.add_parser("remove", help="delete a tenant and its mappings")
     remove.add_argument("tenant_id", metavar="ID")
 
@@ -165,8 +183,52 @@ def cmd_check(path: Path) -> int:
         for window in limits.windows:
             print(f"    window {window.name}: {window.rule}")
         print(f"    ladder: {plan.ladder.describe(limits.max_recipients)}")
+        if plan.footer.enabled:
+            footer = plan.footer
+            print(
+                f"    footer: {footer.mode} on bulk mail (text parts up to"
+                f" {footer.max_part_bytes} bytes rewritten; larger: {footer.oversize})"
+            )
     _print_unsubscribe(config)
+    _warn_identities(config)
     return EX_OK
+
+
+def _warn_identities(config: Config) -> None:
+    """Warn about tenants on a footer plan without a complete identity (their bulk mail 451s).
+
+    A warning, not a failure: the files are fine; the tenants live in Redis,
+    which `check` reads only when it can.
+    """
+    footer_plans = {name for name, plan in config.plans.items() if plan.footer.enabled}
+    if not footer_plans:
+        return
+    import redis
+
+    from aupmilter.store.client import connect
+    from aupmilter.store.tenants import TenantAdmin, tenant_identity
+
+    client = connect(RedisSettings(url=config.redis.url, connect_timeout=2.0, timeout=5.0))
+    try:
+        tenants = TenantAdmin(client).list()
+    except (redis.RedisError, OSError) as exc:
+        print(f"  footer: tenants' identities not checked (Redis at {config.redis.url}: {exc})")
+        return
+    finally:
+        client.close()
+    for info in tenants:
+        if info.plan not in footer_plans:
+            continue
+        identity = tenant_identity(info.fields)
+        missing = identity.missing if identity is not None else ("name", "address", "contact")
+        if missing:
+            print(
+                f"warning: tenant {info.tenant_id} is on plan {info.plan} (footer"
+                f" {config.plans[info.plan].footer.mode}) and has no identity"
+                f" {', '.join(missing)}: its bulk mail gets 451 4.7.0 until"
+                f" `aup-milter tenant set-identity {info.tenant_id} ...`",
+                file=sys.stderr,
+            )
 
 
 def _print_unsubscribe(config: Config) -> None:
@@ -221,7 +283,7 @@ def cmd_tenant(args: argparse.Namespace) -> int:
     import redis
 
     from aupmilter.store.client import connect
-    from aupmilter.store.tenants import TenantAdmin, TenantError
+    from aupmilter.store.tenants import TenantAdmin, TenantError, validate_identity
 
     url, config = _tenant_redis(args)
     client = connect(RedisSettings(url=url, connect_timeout=2.0, timeout=5.0))
@@ -242,6 +304,10 @@ def cmd_tenant(args: argparse.Namespace) -> int:
             _print_tenants(admin.list(), args.json, single=False)
         elif args.action == "set-status":
             info = admin.set_status(args.tenant_id, args.status, args.reason)
+            _print_tenants([info], args.json, single=True)
+        elif args.action == "set-identity":
+            identity = validate_identity(args.name, args.address, args.contact)
+            info = admin.set_identity(args.tenant_id, identity)
             _print_tenants([info], args.json, single=True)
         elif args.action == "remove":
             admin.remove(args.tenant_id)

@@ -24,6 +24,7 @@ from aupmilter.config.loader import (
     string,
 )
 from aupmilter.policy.findings import DEFAULT_MODES, AlignmentMode, Check, Mode, PlanChecks
+from aupmilter.policy.footer import FooterMode, FooterPlan, Oversize
 from aupmilter.policy.ladder import LadderPlan
 from aupmilter.policy.limits import Limits, Scope, Unit, Window
 from aupmilter.policy.plans import BouncePlan, Plan, UnsubscribePlan
@@ -125,6 +126,7 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
     ladder = read_plan_ladder(
         Section(file, f"plan.{name}.ladder", section.subtable("ladder"), section.problems)
     )
+    footer = read_plan_footer(section)
     section.reject_unknown()
     return Plan(
         name=name,
@@ -136,6 +138,7 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
         bounces=bounce_plan,
         ladder=ladder,
         reputation=reputation,
+        footer=footer,
         mode=cast(Literal["enforce", "shadow"], mode),
     )
 
@@ -357,3 +360,52 @@ def read_plan_ladder(section: Section) -> LadderPlan:
         repeats=repeats,
         window=window_ms // 1000,
     )
+
+
+FOOTER_FORM = "'check', 'insert' or 'off', or a table [plan.NAME.footer] with mode = one of them"
+
+
+def read_plan_footer(plan: Section) -> FooterPlan:
+    """`footer = "check"` of a plan, or its `[plan.NAME.footer]` table with the bounds too.
+
+    The sender-identity footer of bulk mail (policy.footer); the short form
+    takes the default bounds.
+    """
+    raw = plan.get("footer", cast(object, {}), FOOTER_FORM, _string_or_table)
+    defaults = FooterPlan()
+    if isinstance(raw, str):
+        short = choice(*FooterMode)(raw)
+        if short is None:
+            plan.fail("footer", FOOTER_FORM, raw)
+        return FooterPlan(mode=FooterMode(short or defaults.mode))
+    section = Section(plan.file, plan.key_path("footer"), raw, plan.problems)
+    mode = section.get(
+        "mode", defaults.mode.value, "'check', 'insert' or 'off'", choice(*FooterMode)
+    )
+    max_part_bytes = section.get(
+        "max_part_bytes",
+        defaults.max_part_bytes,
+        "a whole number of bytes from 1024 to 67108864 (64 MiB)",
+        integer(1024, 64 << 20),
+    )
+    oversize = section.get(
+        "oversize", defaults.oversize.value, "'check' or 'refuse'", choice(*Oversize)
+    )
+    max_depth = section.get(
+        "max_depth", defaults.max_depth, "a whole number from 1 to 50", integer(1, 50)
+    )
+    max_parts = section.get(
+        "max_parts", defaults.max_parts, "a whole number from 1 to 10000", integer(1, 10_000)
+    )
+    section.reject_unknown()
+    return FooterPlan(
+        mode=FooterMode(mode),
+        max_part_bytes=max_part_bytes,
+        oversize=Oversize(oversize),
+        max_depth=max_depth,
+        max_parts=max_parts,
+    )
+
+
+def _string_or_table(raw: Any) -> object | None:
+    return raw if isinstance(raw, str | dict) else None

@@ -8,7 +8,7 @@ can be tested without an MTA and the audit line can say what was done.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,4 +51,13 @@ class Quarantine:
     reason: str
 
 
-MilterAction = AddHeader | InsertHeader | ChangeHeader | DeleteRecipient | Quarantine
+@dataclass(frozen=True, slots=True)
+class ReplaceBody:
+    """Replace the whole body (smfi_replacebody) with `body`, CRLF line ends, as signed."""
+
+    body: bytes = field(repr=False)
+    reason: str = ""
+    """What changed, for the log (the body itself is not logged)."""
+
+
+MilterAction = AddHeader | InsertHeader | ChangeHeader | DeleteRecipient | Quarantine | ReplaceBody

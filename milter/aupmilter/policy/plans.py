@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from aupmilter.policy.findings import PlanChecks
+from aupmilter.policy.footer import FooterPlan
 from aupmilter.policy.ladder import LadderPlan
 from aupmilter.policy.limits import Limits
 from aupmilter.policy.reputation import ReputationPlan
@@ -54,6 +55,8 @@ class Plan:
     ladder: LadderPlan = field(default_factory=LadderPlan)
     """`[plan.NAME.ladder]`: near-cap repeats and the sender -> domain -> tenant ladder."""
     reputation: ReputationPlan = field(default_factory=ReputationPlan)
+    footer: FooterPlan = field(default_factory=FooterPlan)
+    """`[plan.NAME.footer]`: the sender-identity footer of bulk mail (policy.footer)."""
     mode: Literal["enforce", "shadow"] = "enforce"
     """`shadow`: every check runs and the audit trail says what it would have done
     (`would-reject`, ...), but the mail passes unchanged; a tenant's `mode` field wins."""

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Literal
 
 from aupmilter import replies
+from aupmilter.policy.footer import TenantIdentity
 from aupmilter.policy.limits import LimitOverrides
 from aupmilter.policy.verdict import Verdict
 from aupmilter.replies import safe_text
@@ -64,6 +65,8 @@ class TenantRecord:
     """The tenant's own recipient cap and window limits."""
     mode: str = ""
     """As stored: `enforce` or `shadow` set for this tenant; empty: the plan's mode."""
+    identity: TenantIdentity | None = None
+    """Name, postal address and contact for the footer of bulk mail; None: none registered."""
 
     def shadow(self, plan_mode: str) -> bool:
         """Shadow mode: the tenant's own `mode` field, else its plan's. A value that is

@@ -8,7 +8,10 @@ the actions saved so far are not applied: a refused message changes nothing).
    SPF (pure rules, DNS through the cached resolver); a refusal here is never
    charged to the windows;
 2. unsubscribe compliance: bulk mail with broken unsubscribe headers on a
-   plan that rejects them is refused before any charge;
+   plan that rejects them is refused before any charge; on a plan with a
+   footer (policy.footer), mail already known to be bulk (stream, headers,
+   recipient count) is scanned for the tenant's postal address, and a
+   `check` that fails is refused before the charge too;
 3. charge: the one end-of-message script (suppression of the recipients, the
    windows' atomic re-check and charge, the delivered-recipients counter of
    the complaint and bounce rates, the content fingerprint's counter, the
@@ -20,8 +23,14 @@ the actions saved so far are not applied: a refused message changes nothing).
 5. header edits: the unsubscribe decision over the recipients left, and the
    fields the milter adds (Message-ID, List-Unsubscribe pair, Feedback-ID);
    the deletions first, so their indexes count the message's own fields;
-6. signature: DKIM over the header list as the MTA will deliver it;
-7. quarantine: the mail of a suspended tenant, sender or domain, and a
+6. footer: bulk mail on a footer plan, if not scanned yet (bulk by its
+   content's count), is scanned now; on `insert` the parts without the
+   address get the footer (message.footer splices it into the original
+   bytes) and the body is replaced, the link the footer shows being the
+   final List-Unsubscribe's;
+7. signature: DKIM over the header list as the MTA will deliver it, and
+   over the body as replaced;
+8. quarantine: the mail of a suspended tenant, sender or domain, and a
    near-cap repeat, go to the hold queue.
 
 With the MAIL FROM read that makes two Redis round trips per transaction,
@@ -36,6 +45,7 @@ from datetime import UTC, datetime
 
 from aupmilter import replies
 from aupmilter.mailauth.dkimsign import SigningError
+from aupmilter.message import footer as mime_footer
 from aupmilter.message.wire import message_id_of
 from aupmilter.policy.actions import (
     AddHeader,
@@ -44,12 +54,22 @@ from aupmilter.policy.actions import (
     InsertHeader,
     MilterAction,
     Quarantine,
+    ReplaceBody,
+)
+from aupmilter.policy.classify import header_values
+from aupmilter.policy.footer import (
+    FooterJudgement,
+    FooterMode,
+    footer_text,
+    judge,
+    judge_identity,
+    unsubscribe_target,
 )
 from aupmilter.policy.headers import HeaderField
 from aupmilter.policy.ladder import Evidence, Repeat, offence_for, repeat_of, repeat_verdict
 from aupmilter.policy.limits import Window
 from aupmilter.policy.tenancy import decide_store_error, sender_domain
-from aupmilter.policy.unsubscribe import UnsubscribeLinks
+from aupmilter.policy.unsubscribe import UnsubscribeLinks, edited_headers
 from aupmilter.policy.verdict import Action, Verdict
 from aupmilter.stages.listmail import ListMailOutcome, message_fingerprint
 from aupmilter.stages.message_checks import MessageChecks
@@ -81,9 +101,16 @@ class Draft:
     actions: list[MilterAction] = field(default_factory=list)
     near_cap: NearCap | None = None
     """This transaction's near-cap counter (policy.ladder), when it is near-cap and charged."""
+    footer: FooterJudgement | None = None
+    """The footer rule's judgement, once the message was scanned."""
+    footer_walk: mime_footer.Walk | None = None
+    footer_log: dict[str, object] = field(default_factory=dict)
 
     def log_fields(self) -> dict[str, object] | None:
-        return self.outcome.log_fields() if self.outcome is not None else None
+        fields = self.outcome.log_fields() if self.outcome is not None else None
+        if self.footer_log:
+            fields = {**(fields or {}), **self.footer_log}
+        return fields
 
 
 @dataclass(slots=True)
@@ -148,6 +175,8 @@ def _shadowed(txn: Transaction, draft: Draft) -> EndOfMessageResult:
         fields["would_add_headers"] = would_add
     if draft.suppressed:
         fields["would_remove"] = list(draft.suppressed)
+    if any(isinstance(a, ReplaceBody) for a in draft.actions):
+        fields["footer_outcome"] = "would-insert"  # the body goes unchanged in shadow mode
     passed = Verdict.accept(f"shadow mode: {verdict.reason}", verdict.tenant, rule=verdict.rule)
     return EndOfMessageResult(replace(passed, warnings=verdict.warnings), (), (), fields)
 
@@ -166,6 +195,33 @@ def _unsubscribe_compliance(txn: Transaction, draft: Draft) -> None:
     if txn.listmail is not None and txn.gate is not None:
         refusal = txn.listmail.before_charge(draft.headers, len(txn.gate.accepted))
         draft.verdict = refusal or draft.verdict
+
+
+def _footer_check(txn: Transaction, draft: Draft) -> None:
+    """Mail known to be bulk before the charge is scanned now: a refusal costs no window."""
+    listmail, gate = txn.listmail, txn.gate
+    if listmail is None or gate is None or not listmail.checks_footer or draft.body is None:
+        return
+    if listmail.known_bulk(draft.headers, len(gate.accepted)):
+        _footer_judge(txn, draft)
+
+
+def _footer_judge(txn: Transaction, draft: Draft) -> None:
+    """The tenant's identity, the MIME walk and the footer rule's judgement, once per message."""
+    assert txn.listmail is not None and draft.body is not None
+    plan, tenant = txn.listmail.footer, txn.listmail.tenant
+    identity = txn.tenant.identity if txn.tenant is not None else None
+    draft.footer_log["footer"] = str(plan.mode)
+    refusal = judge_identity(identity, tenant)
+    if refusal is not None or identity is None:
+        draft.footer = FooterJudgement(verdict=refusal, outcome="no-identity")
+    else:
+        walk = mime_footer.scan(draft.headers, draft.body, identity, plan)
+        draft.footer_walk = walk
+        draft.footer = judge(plan, identity, walk.scan, tenant)
+    draft.footer_log.update(footer_outcome=draft.footer.outcome, **draft.footer.log)
+    if draft.footer.verdict is not None:
+        draft.verdict = draft.footer.verdict
 
 
 def _charge(txn: Transaction, draft: Draft) -> None:
@@ -316,6 +372,34 @@ def _header_edits(txn: Transaction, draft: Draft) -> None:
         draft.actions += outcome.additions
 
 
+def _footer(txn: Transaction, draft: Draft) -> None:
+    """The footer of bulk mail: judged if not yet (bulk by content), inserted where missing."""
+    listmail, outcome = txn.listmail, draft.outcome
+    if listmail is None or outcome is None or draft.body is None or not listmail.checks_footer:
+        return
+    if not outcome.classification.bulk:
+        return
+    if draft.footer is None:
+        _footer_judge(txn, draft)
+    judgement, walk = draft.footer, draft.footer_walk
+    if judgement is None or judgement.verdict is not None or walk is None:
+        return
+    identity = txn.tenant.identity if txn.tenant is not None else None
+    if listmail.footer.mode is not FooterMode.INSERT or not judgement.rewrite or identity is None:
+        return
+    final = edited_headers(draft.headers, outcome.deletions, [*draft.added, *outcome.additions])
+    link = unsubscribe_target(next(iter(header_values(final, "List-Unsubscribe")), None))
+    rewritten = mime_footer.rewrite(
+        draft.body, walk, judgement.rewrite, footer_text(identity, link)
+    )
+    if link is None:
+        draft.footer_log["footer_unsubscribe"] = "none: the message has no List-Unsubscribe"
+    if rewritten.fallback is not None:
+        draft.footer_log["footer_fallback"] = rewritten.fallback
+    draft.body = rewritten.body
+    draft.actions.append(ReplaceBody(rewritten.body, f"footer in {len(judgement.rewrite)} part(s)"))
+
+
 def _signature(txn: Transaction, draft: Draft) -> None:
     """DKIM-sign bulk mail as the MTA will deliver it; a failure is logged, not fatal."""
     listmail, outcome = txn.listmail, draft.outcome
@@ -341,9 +425,11 @@ def _quarantine(_txn: Transaction, draft: Draft) -> None:
 STEPS: tuple[tuple[str, Step], ...] = (
     ("message checks", _message_checks),
     ("unsubscribe compliance", _unsubscribe_compliance),
+    ("footer check", _footer_check),
     ("charge", _charge),
     ("ladder", _ladder),
     ("header edits", _header_edits),
+    ("footer", _footer),
     ("signature", _signature),
     ("quarantine", _quarantine),
 )

@@ -27,7 +27,7 @@ in), and what the tokens stand for is returned for the glue to store.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aupmilter.config import Config, SigningIdentity
 from aupmilter.mailauth.dkimsign import sign
@@ -35,6 +35,7 @@ from aupmilter.policy.actions import AddHeader, InsertHeader
 from aupmilter.policy.classify import Classification, MailClass, classify, header_values
 from aupmilter.policy.feedback import FeedbackStamp, feedback_stamp, needs_fingerprint
 from aupmilter.policy.fingerprint import body_fingerprint
+from aupmilter.policy.footer import FooterPlan
 from aupmilter.policy.headers import HeaderField
 from aupmilter.policy.limits import Scope, Unit, Window
 from aupmilter.policy.plans import Plan, UnsubscribePlan, UnsubscribeSettings
@@ -105,6 +106,8 @@ class ListMail:
     identity: SigningIdentity | None
     feedback_relay_id: str | None = None
     """`[feedback_id] relay_id`; None: bulk mail gets no Feedback-ID."""
+    footer: FooterPlan = field(default_factory=FooterPlan)
+    """The plan's sender footer (policy.footer): checked or inserted on bulk mail."""
 
     @property
     def acts(self) -> bool:
@@ -126,12 +129,22 @@ class ListMail:
 
     @property
     def needs_body(self) -> bool:
-        """Signing, the content counter, or a Feedback-ID whose campaign may be the content."""
+        """Signing, the content counter, a Feedback-ID whose campaign may be the content,
+        or the footer of mail that may be bulk (a transactional stream never is)."""
         return (
             self.counts_fingerprints
             or self.identity is not None
             or self.feedback_relay_id is not None
+            or self.checks_footer
         )
+
+    @property
+    def checks_footer(self) -> bool:
+        return self.footer.enabled and self.stream != MailClass.TRANSACTIONAL
+
+    def known_bulk(self, headers: Headers, recipient_count: int) -> bool:
+        """Bulk before the charge: by stream, headers or recipient count (not yet by content)."""
+        return classify(self.stream, headers, recipient_count, None, self.plan).bulk
 
     def fingerprint_window(self) -> Window:
         return Window(
@@ -247,4 +260,5 @@ def list_mail_for(config: Config, tenant: str, stream: str | None, plan: Plan) -
         settings=config.unsubscribe,
         identity=config.dkim.identity_for(tenant),
         feedback_relay_id=config.feedback_id.relay_id if config.feedback_id else None,
+        footer=plan.footer,
     )

@@ -29,6 +29,12 @@ auto_suspended_at           Unix seconds of the last automatic suspension (compl
                             bounce rate); kept when ops lift it, for the record
 auto_terminated_at          Unix seconds of the ladder's termination of the tenant (third
                             near-cap-repeat offence of one sender); kept for the record
+identity_name               the sender's legal name, shown in the footer of bulk mail
+identity_address            its postal address, lines separated by a line feed; on plans
+                            with `footer = "check"` it must appear in every text part
+identity_contact            a contact URL or mailbox address, shown in the footer
+                            (all three: `aup-milter tenant set-identity`; read with the
+                            tenant by the MAIL FROM script's HGETALL)
 
 Keys written per transaction carry the tenant id as a Redis Cluster hash tag,
 so one script's keys always live on one slot:
@@ -109,6 +115,9 @@ FIELD_MAX_RECIPIENTS = "max_recipients_per_message"
 FIELD_AUTO_TERMINATED_AT = "auto_terminated_at"
 FIELD_AUTO_SUSPENDED_AT = "auto_suspended_at"
 FIELD_MODE = "mode"
+FIELD_IDENTITY_NAME = "identity_name"
+FIELD_IDENTITY_ADDRESS = "identity_address"
+FIELD_IDENTITY_CONTACT = "identity_contact"
 FIELD_WINDOW_PREFIX = "window."
 """``window.<name>`` overrides the limit of the plan's window ``<name>``."""
 

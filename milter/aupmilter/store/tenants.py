@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
 import redis
 
+from aupmilter.policy.footer import MAX_IDENTITY_LINES, MAX_IDENTITY_TEXT, TenantIdentity
 from aupmilter.policy.limits import LimitOverrides
 from aupmilter.policy.tenancy import TenantRecord, TenantStatus, normalize_domain
 from aupmilter.store import keys
 from aupmilter.store.suppression import queue_audit
 
 _DOMAIN_SEPARATORS = re.compile(r"[\s,]+")
+_CONTACT_URL = re.compile(r"^https?://[^\s/]+\S*$")
+_CONTACT_MAILBOX = re.compile(r"^(mailto:)?[^\s@]+@[^\s@]+\.[^\s@]+$")
 MAX_LIMIT_DIGITS = 12
 """A stored limit longer than this is a typo, not a limit."""
 
@@ -47,6 +50,48 @@ def tenant_record(
         allowed_domains=frozenset(d for d in allowed if d),
         overrides=limit_overrides(fields),
         mode=fields.get(keys.FIELD_MODE, ""),
+        identity=tenant_identity(fields),
+    )
+
+
+def tenant_identity(fields: Mapping[str, str]) -> TenantIdentity | None:
+    """The identity fields; None when none is set (an incomplete one says what is missing)."""
+    name = fields.get(keys.FIELD_IDENTITY_NAME, "").strip()
+    address_text = fields.get(keys.FIELD_IDENTITY_ADDRESS, "")
+    contact = fields.get(keys.FIELD_IDENTITY_CONTACT, "").strip()
+    address = tuple(line.strip() for line in address_text.splitlines() if line.strip())
+    if not (name or address or contact):
+        return None
+    return TenantIdentity(name=name, address=address, contact=contact)
+
+
+def validate_identity(name: str, address: Sequence[str], contact: str) -> TenantIdentity:
+    """The identity `tenant set-identity` stores; TenantError says what to change."""
+
+    def printable(label: str, text: str) -> str:
+        text = text.strip()
+        if not text or len(text) > MAX_IDENTITY_TEXT or not text.isprintable():
+            raise TenantError(
+                f"invalid {label} {text!r}: 1-{MAX_IDENTITY_TEXT} printable characters"
+            )
+        return text
+
+    lines = [line for part in address for line in part.splitlines() if line.strip()]
+    if not 1 <= len(lines) <= MAX_IDENTITY_LINES:
+        raise TenantError(
+            f"a postal address needs 1-{MAX_IDENTITY_LINES} lines (--address, repeatable),"
+            f" got {len(lines)}"
+        )
+    checked = printable("contact", contact)
+    if not (_CONTACT_URL.match(checked) or _CONTACT_MAILBOX.match(checked)):
+        raise TenantError(
+            f"invalid contact {checked!r}: expected an http(s) URL or a mailbox address"
+            " (name@example.com)"
+        )
+    return TenantIdentity(
+        name=printable("name", name),
+        address=tuple(printable("address line", line) for line in lines),
+        contact=checked,
     )
 
 
@@ -228,6 +273,26 @@ class TenantAdmin:
                 "ts": now,
             }
             queue_audit(pipe, event, float(now))
+            pipe.execute()
+        return self.show(tenant_id)
+
+    def set_identity(self, tenant_id: str, identity: TenantIdentity) -> TenantInfo:
+        """Store the identity the footer of bulk mail shows (validated by `validate_identity`)."""
+        tenant_key = keys.tenant(validate_tenant_id(tenant_id))
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(tenant_key)  # type: ignore[no-untyped-call]
+            if not pipe.exists(tenant_key):
+                raise TenantError(f"no tenant {tenant_id!r}")
+            pipe.multi()
+            pipe.hset(
+                tenant_key,
+                mapping={
+                    keys.FIELD_IDENTITY_NAME: identity.name,
+                    keys.FIELD_IDENTITY_ADDRESS: "\n".join(identity.address),
+                    keys.FIELD_IDENTITY_CONTACT: identity.contact,
+                    keys.FIELD_UPDATED_AT: self._now(),
+                },
+            )
             pipe.execute()
         return self.show(tenant_id)
 

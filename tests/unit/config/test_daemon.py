@@ -32,7 +32,7 @@ def test_empty_file_gives_documented_defaults(confdir: Path) -> None:
     assert config.policy.plans_dir == (confdir / "policies").resolve()
     assert config.log.format == "json"
     assert config.log.level == "info"
-    assert config.plan_names == {"standard", "business", "bulk"}
+    assert config.plan_names == {"standard", "business", "bulk", "newsletter"}
 
 
 def test_shipped_sample_config_is_valid(tmp_path: Path) -> None:
@@ -204,7 +204,7 @@ def test_plans_from_several_files(confdir: Path) -> None:
 def test_shipped_plans_have_caps_and_windows(confdir: Path) -> None:
     plans = load_config(write(confdir, "")).plans
     caps = {name: plan.limits.max_recipients for name, plan in plans.items()}
-    assert caps == {"standard": 100, "business": 200, "bulk": 1000}
+    assert caps == {"standard": 100, "business": 200, "bulk": 1000, "newsletter": 1000}
     for plan in plans.values():
         scopes = {(w.scope.value, w.unit.value) for w in plan.limits.windows}
         assert {("sender", "recipients"), ("tenant", "messages")} <= scopes, plan.name
