@@ -44,6 +44,7 @@ class RedisServer(Service):
         unix_socket: Path | None = None,
         password: str | None = None,
         acl_users: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
         timeout: float = 30.0,
     ) -> None:
         super().__init__(run_dir, stem="redis", marker=MARKER, what="redis-server", timeout=timeout)
@@ -53,6 +54,8 @@ class RedisServer(Service):
         self.port = port or (0 if unix_socket is not None else free_port(host))
         self.password = password
         self.acl_users = tuple(acl_users)
+        self.extra_args = tuple(extra_args)
+        """More `--option value` words (a cluster node's, a replica's `--replicaof`)."""
 
     @property
     def url(self) -> str:
@@ -92,7 +95,7 @@ class RedisServer(Service):
             argv += ["--requirepass", self.password]
         for rule in self.acl_users:
             argv += ["--user", *rule.split()]
-        return argv
+        return argv + list(self.extra_args)
 
     def start(self) -> None:
         """Start it unless it already runs from ``run_dir``; return once it answers PING."""

@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("suppress", "web", "intake"):
         from aupmilter.cli import unsubscribe as unsubcli
 
-        return unsubcli.run(args, lambda: _tenant_redis(args)[0])
+        return unsubcli.run(args, lambda: _command_settings(args, 10.0))
     if args.command == "report":
         from aupmilter.cli import report as reportcli
 
@@ -217,14 +217,21 @@ def _tenant_redis(args: argparse.Namespace) -> tuple[str, Config | None]:
     return os.environ.get("AUP_REDIS_URL", DEFAULT_REDIS_URL), config
 
 
+def _command_settings(args: argparse.Namespace, timeout: float) -> RedisSettings:
+    from aupmilter.store.client import command_settings
+
+    url, config = _tenant_redis(args)
+    return command_settings(url, config.redis if config else None, timeout)
+
+
 def cmd_tenant(args: argparse.Namespace) -> int:
     import redis
 
-    from aupmilter.store.client import connect
+    from aupmilter.store.client import command_settings, connect
     from aupmilter.store.tenants import TenantAdmin, TenantError
 
     url, config = _tenant_redis(args)
-    client = connect(RedisSettings(url=url, connect_timeout=2.0, timeout=5.0))
+    client = connect(command_settings(url, config.redis if config else None, 5.0))
     admin = TenantAdmin(client)
     try:
         if args.action == "add":

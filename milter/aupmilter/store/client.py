@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any, cast
 
@@ -141,6 +141,16 @@ def connect(settings: RedisSettings) -> redis.Redis:
         master: redis.Redis = sentinel.master_for(settings.service_name)  # type: ignore[no-untyped-call]
         return master
     return redis.Redis.from_url(settings.url, retry=Retry(NoBackoff(), 1), **common)
+
+
+def command_settings(
+    url: str, configured: RedisSettings | None, timeout: float, connect_timeout: float = 2.0
+) -> RedisSettings:
+    """A command's Redis: the configured deployment (one server, Sentinel or Cluster), or
+    the one `--redis URL` names instead, with the command's own timeouts."""
+    if configured is not None and url == configured.url:
+        return replace(configured, connect_timeout=connect_timeout, timeout=timeout)
+    return RedisSettings(url=url, connect_timeout=connect_timeout, timeout=timeout)
 
 
 class OutageLog:
