@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from aupmilter.store import keys
 from testbed.dnsserver import DnsServer
 from tests.support import STARTUP_TIMEOUT, RedisServer
 
@@ -67,9 +68,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture
 def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """The session's Redis, emptied first (and started again if a test stopped it)."""
+    """The session's Redis, emptied first (and started again if a test stopped it).
+
+    Emptied, it still holds the tenant registry's marker, as a store does once
+    `aup-milter tenant add` has run: without it an unknown sender tempfails
+    (store.client.RegistryMissing), which the tests of a lost store prove.
+    """
     redis_server.start()
     client = redis_server.client()
     client.flushall()
+    client.set(keys.REGISTRY, "0 tests/conftest.py")
     yield client
     client.close()

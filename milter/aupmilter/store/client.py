@@ -6,6 +6,13 @@ per message; the connection pool reconnects by itself on the next call.
 Audit events waiting in the process's `AuditTrail` ride on these calls: the
 script call becomes one pipeline (the XADDs, then EVALSHA), still one round
 trip. `flush_audit` writes them alone when no call came for a while.
+
+The `[redis]` settings choose the deployment (`connect`): one server, a
+Sentinel-managed master, or a Cluster. On a Cluster the MAIL FROM script runs
+in its resolved form on the tenant's slot, the tenant found by `MappingCache`
+(a miss costs one more pipelined read of the mapping keys), and the audit
+events do not ride (the stream is on another slot): the daemon's flusher
+writes them once a second, whatever the number of transactions.
 """
 
 from __future__ import annotations
@@ -109,11 +116,10 @@ def connect(settings: RedisSettings) -> redis.Redis:
             ClusterNode(host, port)  # type: ignore[no-untyped-call]
             for host, port in settings.cluster_nodes
         ]
-        # The cluster's own retries follow MOVED and a promoted replica; one
-        # more attempt covers a stale pooled connection, as for one server.
+        # The cluster's own retries (redis-py's default) follow MOVED and a
+        # promoted replica, and cover a stale pooled connection.
         cluster = RedisCluster(
             startup_nodes=nodes,
-            cluster_error_retry_attempts=2,
             **common,
             **node_options(settings.url),
         )
@@ -521,7 +527,9 @@ class Store:
         return result
 
     def _call(self, call: str, script: Script, script_keys: list[str], args: list[str]) -> Any:
-        riders = self.audit.take() if self.audit is not None else []
+        # On a cluster the stream lives on another slot and redis-py refuses EVALSHA
+        # in a cluster pipeline: the events wait for the flusher (one write a second).
+        riders = self.audit.take() if self.audit is not None and not self.cluster else []
         if not riders:
             return self._command(call, lambda: script(keys=script_keys, args=args))
         return self._command(call, lambda: self._ride(riders, script, script_keys, args))
