@@ -8,7 +8,8 @@ world would see it:
 
 * it sends ``count`` numbered messages through the relay's SMTP port,
   authenticated as a tenant (like ``tests/e2e/conftest.py``'s ``connect``),
-  paced at ``interval`` seconds, one connection per attempt;
+  paced at ``interval`` seconds, one connection per attempt, up to
+  ``concurrency`` sessions at once;
 * it behaves like a sending MTA: a 4xx reply, a dropped or refused
   connection or a timeout defers the copies concerned, which are tried again
   after an exponential backoff (:class:`RetryPolicy`: bounded in attempts and
@@ -41,8 +42,9 @@ default messages have one recipient each, so copies are messages). Counts
 ``ok``          lost == duplicates == bypassed == 0
 
 Bounds: at most ``count`` x ``RetryPolicy.max_attempts`` SMTP sessions,
-each bounded by ``smtp_timeout``; the whole run by ``max_seconds`` plus
-``settle_timeout``; fault threads are joined for at most ``fault_join_timeout``.
+at most ``concurrency`` (<= 32) at once, each bounded by ``smtp_timeout``;
+the whole run by ``max_seconds`` plus ``settle_timeout``; fault threads
+are joined for at most ``fault_join_timeout``.
 
 Use (a pytest test with the e2e ``stack`` fixture)::
 
@@ -357,7 +359,9 @@ class FaultStream:
     ``factory`` says what message ``seq`` is (default: :func:`numbered_messages`
     from ``sender``, one recipient each). ``interval`` paces first attempts
     (message k is due at k x interval); retries come in between as they fall
-    due. ``smtp_timeout`` bounds each socket operation of a session: keep it
+    due. ``concurrency`` sessions run at once (an MTA's parallel deliveries:
+    a fault then meets several transactions in flight, at every stage).
+    ``smtp_timeout`` bounds each socket operation of a session: keep it
     above Postfix's milter timeouts, so the relay's own answer is what is seen.
     ``max_seconds`` bounds the sending phase; copies still pending then give up.
     ``settle_timeout`` bounds the wait for the sink.
@@ -371,6 +375,7 @@ class FaultStream:
         *,
         count: int,
         interval: float = 0.05,
+        concurrency: int = 1,
         sender: str | None = None,
         factory: MessageFactory | None = None,
         faults: Sequence[Fault] = (),
@@ -383,10 +388,13 @@ class FaultStream:
     ) -> None:
         if count < 1:
             raise ValueError("count must be at least 1")
+        if not 1 <= concurrency <= 32:
+            raise ValueError("concurrency must be from 1 to 32")
         self.relay = relay
         self.login, self.password = login, password
         self.count = count
         self.interval = interval
+        self.concurrency = concurrency
         if factory is None:
             factory = numbered_messages(sender or f"stream@{login}.example")
         self.factory = factory
@@ -541,39 +549,76 @@ class FaultStream:
         due: list[tuple[float, int]] = [(seq * self.interval, seq) for seq in range(self.count)]
         heapq.heapify(due)
         attempts: list[Attempt] = []
-        while due:
-            when, seq = heapq.heappop(due)
-            wait = when - self._now()
-            if wait > 0:
-                time.sleep(wait)
+        ready = threading.Condition()
+        in_flight = 0
+
+        def step(seq: int) -> float | None:
+            """One attempt of message ``seq``; when it is due again, or None when it is done."""
             item = items[seq]
             pending = [c for c in copies[seq] if c.state == "pending"]
             if item.first_attempt is None:
                 item.first_attempt = self._now()
-                for at, fault in by_message.items():
-                    if at == seq:
-                        self._fire(fault)
+                fault = by_message.get(seq)
+                if fault is not None:
+                    self._fire(fault)
             if self._now() > self.max_seconds or (
                 self._now() - item.first_attempt > self.retry.give_up_after
             ):
                 self._give_up(pending)
-                continue
+                return None
             attempt = self._attempt(item, pending)
             attempts.append(attempt)
             if attempt.error or any(r.code >= 400 for r in attempt.replies):
                 self.log(f"#{seq} attempt {pending[0].attempts}: {attempt.last}")
             still = [c for c in pending if c.state == "pending"]
             if not still:
-                continue
+                return None
             if still[0].attempts >= self.retry.max_attempts:
                 self._give_up(still)
-                continue
-            heapq.heappush(due, (self._now() + self.retry.delay(still[0].attempts), seq))
+                return None
+            return self._now() + self.retry.delay(still[0].attempts)
+
+        def sender() -> None:
+            # A message is in the heap or in flight, never both: one sender at a time owns it.
+            nonlocal in_flight
+            while True:
+                with ready:
+                    while True:
+                        if not due and in_flight == 0:
+                            ready.notify_all()
+                            return
+                        if due and due[0][0] <= self._now():
+                            seq = heapq.heappop(due)[1]
+                            in_flight += 1
+                            break
+                        ready.wait(due[0][0] - self._now() if due else None)
+                again: float | None = None
+                try:
+                    again = step(seq)
+                finally:
+                    with ready:
+                        in_flight -= 1
+                        if again is not None:
+                            heapq.heappush(due, (again, seq))
+                        ready.notify_all()
+
+        senders = [
+            threading.Thread(target=sender, name=f"faultstream sender {n}", daemon=True)
+            for n in range(self.concurrency)
+        ]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            thread.join()
         self._join_faults()
         all_copies = [c for seq in range(self.count) for c in copies[seq]]
         self._settle(all_copies)
         tally = StreamTally(
-            self.run_id, all_copies, attempts, self._now(), fault_log=list(self._fault_log)
+            self.run_id,
+            sorted(all_copies, key=lambda c: c.seq),
+            sorted(attempts, key=lambda a: a.started),
+            self._now(),
+            fault_log=list(self._fault_log),
         )
         if self._fault_errors:
             raise FaultStreamError(

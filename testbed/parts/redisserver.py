@@ -91,6 +91,8 @@ class RedisServer(Service):
             "--pidfile", str(self.pidfile),
             "--dir", str(self.run_dir),
             "--logfile", "",
+            # DEBUG SLEEP makes a slow Redis for the fault tests; loopback clients only.
+            "--enable-debug-command", "local",
         ]  # fmt: skip
         if self.unix_socket is not None:
             argv += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
