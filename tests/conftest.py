@@ -21,7 +21,14 @@ from tests.support import STARTUP_TIMEOUT, RedisServer
 
 TESTS_DIR = Path(__file__).resolve().parent
 # The first folder under tests/ -> the marker of its layer.
-LAYER_MARKERS = {"e2e": "e2e", "milter": "milter", "store": "redis", "dns": "dns"}
+LAYER_MARKERS = {
+    "distributed": "distributed",
+    "e2e": "e2e",
+    "faults": "faults",
+    "milter": "milter",
+    "store": "redis",
+    "dns": "dns",
+}
 # Single files whose layer differs from their folder's.
 FILE_MARKERS = {"packaging/test_deb.py": "deb"}
 # Fixtures that start a redis-server: whatever uses them needs one.

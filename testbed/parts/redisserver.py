@@ -1,6 +1,8 @@
 """The one launcher of a private redis-server, for the stack and for the tests.
 
-No persistence, loopback only, in the foreground under its own session
+No persistence unless asked (``persistence=True``: an append-only file
+fsynced at every write, so a SIGKILLed server comes back with every
+acknowledged write), loopback only, in the foreground under its own session
 rather than ``--daemonize``: the pid is known at once and the same stop path
 works for every part. ``stop()`` then ``start()`` keeps the port, so a test
 can take Redis away and bring it back where clients expect it.
@@ -32,7 +34,8 @@ class RedisServer(Service):
     (``requirepass``); ``acl_users`` are ACL rules, one user each, as
     ``ACL SETUSER`` takes them (``"milter on >secret ~aup:* +@all"``).
     Clients made here (``client``, ``cli``, ``url``) use the socket when
-    there is one, and the default user's password.
+    there is one, and the default user's password. ``persistence`` keeps an
+    append-only file in ``run_dir`` (``appendfsync always``).
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class RedisServer(Service):
         password: str | None = None,
         acl_users: Sequence[str] = (),
         extra_args: Sequence[str] = (),
+        persistence: bool = False,
         timeout: float = 30.0,
     ) -> None:
         super().__init__(run_dir, stem="redis", marker=MARKER, what="redis-server", timeout=timeout)
@@ -56,6 +60,7 @@ class RedisServer(Service):
         self.acl_users = tuple(acl_users)
         self.extra_args = tuple(extra_args)
         """More `--option value` words (a cluster node's, a replica's `--replicaof`)."""
+        self.persistence = persistence
 
     @property
     def url(self) -> str:
@@ -82,12 +87,15 @@ class RedisServer(Service):
             "--bind", self.host,
             "--port", str(self.port),
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persistence else "no",
+            "--appendfsync", "always",
             "--daemonize", "no",
             "--protected-mode", "no",
             "--pidfile", str(self.pidfile),
             "--dir", str(self.run_dir),
             "--logfile", "",
+            # DEBUG SLEEP makes a slow Redis for the fault tests; loopback clients only.
+            "--enable-debug-command", "local",
         ]  # fmt: skip
         if self.unix_socket is not None:
             argv += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
