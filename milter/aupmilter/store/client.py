@@ -159,6 +159,43 @@ def command_settings(
     return RedisSettings(url=url, connect_timeout=connect_timeout, timeout=timeout)
 
 
+def connect_async(settings: RedisSettings, client_name: str) -> Any:
+    """The asyncio client of the same deployment (the unsubscribe web service)."""
+    import redis.asyncio
+    from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+    keys.use_cluster_layout(settings.mode == "cluster")
+    common: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.timeout,
+        "decode_responses": True,
+        "client_name": client_name,
+    }
+    if settings.mode == "cluster":
+        nodes = [AsyncClusterNode(host, port) for host, port in settings.cluster_nodes]
+        return AsyncRedisCluster(startup_nodes=nodes, **common, **node_options(settings.url))
+    if settings.mode == "sentinel":
+        sentinel_options: dict[str, Any] = {"socket_timeout": settings.timeout}
+        if settings.sentinel_username:
+            sentinel_options["username"] = settings.sentinel_username
+        if settings.sentinel_password:
+            sentinel_options["password"] = settings.sentinel_password
+        if settings.sentinel_tls:
+            sentinel_options["ssl"] = True
+        db = parse_url(settings.url).get("db", 0)  # type: ignore[no-untyped-call]
+        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+            list(settings.sentinels),
+            sentinel_kwargs=sentinel_options,
+            db=db,
+            **common,
+            **node_options(settings.url),
+        )
+        return sentinel.master_for(settings.service_name)
+    return redis.asyncio.Redis.from_url(settings.url, **common)
+
+
 class OutageLog:
     """Turns a stream of failures and successes into two log lines per outage."""
 
@@ -485,7 +522,11 @@ class Store:
             script_keys.append(key)
             unit = "r" if counter.unit is Unit.RECIPIENTS else "m"
             args += [unit, "-1", str(counter.bucket_ms), str(counter.buckets)]
-        if references is None or not references.references:
+        # On a cluster the reference keys live on other slots than the tenant's
+        # (the unsubscribe service finds them by token alone): the script leaves
+        # them, and `_write_references` stores them after a bulk charge.
+        deferred = references if self.cluster else None
+        if references is None or not references.references or deferred is not None:
             args += ["0", "0", "0", "-1"]
         else:
             written = references.references
@@ -505,7 +546,27 @@ class Store:
             return NoRoom(window_index=int(detail) - 1, fill=parse_fill(fills))
         if status == 2:
             return AllSuppressed(tuple(detail))
-        return Charged(tuple(detail), tuple(int(fill) for fill in fills))
+        charged = Charged(tuple(detail), tuple(int(fill) for fill in fills))
+        if deferred is not None and deferred.references:
+            self._write_references(deferred, charged.fills)
+        return charged
+
+    def _write_references(self, references: ReferenceWrite, fills: Sequence[int]) -> None:
+        """Cluster only: the charged message's references, when it is bulk (as charge.lua
+        decides on one server), in one pipelined write: a third round trip, paid only by
+        bulk mail that carries the relay's unsubscribe links."""
+        threshold = references.bulk_from_counter
+        bulk = references.known_bulk or (threshold is not None and fills[-1] >= threshold)
+        if not bulk:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for reference in references.references:
+            pipe.set(
+                keys.unsubscribe_ref(reference.ref_text),
+                reference.store_value,
+                ex=references.ttl_seconds,
+            )
+        self._command("references", pipe.execute)
 
     def is_suppressed(self, tenant_id: str, address: str) -> bool:
         """For suppression_check = "rcpt": one HEXISTS per RCPT (address normalised)."""

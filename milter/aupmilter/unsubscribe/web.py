@@ -48,6 +48,7 @@ from aupmilter.exitcodes import EX_CONFIG, EX_OK
 from aupmilter.metrics import METRICS, WEB_SAMPLES
 from aupmilter.policy.tokens import InvalidToken, TokenClaims, TokenKind, TokenSigner
 from aupmilter.store import keys
+from aupmilter.store.client import connect_async
 from aupmilter.store.shared_counts import queue_count
 from aupmilter.store.suppression import (
     AddressError,
@@ -338,13 +339,7 @@ def build(config: Config, clock: Clock = time.time) -> tuple[web.Application, An
         raise ConfigError(
             [f"{config.path}: key 'unsubscribe': expected an [unsubscribe] section, got none"]
         )
-    client = redis.asyncio.Redis.from_url(
-        config.redis.url,
-        socket_connect_timeout=config.redis.connect_timeout,
-        socket_timeout=config.redis.timeout,
-        decode_responses=True,
-        client_name="aup-milter-web",
-    )
+    client: redis.asyncio.Redis = connect_async(config.redis, "aup-milter-web")
     service = UnsubscribeService(config.unsubscribe, config.web, client, clock)
     app = service.app()
 

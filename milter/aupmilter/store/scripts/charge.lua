@@ -47,9 +47,12 @@
 -- Every key comes in KEYS (built by store/keys.py); the script reads no field
 -- of the tenant hash.
 --
--- The window and suppression keys share the tenant's hash tag; the reference
--- keys cannot (the unsubscribe service finds them by token alone), so a
--- message with relay links is single-slot only on a standalone Redis.
+-- Cluster safety: the window and suppression keys share the tenant's hash
+-- tag; the reference keys cannot (the unsubscribe service finds them by token
+-- alone). On a Redis Cluster the client therefore passes R = 0 and stores the
+-- references itself after a bulk charge (store/client.Store._write_references:
+-- one more round trip, for bulk mail with relay links only), so every call of
+-- this script touches one slot; on one server or Sentinel they ride here.
 
 local now = tonumber(ARGV[1])
 local windows = tonumber(ARGV[2])
