@@ -180,17 +180,20 @@ def read_redis(section: Section) -> RedisSettings:
         section.fail(
             "cluster_nodes", "either 'sentinels' or 'cluster_nodes', not both", cluster_nodes
         )
-    distributed = bool(sentinels or cluster_nodes)
+    # Which mode the file asks for, even when its node list is malformed: one
+    # mistake is one problem, not a cascade about the keys that depend on it.
+    sentinel_mode = "sentinels" in section.table
+    distributed = sentinel_mode or "cluster_nodes" in section.table
     service_name = section.get("service_name", "", "the master's name in the sentinels", string)
-    if sentinels and not service_name:
+    if sentinel_mode and "service_name" not in section.table:
         section.fail(
             "service_name", "the master's name the sentinels monitor (with 'sentinels')", None
         )
-    if service_name and not sentinels:
+    if "service_name" in section.table and not sentinel_mode:
         section.fail("service_name", "no 'service_name' without 'sentinels'", service_name)
     sentinel_keys = ("sentinel_username", "sentinel_password", "sentinel_tls")
     for key in sentinel_keys:
-        if key in section.table and not sentinels:
+        if key in section.table and not sentinel_mode:
             section.fail(key, f"no '{key}' without 'sentinels'", section.table[key])
     url_form = (
         "a URL without an address in this mode, the nodes' user, password, TLS and options:"
