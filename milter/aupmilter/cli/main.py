@@ -159,6 +159,7 @@ def cmd_check(path: Path) -> int:
         return EX_FAILURE
     plans = ", ".join(sorted(config.plans)) or "none"
     print(f"{config.path}: OK (listen {config.milter.listen}; plans: {plans})")
+    print(f"  redis: {_describe_redis(config.redis)}")
     for name, plan in sorted(config.plans.items()):
         limits = plan.limits
         print(f"  plan {name}: at most {limits.max_recipients} recipients per message")
@@ -167,6 +168,21 @@ def cmd_check(path: Path) -> int:
         print(f"    ladder: {plan.ladder.describe(limits.max_recipients)}")
     _print_unsubscribe(config)
     return EX_OK
+
+
+def _describe_redis(settings: RedisSettings) -> str:
+    """The deployment in words (no password); `aup-milter status` checks it answers and
+    holds the tenant registry."""
+    nodes = ", ".join(
+        f"{host}:{port}" for host, port in settings.sentinels or settings.cluster_nodes
+    )
+    if settings.mode == "sentinel":
+        return f"Sentinel ({nodes}), master {settings.service_name!r}"
+    if settings.mode == "cluster":
+        return f"Cluster ({nodes}), mapping cache {settings.mapping_cache_seconds:g} s"
+    from aupmilter.cli.status import redact
+
+    return f"one server, {redact(settings.url)}"
 
 
 def _print_unsubscribe(config: Config) -> None:
