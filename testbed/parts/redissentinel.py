@@ -5,13 +5,15 @@ the replica with `--replicaof`; the sentinels run Debian's `redis-sentinel`
 (package redis-sentinel) on a config file each, which they rewrite as they
 learn the deployment. Quorum 2, a master silent for `DOWN_AFTER_MS` is
 failed over: `kill_master` and `wait_failover` are the fault test's steps.
-`password` is the data nodes' (requirepass, masterauth, the sentinels'
-auth-pass); `sentinel_password` the sentinels' own (requirepass).
+`password` is the data nodes' default user's (requirepass, masterauth, the
+sentinels' auth-pass), `acl_users` more users of theirs (`ACL SETUSER`
+rules); `sentinel_password` the sentinels' own (requirepass).
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -108,6 +110,7 @@ class SentinelDeployment:
         *,
         password: str | None = None,
         sentinel_password: str | None = None,
+        acl_users: Sequence[str] = (),
         timeout: float = 30.0,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -116,10 +119,11 @@ class SentinelDeployment:
         self.timeout = timeout
         extra = ["--masterauth", password] if password is not None else []
         self.master = RedisServer(
-            self.run_dir / "master", password=password, extra_args=extra, timeout=timeout
-        )
+            self.run_dir / "master", password=password, acl_users=acl_users,
+            extra_args=extra, timeout=timeout,
+        )  # fmt: skip
         self.replica = RedisServer(
-            self.run_dir / "replica", password=password,
+            self.run_dir / "replica", password=password, acl_users=acl_users,
             extra_args=[*extra, "--replicaof", HOST, str(self.master.port)], timeout=timeout,
         )  # fmt: skip
         self.sentinels = [

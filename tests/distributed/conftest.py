@@ -3,8 +3,8 @@
 Each runs from Debian's binaries on loopback ports, once per module and
 kind: one master + one replica + three sentinels (`redis-sentinel`), and a
 3-master cluster with a replica each (`redis-cli --cluster create`). The
-data nodes require a password and the sentinels one of their own, so
-AUTH works in both modes. Two milter daemons (two relays) use each.
+milters log in to the data nodes as an ACL user, the sentinels require a
+password of their own: AUTH and ACLs work in both modes. Two milter daemons (two relays) use each.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from tests.support import STARTUP_TIMEOUT
 
 DATA_PASSWORD = "data-secret"
 SENTINEL_PASSWORD = "sentinel-secret"
+MILTER_USER = ["milter on >milter-secret ~aup:* +@all"]
+"""The milters' ACL user on the data nodes (the default user is the replication's)."""
 
 
 @dataclass
@@ -83,17 +85,19 @@ def deployment(
     if request.param == "sentinel":
         parts = SentinelDeployment(
             run_dir, password=DATA_PASSWORD, sentinel_password=SENTINEL_PASSWORD,
-            timeout=STARTUP_TIMEOUT,
+            acl_users=MILTER_USER, timeout=STARTUP_TIMEOUT,
         )  # fmt: skip
         section: dict[str, Any] = {
-            "url": f"redis://:{DATA_PASSWORD}@/0",
+            "url": "redis://milter:milter-secret@/0",
             "sentinels": parts.addresses,
             "service_name": SERVICE_NAME,
             "sentinel_password": SENTINEL_PASSWORD,
         }
     else:
-        parts = RedisClusterDeployment(run_dir, password=DATA_PASSWORD, timeout=STARTUP_TIMEOUT)
-        section = {"url": f"redis://:{DATA_PASSWORD}@", "cluster_nodes": parts.addresses[:2]}
+        parts = RedisClusterDeployment(
+            run_dir, password=DATA_PASSWORD, acl_users=MILTER_USER, timeout=STARTUP_TIMEOUT
+        )
+        section = {"url": "redis://milter:milter-secret@", "cluster_nodes": parts.addresses[:2]}
     parts.start()
     try:
         yield Deployment(request.param, section, parts)

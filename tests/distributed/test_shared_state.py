@@ -72,9 +72,7 @@ def test_windows_stay_exact_across_two_relays(
     with shared.client() as client:
         fill = sum(int(v) for v in client.hvals(keys.window_key("acme", window, "acme")))
     assert fill == LIMIT, "the window holds exactly what both relays delivered"
-    accepted = [
-        [v for v in relay.log.verdicts() if v["verdict"] == "accept"] for relay in relays
-    ]
+    accepted = [[v for v in relay.log.verdicts() if v["verdict"] == "accept"] for relay in relays]
     assert sum(map(len, accepted)) == LIMIT and all(accepted), "both relays delivered"
 
 
