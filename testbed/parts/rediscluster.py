@@ -13,12 +13,14 @@ import random
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 from testbed.parts.redisserver import RedisServer
 from testbed.parts.service import HOST
+from testbed.parts.tlsfiles import TlsFiles
 from testbed.proc import TestbedError, run, tcp_port_free, wait_until
 
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -52,9 +54,11 @@ class RedisClusterDeployment:
         replicas: int = 1,
         password: str | None = None,
         acl_users: Sequence[str] = (),
+        tls: TlsFiles | None = None,
         timeout: float = 30.0,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.tls = tls
         self.masters = masters
         self.replicas = replicas
         self.password = password
@@ -72,6 +76,7 @@ class RedisClusterDeployment:
                 password=password,
                 acl_users=acl_users,
                 extra_args=extra,
+                tls=tls,
                 timeout=timeout,
             )
             for port in ports
@@ -90,6 +95,8 @@ class RedisClusterDeployment:
                 "--cluster-replicas", str(self.replicas), "--cluster-yes"]  # fmt: skip
         if self.password is not None:
             argv += ["--no-auth-warning", "-a", self.password]
+        if self.tls is not None:
+            argv += ["--tls", "--cacert", str(self.tls.ca)]
         run(argv, what="redis-cli --cluster create", timeout=60.0)
         wait_until(self._state_ok, timeout=self.timeout, what="the Redis cluster to be ok")
         wait_until(self._replicas_synced, timeout=self.timeout, what="the replicas to sync")
@@ -103,9 +110,13 @@ class RedisClusterDeployment:
             ClusterNode(n.host, n.port)  # type: ignore[no-untyped-call]
             for n in self.nodes
         ]
-        return RedisCluster(
-            startup_nodes=nodes, password=self.password, decode_responses=True, socket_timeout=5
+        tls: dict[str, Any] = (
+            {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls is not None else {}
         )
+        return RedisCluster(
+            startup_nodes=nodes, password=self.password, decode_responses=True, socket_timeout=5,
+            **tls,
+        )  # fmt: skip
 
     def _info(self, node: RedisServer, section: str) -> dict[str, str]:
         """INFO `section` of one node, or CLUSTER INFO for "cluster"; {} if it does not answer."""

@@ -14,10 +14,12 @@ import shutil
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from testbed.parts.service import HOST, Service, require_free_port
+from testbed.parts.tlsfiles import TlsFiles
 from testbed.proc import TestbedError, free_port, run
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -49,6 +51,7 @@ class RedisServer(Service):
         acl_users: Sequence[str] = (),
         extra_args: Sequence[str] = (),
         persistence: bool = False,
+        tls: TlsFiles | None = None,
         timeout: float = 30.0,
     ) -> None:
         super().__init__(run_dir, stem="redis", marker=MARKER, what="redis-server", timeout=timeout)
@@ -61,12 +64,16 @@ class RedisServer(Service):
         self.extra_args = tuple(extra_args)
         """More `--option value` words (a cluster node's, a replica's `--replicaof`)."""
         self.persistence = persistence
+        self.tls = tls
+        """TLS only (`--tls-port`, no plain port), replication and cluster bus too."""
 
     @property
     def url(self) -> str:
         auth = f":{urllib.parse.quote(self.password, safe='')}@" if self.password else ""
         if self.unix_socket is not None:
             return f"unix://{auth}{self.unix_socket}?db=0"
+        if self.tls is not None:
+            return f"rediss://{auth}{self.host}:{self.port}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis://{auth}{self.host}:{self.port}/0"
 
     def client(self) -> redis.Redis:
@@ -76,9 +83,12 @@ class RedisServer(Service):
                 unix_socket_path=str(self.unix_socket), password=self.password, db=0,
                 decode_responses=True, socket_timeout=5,
             )  # fmt: skip
+        tls: dict[str, Any] = (
+            {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls is not None else {}
+        )
         return redis.Redis(
             host=self.host, port=self.port, db=0, password=self.password,
-            decode_responses=True, socket_timeout=5,
+            decode_responses=True, socket_timeout=5, **tls,
         )  # fmt: skip
 
     def argv(self) -> list[str]:
@@ -103,6 +113,17 @@ class RedisServer(Service):
             argv += ["--requirepass", self.password]
         for rule in self.acl_users:
             argv += ["--user", *rule.split()]
+        if self.tls is not None:
+            argv[argv.index("--port") + 1] = "0"
+            argv += [
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.cert),
+                "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca),
+                "--tls-auth-clients", "no",
+                "--tls-replication", "yes",
+                "--tls-cluster", "yes",
+            ]  # fmt: skip
         return argv + list(self.extra_args)
 
     def start(self) -> None:
@@ -132,6 +153,8 @@ class RedisServer(Service):
             argv = ["redis-cli", "-s", str(self.unix_socket)]
         else:
             argv = ["redis-cli", "-h", self.host, "-p", str(self.port)]
+            if self.tls is not None:
+                argv += ["--tls", "--cacert", str(self.tls.ca)]
         if self.password is not None:
             argv += ["--no-auth-warning", "-a", self.password]
         done = run([*argv, *args], what=f"redis-cli {' '.join(args)}", timeout=10.0)

@@ -30,7 +30,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
 from redis.connection import Connection, SSLConnection, parse_url
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -57,7 +57,9 @@ def metrics() -> Metrics:
     return METRICS
 
 
-STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError, RedisClusterException)
+"""What a Redis call may raise when the store cannot answer (redis-py's cluster errors are
+not RedisErrors: "cannot be connected", a slot map that cannot be refreshed)."""
 
 
 class StoreUnavailable(Exception):
@@ -118,12 +120,8 @@ def connect(settings: RedisSettings) -> redis.Redis:
         ]
         # The cluster's own retries (redis-py's default) follow MOVED and a
         # promoted replica, and cover a stale pooled connection.
-        cluster = RedisCluster(
-            startup_nodes=nodes,
-            **common,
-            **node_options(settings.url),
-        )
-        return cast(redis.Redis, cluster)
+        options = {**common, **node_options(settings.url)}
+        return cast(redis.Redis, LazyCluster(lambda: RedisCluster(startup_nodes=nodes, **options)))
     if settings.mode == "sentinel":
         data = node_options(settings.url)
         db = parse_url(settings.url).get("db", 0)  # type: ignore[no-untyped-call]
@@ -157,6 +155,52 @@ def command_settings(
     if configured is not None and url == configured.url:
         return replace(configured, connect_timeout=connect_timeout, timeout=timeout)
     return RedisSettings(url=url, connect_timeout=connect_timeout, timeout=timeout)
+
+
+class LazyCluster:
+    """A `RedisCluster` made at its first use, not at construction.
+
+    redis-py's cluster client asks the startup nodes for the slot map as it is
+    made: a daemon started (or reloaded) while the cluster is unreachable
+    would fail instead of tempfailing. Here the first command makes it, a
+    failure is the command's RedisError (`on_store_error` follows) and the
+    next command tries again.
+    """
+
+    def __init__(self, factory: Callable[[], RedisCluster]) -> None:
+        self._factory = factory
+        self._client: RedisCluster | None = None
+        self._lock = threading.Lock()
+
+    def _real(self) -> RedisCluster:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    try:
+                        self._client = self._factory()
+                    except RedisClusterException as exc:
+                        # As a RedisError, for every caller's usual handling.
+                        raise redis.ConnectionError(str(exc)) from exc
+                client = self._client
+        return client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def __enter__(self) -> LazyCluster:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, RedisCluster | LazyCluster)
 
 
 def connect_async(settings: RedisSettings, client_name: str) -> Any:
@@ -369,8 +413,10 @@ class Store:
             what="tenant registry missing", back="tenant registry back"
         )
         self.audit = audit
-        self._sender_state: Script = self.client.register_script(load_script("sender_state.lua"))
-        self._charge: Script = self.client.register_script(load_script("charge.lua"))
+        # Bytes: Script then needs no encoder from the client, which a cluster's
+        # makes only at its first command (LazyCluster).
+        self._sender_state = Script(self.client, load_script("sender_state.lua").encode())
+        self._charge = Script(self.client, load_script("charge.lua").encode())
 
     def sender_state(
         self,
@@ -481,12 +527,16 @@ class Store:
         """The mapping keys and the registry's presence, in one pipelined read (cache miss)."""
         assert lookup.kind is not None
         kind = lookup.kind
-        pipe = self.client.pipeline(transaction=False)
-        pipe.exists(keys.REGISTRY)
-        pipe.exists(keys.TENANTS)
-        for name in lookup.names:
-            pipe.get(keys.mapping(kind, name))
-        registry, index_set, *owners = self._command("mapping_read", pipe.execute)
+
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.exists(keys.REGISTRY)
+            pipe.exists(keys.TENANTS)
+            for name in lookup.names:
+                pipe.get(keys.mapping(kind, name))
+            return list(pipe.execute())
+
+        registry, index_set, *owners = self._command("mapping_read", read)
         for index, owner in enumerate(owners):
             if owner:
                 return index, str(owner)
@@ -559,14 +609,18 @@ class Store:
         bulk = references.known_bulk or (threshold is not None and fills[-1] >= threshold)
         if not bulk:
             return
-        pipe = self.client.pipeline(transaction=False)
-        for reference in references.references:
-            pipe.set(
-                keys.unsubscribe_ref(reference.ref_text),
-                reference.store_value,
-                ex=references.ttl_seconds,
-            )
-        self._command("references", pipe.execute)
+
+        def write() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            for reference in references.references:
+                pipe.set(
+                    keys.unsubscribe_ref(reference.ref_text),
+                    reference.store_value,
+                    ex=references.ttl_seconds,
+                )
+            return pipe.execute()
+
+        self._command("references", write)
 
     def is_suppressed(self, tenant_id: str, address: str) -> bool:
         """For suppression_check = "rcpt": one HEXISTS per RCPT (address normalised)."""
@@ -637,10 +691,14 @@ class Store:
         if since is None or audit.now() - since < older_than:
             return 0
         riders = audit.take()
-        pipe = self.client.pipeline(transaction=False)
-        self._queue_events(pipe, riders)
+
+        def write() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            self._queue_events(pipe, riders)
+            return pipe.execute(raise_on_error=False)
+
         try:
-            results = self._command("audit_flush", lambda: pipe.execute(raise_on_error=False))
+            results = self._command("audit_flush", write)
         except StoreUnavailable:
             audit.give_back(riders)
             return 0

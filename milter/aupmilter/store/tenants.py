@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
-from redis.cluster import RedisCluster
 
 from aupmilter.policy.limits import LimitOverrides
 from aupmilter.policy.tenancy import TenantRecord, TenantStatus, normalize_domain
@@ -147,7 +146,9 @@ class TenantAdmin:
     def __init__(self, client: redis.Redis, clock: object = time.time) -> None:
         self.client = client
         self._clock = clock
-        self.cluster = isinstance(client, RedisCluster)
+        from aupmilter.store.client import is_cluster  # client imports this module
+
+        self.cluster = is_cluster(client)
 
     def _now(self) -> str:
         return str(int(self._clock()))  # type: ignore[operator]
