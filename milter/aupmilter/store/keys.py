@@ -80,8 +80,10 @@ aup:{<id>}:suspended                         hash: sender:<identity> | domain:<d
 
 Not per tenant (the unsubscribe service learns the tenant from it):
 
-aup:unsubref:<ref>        string: "<tenant>\n<address>" behind an unsubscribe token;
-                          expires with the tokens (aupmilter.policy.tokens, store.suppression)
+aup:unsubref:<ref>        string: "<tenant>\n<address>" behind a recipient token, or
+                          "<tenant>\n\n<hashes>" behind a message token (its recipients'
+                          keyed hashes, at most 1000); expires with the tokens
+                          (aupmilter.policy.tokens, store.suppression)
 aup:audit                 stream: the audit trail (aupmilter.audit): one entry per verdict,
                           refused or suppressed recipient, suppression change and automatic
                           action, flat string fields; trimmed by MINID to [audit] retention_days

@@ -23,7 +23,11 @@
 --             message is already known to be bulk ("1" or "0"), the fill of
 --             the last window (the content counter) from which it becomes
 --             bulk ("-1": never), and the R values to store; the references
---             are written only when the message is charged and bulk
+--             are written only when the message is charged and bulk. A value
+--             is policy/tokens.py's Reference.store_value: "<tenant>\n<address>",
+--             or for a message link "<tenant>\n\n<hashes>", the keyed hashes of
+--             its recipients (at most 1000, under 11 KB), so the link can only
+--             ever suppress one of them
 -- then        the message's recipients, normalized as the suppression hash
 --             stores them
 --
