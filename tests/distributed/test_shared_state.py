@@ -16,8 +16,10 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from aupmilter.config.plans import load_plans
-from aupmilter.policy.limits import Window
+from aupmilter.policy.limits import Scope, Unit, Window
+from aupmilter.policy.tokens import Reference, TokenKind
 from aupmilter.store import keys
+from aupmilter.store.client import Charged, ReferenceWrite, Store
 from aupmilter.store.tenants import TenantAdmin
 from testbed.proc import free_port
 from tests.distributed.conftest import Deployment, StartRelay
@@ -150,3 +152,25 @@ def scrape(port: int) -> dict[str, float]:
         for sample in family.samples
         if sample.name == "aup_redis_round_trips_total"
     }
+
+
+def test_unsubscribe_references_are_stored_after_a_bulk_charge(shared: Deployment) -> None:
+    """On a cluster they live on slots of their own: written after the charge, same result."""
+    add_acme(shared)
+    store = Store(shared.settings)
+    try:
+        window = Window("w", Scope.TENANT, Unit.MESSAGES, 100, 60_000)
+        bulk = Reference(TokenKind.RECIPIENT, "acme", "r@dest.example")
+        not_bulk = Reference(TokenKind.RECIPIENT, "acme", "other@dest.example")
+        for reference, known_bulk in ((bulk, True), (not_bulk, False)):
+            written = ReferenceWrite((reference,), ttl_seconds=600, known_bulk=known_bulk)
+            charged = store.charge(
+                "acme", [window], "acme", ["r@dest.example"], 1, references=written
+            )
+            assert isinstance(charged, Charged)
+        with shared.client() as client:
+            assert client.get(keys.unsubscribe_ref(bulk.ref_text)) == bulk.store_value
+            assert 0 < int(client.ttl(keys.unsubscribe_ref(bulk.ref_text))) <= 600
+            assert client.get(keys.unsubscribe_ref(not_bulk.ref_text)) is None
+    finally:
+        store.close()
