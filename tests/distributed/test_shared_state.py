@@ -8,6 +8,7 @@ both, and the steady state costs two round trips per transaction.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -174,3 +175,23 @@ def test_unsubscribe_references_are_stored_after_a_bulk_charge(shared: Deploymen
             assert client.get(keys.unsubscribe_ref(not_bulk.ref_text)) is None
     finally:
         store.close()
+
+
+def test_status_checks_the_deployment_and_its_registry(
+    shared: Deployment, relays: tuple[Daemon, Daemon]
+) -> None:
+    def status() -> dict[str, dict[str, object]]:
+        done = subprocess.run(
+            [sys.executable, "-m", "aupmilter", "status", "-c", str(relays[0].config_path),
+             "--json"],
+            capture_output=True, text=True, timeout=30, check=False, env=child_env(),
+        )  # fmt: skip
+        checks: dict[str, dict[str, object]] = json.loads(done.stdout)["checks"]
+        return checks
+
+    checks = status()
+    assert checks["redis"]["status"] == "ok", checks["redis"]
+    assert str(shared.kind) in str(checks["redis"]["detail"])
+    assert checks["registry"]["status"] == "ok"
+    shared.flush()
+    assert status()["registry"]["status"] == "critical"
