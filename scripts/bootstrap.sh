@@ -20,6 +20,11 @@ say() { echo "bootstrap: $*"; }
 die() { echo "bootstrap: error: $*" >&2; exit 1; }
 
 PACKAGES=(postfix redis-server redis-tools libmilter-dev sasl2-bin libsasl2-modules swaks build-essential)
+# The shared-state tests' Sentinel deployment (testbed/parts/redissentinel.py): Debian
+# ships the redis-sentinel command in a package of its own. Where systemd runs, the
+# package starts its own sentinel on 26379; the tests never use it (theirs run on
+# free loopback ports, from config files of their own).
+PACKAGES+=(redis-sentinel)
 # The sample and unit tests: m4 with Sendmail's macros (no Sendmail daemon),
 # systemd-analyze, and man to render the manual pages.
 PACKAGES+=(sendmail-cf systemd man-db)

@@ -5,13 +5,16 @@ It serves ``testbed.zones`` with real DNS semantics, so the milter's resolver
 NXDOMAIN and no-data answers carry the SOA (negative caching), wildcards
 follow RFC 4592's closest encloser, empty non-terminals exist, answers too
 big for UDP are truncated (TC) so the client retries over TCP, and the
-``FAILURES`` names answer SERVFAIL or nothing at all.
+``FAILURES`` names answer SERVFAIL or nothing at all. ``--servfail`` makes
+every query answer SERVFAIL (a resolver whose upstream is broken: the fault
+tests).
 
 In a test process: ``with DnsServer(port=0) as server: server.port``.
 As a process (what ``testbed.Stack`` runs)::
 
     python -m testbed.dnsserver --host 127.0.0.1 --port 2537 --pidfile run/dns.pid \
         [--records FILE]   # extra zone-file lines
+        [--servfail]       # answer every query SERVFAIL
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def _key(name: Any) -> str:
 
 
 class ZoneResolver(BaseResolver):  # type: ignore[misc]
-    def __init__(self, zone: ZoneData) -> None:
+    def __init__(self, zone: ZoneData, *, servfail: bool = False) -> None:
+        self.servfail = servfail
         self.origin = _key(ORIGIN)
         self.records: dict[str, list[RR]] = {}
         for line in zone.lines:
@@ -83,7 +87,7 @@ class ZoneResolver(BaseResolver):  # type: ignore[misc]
         reply = request.reply()
         name = _key(request.q.qname)
         qtype = request.q.qtype
-        kind = self.failure(name)
+        kind = "servfail" if self.servfail else self.failure(name)
         if kind == "timeout":
             raise DNSError(f"{name}: configured never to answer")
         if kind == "servfail":
@@ -140,9 +144,16 @@ class QuietLogger(DNSLogger):  # type: ignore[misc]
 class DnsServer:
     """UDP and TCP listeners on one port, serving ``ZoneData``; a context manager."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, extra: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        extra: Iterable[str] = (),
+        *,
+        servfail: bool = False,
+    ) -> None:
         self.host = host
-        self.resolver = ZoneResolver(ZoneData(extra))
+        self.resolver = ZoneResolver(ZoneData(extra), servfail=servfail)
         self.port = port or free_port(host, udp=True)
         logger = QuietLogger()
         self.udp = DNSServer(
@@ -201,9 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--pidfile", type=Path)
     parser.add_argument("--records", type=Path, help="a file of extra zone-file lines")
+    parser.add_argument("--servfail", action="store_true", help="answer every query SERVFAIL")
     args = parser.parse_args(argv)
     extra = args.records.read_text().splitlines() if args.records else []
-    server = DnsServer(args.host, args.port, [line for line in extra if line.strip()])
+    records = [line for line in extra if line.strip()]
+    server = DnsServer(args.host, args.port, records, servfail=args.servfail)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -58,7 +58,8 @@ class Stack:
     milter-free listener on ``intake_port`` (default: the sink's port + 3);
     see ``testbed.unsubscribe``. The milter serves its Prometheus metrics on
     ``metrics_port`` (default: the sink's port + 4; the demo's is 8896), at
-    ``metrics_url``.
+    ``metrics_url``. ``redis_persistence`` gives Redis an append-only file
+    (fsynced at every write), so a killed Redis restarts with its data.
 
     The parts are attributes: ``redis``, ``sink_service``, ``dns``,
     ``milter_conf`` and ``milter`` (the daemon), ``web``, ``relay`` (Postfix)
@@ -86,6 +87,7 @@ class Stack:
         intake_port: int | None = None,
         metrics_port: int | None = None,
         sink: SinkKind = "files",
+        redis_persistence: bool = False,
         python: str = sys.executable,
         timeout: float = 30.0,
     ) -> None:
@@ -100,7 +102,7 @@ class Stack:
         self.postfix_overrides = dict(postfix_overrides or {})
         self.dns_records = list(dns_records)
         folder = self.run_dir
-        self.redis = RedisServer(folder, redis_port, timeout=timeout)
+        self.redis = RedisServer(folder, redis_port, persistence=redis_persistence, timeout=timeout)
         self.sink_service = SinkService(folder, sink_port, sink, python=python, timeout=timeout)
         dns_port = dns_port if dns_port is not None else sink_port + 1
         self.dns = DnsService(folder, dns_port, self.dns_records, python=python, timeout=timeout)

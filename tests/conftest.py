@@ -15,12 +15,20 @@ from pathlib import Path
 import pytest
 import redis
 
+from aupmilter.store import keys
 from testbed.dnsserver import DnsServer
 from tests.support import STARTUP_TIMEOUT, RedisServer
 
 TESTS_DIR = Path(__file__).resolve().parent
 # The first folder under tests/ -> the marker of its layer.
-LAYER_MARKERS = {"e2e": "e2e", "milter": "milter", "store": "redis", "dns": "dns"}
+LAYER_MARKERS = {
+    "distributed": "distributed",
+    "e2e": "e2e",
+    "faults": "faults",
+    "milter": "milter",
+    "store": "redis",
+    "dns": "dns",
+}
 # Single files whose layer differs from their folder's.
 FILE_MARKERS = {"packaging/test_deb.py": "deb"}
 # Fixtures that start a redis-server: whatever uses them needs one.
@@ -67,9 +75,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture
 def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """The session's Redis, emptied first (and started again if a test stopped it)."""
+    """The session's Redis, emptied first (and started again if a test stopped it).
+
+    Emptied, it still holds the tenant registry's marker, as a store does once
+    `aup-milter tenant add` has run: without it an unknown sender tempfails
+    (store.client.RegistryMissing), which the tests of a lost store prove.
+    """
     redis_server.start()
     client = redis_server.client()
     client.flushall()
+    client.set(keys.REGISTRY, "0 tests/conftest.py")
     yield client
     client.close()

@@ -18,6 +18,7 @@ class DnsService(Service):
 
     ``records`` is kept by reference: a caller may change the list, then stop
     and start the server (a running server keeps the records it started with).
+    ``servfail`` (read at start) makes it answer every query SERVFAIL.
     """
 
     def __init__(
@@ -35,6 +36,7 @@ class DnsService(Service):
         )
         self.port = port
         self.records = records
+        self.servfail = False
         self.host = host
         self.python = python
 
@@ -58,6 +60,8 @@ class DnsService(Service):
             self.python, "-m", "testbed.dnsserver",
             host=self.host, port=self.port, pidfile=self.pidfile, records=self.records_file,
         )  # fmt: skip
+        if self.servfail:
+            argv.append("--servfail")
         # The server writes its pidfile itself once it is bound.
         self.launch(argv, env=python_env(), record_pid=False)
         self.wait_ready(lambda: self.pidfile.exists() and dns_answers(self.host, self.port))

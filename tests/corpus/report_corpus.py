@@ -72,7 +72,9 @@ class CorpusStore:
                 if kind == "recipient":
                     made = self.signer.recipient_token(tenant, address, self.now)
                 else:
-                    made = self.signer.message_token(tenant, "<corpus@example>", self.now)
+                    made = self.signer.message_token(
+                        tenant, "<corpus@example>", self.now, ["corpus@example.net"]
+                    )
                 self.references[made.reference.ref_text] = made.reference
                 issued[match.group(0)] = made.token
             return issued[match.group(0)].encode()

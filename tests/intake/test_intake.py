@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -26,10 +27,14 @@ def config(redis_server: RedisServer, tmp_path: Path) -> Path:
     return write_config(tmp_path, redis_server.url, 8895)
 
 
+MESSAGE_RECIPIENTS = ("Carol@example.org", "dave@example.net")
+"""Who the message of a message token (``issue(client, None)``) went to, normalised."""
+
+
 def issue(client: redis.Redis, address: str | None = "Bob@example.net") -> IssuedToken:
     now = time.time()
     if address is None:
-        issued = SIGNER.message_token("acme", "<m@acme.example>", now)
+        issued = SIGNER.message_token("acme", "<m@acme.example>", now, MESSAGE_RECIPIENTS)
     else:
         issued = SIGNER.recipient_token("acme", address, now)
     SuppressionStore(client).store_references([issued.reference], 3600)
@@ -81,6 +86,28 @@ def test_message_token_suppresses_the_from_address(config: Path, redis_client: r
         refused = intake(config, message(address, sender=sender), address)
         assert refused.returncode == 65, (sender, refused.stderr)
         assert "From address" in refused.stderr
+
+
+def test_a_forged_from_on_a_message_token_suppresses_nothing(
+    config: Path, redis_client: redis.Redis
+) -> None:
+    """Anyone can write any From: only a recipient of the message is removed, and a forged
+    From gets what a recipient gets (exit 0, the same words), so it learns nothing."""
+    token = issue(redis_client, address=None).token
+    address = f"unsubscribe+{token}@{DOMAIN}"
+    forged = intake(config, message(address, sender="Mallory <Mallory@Example.com>"), address)
+    assert redis_client.exists(SUPPRESSED) == 0, "a forged From was suppressed"
+    real = intake(config, message(address, sender="<Dave@example.net>"), address)
+    assert redis_client.hkeys(SUPPRESSED) == ["Dave@example.net"]
+
+    assert forged.returncode == real.returncode == 0, (forged.stderr, real.stderr)
+    assert forged.stdout.replace("Mallory@example.com", "X") == real.stdout.replace(
+        "Dave@example.net", "X"
+    )
+    stream = cast(list[tuple[str, dict[str, str]]], redis_client.xrange("aup:audit"))
+    events = [fields for _id, fields in stream]
+    refused = [e for e in events if e.get("event") == "unsubscribe-not-recipient"]
+    assert [(e["address"], e["source"]) for e in refused] == [("Mallory@example.com", "mailto")]
 
 
 def test_bad_addresses_and_tokens_bounce(config: Path, redis_client: redis.Redis) -> None:

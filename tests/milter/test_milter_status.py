@@ -72,8 +72,17 @@ def test_a_serving_daemon_is_ok(served: Daemon) -> None:
     assert done.returncode == OK, done.stdout + done.stderr
     first, *rest = done.stdout.splitlines()
     assert first.startswith("AUP-MILTER OK - milter answers (protocol 6) in "), first
-    assert "; redis " in first and "; scripts loaded; config valid | milter=" in first, first
-    assert [line.split(":")[0] for line in rest] == ["milter", "redis", "scripts", "config"]
+    assert (
+        "; redis " in first
+        and "; scripts loaded; tenant registry present; config valid | milter=" in first
+    ), first
+    assert [line.split(":")[0] for line in rest] == [
+        "milter",
+        "redis",
+        "scripts",
+        "registry",
+        "config",
+    ]
     assert f"{served.address} answered option negotiation" in rest[0]
     # Negotiation and quit: no transaction, nothing for the daemon to complain about.
     complaints = [e for e in served.log.entries(mark) if e.get("level") in ("warning", "error")]
@@ -86,7 +95,7 @@ def test_json_has_each_check_with_status_detail_and_latency(served: Daemon) -> N
     assert report["status"] == "ok" and report["exit_code"] == OK
     assert report["summary"].startswith("AUP-MILTER OK - ")
     checks = report["checks"]
-    assert list(checks) == ["milter", "redis", "scripts", "config"]
+    assert list(checks) == ["milter", "redis", "scripts", "registry", "config"]
     for name, check in checks.items():
         assert check["status"] == "ok", name
         assert isinstance(check["detail"], str) and check["detail"], name

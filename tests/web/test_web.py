@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from http.client import HTTPMessage
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -20,12 +21,16 @@ ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 SUPPRESSED = "aup:{acme}:suppressed"
 
 
+MESSAGE_RECIPIENTS = ("Carol@example.net", "dave@example.org")
+"""Who the message of a message token (``issue(client, None)``) went to, normalised."""
+
+
 def issue(
     client: redis.Redis, address: str | None = "Bob@example.net", tenant: str = "acme"
 ) -> IssuedToken:
     now = time.time()
     if address is None:
-        issued = SIGNER.message_token(tenant, "<m1@acme.example>", now)
+        issued = SIGNER.message_token(tenant, "<m1@acme.example>", now, MESSAGE_RECIPIENTS)
     else:
         issued = SIGNER.recipient_token(tenant, address, now)
     SuppressionStore(client).store_references([issued.reference], SIGNER.lifetime_seconds)
@@ -155,6 +160,45 @@ def test_message_token_asks_for_the_address(service: WebService, redis_client: r
     done = service.post_form(f"/u/{token}", {**ONE_CLICK, "address": " Carol@Example.NET "})
     assert done.status == 200 and "Carol@example.net will receive no more" in done.body
     assert redis_client.hexists(SUPPRESSED, "Carol@example.net")
+
+
+def test_message_token_suppresses_only_a_recipient_and_answers_alike(
+    service: WebService, redis_client: redis.Redis
+) -> None:
+    """A forwarded message token cannot wipe the list: a typed non-recipient is suppressed
+    nowhere, and its answer is a recipient's (status, headers, page but the address)."""
+    token = issue(redis_client, address=None).token
+    stranger = service.post_form(f"/u/{token}", {**ONE_CLICK, "address": "Eve@Example.com"})
+    assert redis_client.exists(SUPPRESSED) == 0, "a non-recipient was suppressed"
+    recipient = service.post_form(f"/u/{token}", {**ONE_CLICK, "address": "Dave@example.org"})
+    assert redis_client.hkeys(SUPPRESSED) == ["Dave@example.org"]
+    again = service.post_form(f"/u/{token}", {**ONE_CLICK, "address": "Dave@example.org"})
+
+    assert stranger.status == recipient.status == again.status == 200
+    assert stranger.body.replace("Eve@example.com", "X") == recipient.body.replace(
+        "Dave@example.org", "X"
+    )
+    assert again.body == recipient.body
+    for name in ("Content-Type", "Cache-Control", "Content-Security-Policy", "Set-Cookie"):
+        assert stranger.headers.get(name) == recipient.headers.get(name), name
+    # Ops see the attempt in the audit trail; the requester saw nothing of it.
+    stream = cast(list[tuple[str, dict[str, str]]], redis_client.xrange("aup:audit"))
+    events = [fields for _id, fields in stream]
+    refused = [e for e in events if e.get("event") == "unsubscribe-not-recipient"]
+    assert [(e["tenant"], e["address"]) for e in refused] == [("acme", "Eve@example.com")]
+
+
+def test_a_message_token_with_its_recipient_list_swapped_is_refused(
+    service: WebService, redis_client: redis.Redis
+) -> None:
+    """The reference commits to its recipients' hashes: a stored list changed to another
+    (say, copied from another message of the tenant) no longer matches the token."""
+    issued = issue(redis_client, address=None)
+    other = SIGNER.message_token("acme", "<m1@acme.example>", time.time(), ("eve@example.com",))
+    redis_client.set(f"aup:unsubref:{issued.reference.ref_text}", other.reference.store_value)
+    done = service.post_form(f"/u/{issued.token}", {**ONE_CLICK, "address": "eve@example.com"})
+    assert done.status == 400
+    assert redis_client.exists(SUPPRESSED) == 0
 
 
 def test_no_redirects_and_plain_errors(service: WebService, redis_client: redis.Redis) -> None:

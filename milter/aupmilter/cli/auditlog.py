@@ -129,8 +129,7 @@ def run(args: argparse.Namespace, redis_for: RedisFor) -> int:
     """`log` or `explain`; `redis_for` gives the Redis URL and the config (cli.main)."""
     import redis
 
-    from aupmilter.config import RedisSettings
-    from aupmilter.store.client import connect
+    from aupmilter.store.client import command_settings, connect
 
     prog = f"aup-milter {args.command}"
     now = time.time()
@@ -147,7 +146,7 @@ def run(args: argparse.Namespace, redis_for: RedisFor) -> int:
         print(f"{prog}: --follow and --until do not go together", file=sys.stderr)
         return EX_USAGE
     url, config = redis_for()
-    client = connect(RedisSettings(url=url, connect_timeout=2.0, timeout=5.0))
+    client = connect(command_settings(url, config.redis if config else None, 5.0))
     try:
         if args.command == "log":
             return _log(client, args, since, until)

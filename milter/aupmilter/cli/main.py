@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("suppress", "web", "intake"):
         from aupmilter.cli import unsubscribe as unsubcli
 
-        return unsubcli.run(args, lambda: _tenant_redis(args)[0])
+        return unsubcli.run(args, lambda: _command_settings(args, 10.0))
     if args.command == "report":
         from aupmilter.cli import report as reportcli
 
@@ -177,6 +177,7 @@ def cmd_check(path: Path) -> int:
         return EX_FAILURE
     plans = ", ".join(sorted(config.plans)) or "none"
     print(f"{config.path}: OK (listen {config.milter.listen}; plans: {plans})")
+    print(f"  redis: {_describe_redis(config.redis)}")
     for name, plan in sorted(config.plans.items()):
         limits = plan.limits
         print(f"  plan {name}: at most {limits.max_recipients} recipients per message")
@@ -205,10 +206,10 @@ def _warn_identities(config: Config) -> None:
         return
     import redis
 
-    from aupmilter.store.client import connect
+    from aupmilter.store.client import command_settings, connect
     from aupmilter.store.tenants import TenantAdmin, tenant_identity
 
-    client = connect(RedisSettings(url=config.redis.url, connect_timeout=2.0, timeout=5.0))
+    client = connect(command_settings(config.redis.url, config.redis, 5.0))
     try:
         tenants = TenantAdmin(client).list()
     except (redis.RedisError, OSError) as exc:
@@ -229,6 +230,21 @@ def _warn_identities(config: Config) -> None:
                 f" `aup-milter tenant set-identity {info.tenant_id} ...`",
                 file=sys.stderr,
             )
+
+
+def _describe_redis(settings: RedisSettings) -> str:
+    """The deployment in words (no password); `aup-milter status` checks it answers and
+    holds the tenant registry."""
+    nodes = ", ".join(
+        f"{host}:{port}" for host, port in settings.sentinels or settings.cluster_nodes
+    )
+    if settings.mode == "sentinel":
+        return f"Sentinel ({nodes}), master {settings.service_name!r}"
+    if settings.mode == "cluster":
+        return f"Cluster ({nodes}), mapping cache {settings.mapping_cache_seconds:g} s"
+    from aupmilter.cli.status import redact
+
+    return f"one server, {redact(settings.url)}"
 
 
 def _print_unsubscribe(config: Config) -> None:
@@ -279,14 +295,21 @@ def _tenant_redis(args: argparse.Namespace) -> tuple[str, Config | None]:
     return os.environ.get("AUP_REDIS_URL", DEFAULT_REDIS_URL), config
 
 
+def _command_settings(args: argparse.Namespace, timeout: float) -> RedisSettings:
+    from aupmilter.store.client import command_settings
+
+    url, config = _tenant_redis(args)
+    return command_settings(url, config.redis if config else None, timeout)
+
+
 def cmd_tenant(args: argparse.Namespace) -> int:
     import redis
 
-    from aupmilter.store.client import connect
+    from aupmilter.store.client import command_settings, connect
     from aupmilter.store.tenants import TenantAdmin, TenantError, validate_identity
 
     url, config = _tenant_redis(args)
-    client = connect(RedisSettings(url=url, connect_timeout=2.0, timeout=5.0))
+    client = connect(command_settings(url, config.redis if config else None, 5.0))
     admin = TenantAdmin(client)
     try:
         if args.action == "add":

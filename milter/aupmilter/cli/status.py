@@ -187,8 +187,10 @@ def collect(
     if redis_url is None:
         redis_url = config.redis.url if config is not None else _raw_redis(raw)
     milter = check_milter(socket, timeout)
-    redis_check, scripts = check_redis(redis_url, timeout)
-    return Report([milter, redis_check, scripts, check_config(config_path, config, problems)])
+    configured = config.redis if config is not None else None
+    redis_check, scripts, registry = check_redis(redis_url, timeout, configured)
+    checks = [milter, redis_check, scripts, registry]
+    return Report([*checks, check_config(config_path, config, problems)])
 
 
 def check_milter(listen: ListenAddress, timeout: float) -> Check:
@@ -225,15 +227,22 @@ def check_milter(listen: ListenAddress, timeout: float) -> Check:
     )
 
 
-def check_redis(url: str, timeout: float) -> tuple[Check, Check]:
-    """PING, then SCRIPT EXISTS over the same connection; the scripts are UNKNOWN without Redis."""
+def check_redis(
+    url: str, timeout: float, configured: RedisSettings | None = None
+) -> tuple[Check, Check, Check]:
+    """PING, then SCRIPT EXISTS over the same connection, then the tenant registry's presence;
+    the scripts and the registry are UNKNOWN without Redis."""
     import redis
 
-    from aupmilter.store.client import connect, load_script
+    from aupmilter.store.client import command_settings, connect, load_script
 
     shown = redact(url)
     names = script_names()
-    client = connect(RedisSettings(url=url, connect_timeout=timeout, timeout=timeout))
+    settings = command_settings(url, configured, timeout, timeout)
+    if settings.mode != "standalone":
+        nodes = settings.sentinels or settings.cluster_nodes
+        shown = f"{settings.mode} {', '.join(f'{host}:{port}' for host, port in nodes)}"
+    client = connect(settings)
     try:
         try:
             started = time.monotonic()
@@ -250,6 +259,7 @@ def check_redis(url: str, timeout: float) -> tuple[Check, Check]:
                     "not checked: Redis does not answer",
                     extra={"loaded": [], "missing": []},
                 ),
+                Check("registry", UNKNOWN, "registry not checked", "Redis does not answer"),
             )
         redis_check = Check(
             "redis",
@@ -259,13 +269,16 @@ def check_redis(url: str, timeout: float) -> tuple[Check, Check]:
             ms,
             {"url": shown},
         )
+        registry = check_registry(client)
         shas = {name: client.register_script(load_script(name)).sha for name in names}
         try:
             exists = client.script_exists(*shas.values()) if shas else []
         except (redis.RedisError, OSError) as exc:
             why = _redis_error(exc)
-            return redis_check, Check(
-                "scripts", WARNING, "scripts not checked", f"SCRIPT EXISTS failed: {why}"
+            return (
+                redis_check,
+                Check("scripts", WARNING, "scripts not checked", f"SCRIPT EXISTS failed: {why}"),
+                registry,
             )
     finally:
         client.close()
@@ -273,7 +286,7 @@ def check_redis(url: str, timeout: float) -> tuple[Check, Check]:
     missing = [name for name, present in zip(shas, exists, strict=True) if not present]
     extra: dict[str, Any] = {"loaded": loaded, "missing": missing, "shas": shas}
     if missing:
-        return redis_check, Check(
+        scripts = Check(
             "scripts",
             WARNING,
             f"scripts not loaded ({', '.join(missing)})",
@@ -281,8 +294,33 @@ def check_redis(url: str, timeout: float) -> tuple[Check, Check]:
             " expected after a Redis restart or SCRIPT FLUSH until mail has passed)",
             extra=extra,
         )
-    return redis_check, Check(
-        "scripts", OK, "scripts loaded", f"loaded in Redis: {', '.join(loaded)}", extra=extra
+    else:
+        scripts = Check(
+            "scripts", OK, "scripts loaded", f"loaded in Redis: {', '.join(loaded)}", extra=extra
+        )
+    return redis_check, scripts, registry
+
+
+def check_registry(client: Any) -> Check:
+    """CRITICAL when Redis holds no tenant registry: every sender's mail tempfails meanwhile."""
+    import redis
+
+    from aupmilter.store import keys
+    from aupmilter.store.tenants import TenantAdmin
+
+    try:
+        present = TenantAdmin(client).registry_present()
+    except (redis.RedisError, OSError) as exc:
+        return Check("registry", WARNING, "registry not checked", _redis_error(exc))
+    if present:
+        return Check("registry", OK, "tenant registry present", "tenant registry present")
+    return Check(
+        "registry",
+        CRITICAL,
+        "tenant registry missing",
+        f"Redis holds neither {keys.REGISTRY} nor {keys.TENANTS}: it lost its state (restart"
+        " without persistence, failover to an empty replica, a flush); mail tempfails until"
+        " the tenants are restored or added again (aup-milter tenant add ... writes the marker)",
     )
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
 
+from aupmilter.config import RedisSettings
 from aupmilter.exitcodes import EX_DATAERR, EX_FAILURE, EX_OK, EX_UNAVAILABLE
 from aupmilter.store.suppression import (
     BATCH_SIZE,
@@ -73,11 +74,10 @@ def add_parser(
     tenant_option(export)
 
 
-def run(args: argparse.Namespace, url: str) -> int:
-    """Run one `suppress` action against the Redis at `url`."""
+def run(args: argparse.Namespace, settings: RedisSettings) -> int:
+    """Run one `suppress` action against the Redis `settings` name."""
     import redis
 
-    from aupmilter.config import RedisSettings
     from aupmilter.store import keys
     from aupmilter.store.client import connect
 
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, url: str) -> int:
             file=sys.stderr,
         )
         return EX_FAILURE
-    client = connect(RedisSettings(url=url, connect_timeout=2.0, timeout=10.0))
+    client = connect(settings)
     store = SuppressionStore(client)
     try:
         if args.action in ("add", "import"):
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace, url: str) -> int:
             return _list(store, args.tenant, args.json)
         return _export(store, args.tenant, sys.stdout)
     except (redis.RedisError, OSError) as exc:
-        print(f"aup-milter suppress: cannot use Redis at {url}: {exc}", file=sys.stderr)
+        print(f"aup-milter suppress: cannot use Redis at {settings.url}: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
     finally:
         client.close()

@@ -66,14 +66,13 @@ def run(args: argparse.Namespace, redis_for: RedisFor) -> int:
     import redis
 
     from aupmilter.cli.status import redact
-    from aupmilter.config import RedisSettings
-    from aupmilter.store.client import connect
+    from aupmilter.store.client import command_settings, connect
 
     if args.interval <= 0 or args.minutes < 1 or args.top < 1:
         print("aup-milter top: --interval, --minutes and --top must be positive", file=sys.stderr)
         return EX_USAGE
     url, config = redis_for()
-    client = connect(RedisSettings(url=url, connect_timeout=2.0, timeout=5.0))
+    client = connect(command_settings(url, config.redis if config else None, 5.0))
     try:
         first = collect(client, config, time.time(), args.minutes * 60, args.top)
         shown = redact(url)  # the screen may be shared; the password stays off it

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from aupmilter.config import RedisSettings
+
 
 def add_parsers(
     commands: argparse._SubParsersAction,  # type: ignore[type-arg]
@@ -38,7 +40,7 @@ def add_parsers(
     )
 
 
-def run(args: argparse.Namespace, redis_url: Callable[[], str]) -> int:
+def run(args: argparse.Namespace, redis_settings: Callable[[], RedisSettings]) -> int:
     if args.command == "web":
         from aupmilter.unsubscribe import web
 
@@ -49,4 +51,4 @@ def run(args: argparse.Namespace, redis_url: Callable[[], str]) -> int:
         return intake.main(args)
     from aupmilter.cli import suppress as suppresscli
 
-    return suppresscli.run(args, redis_url())
+    return suppresscli.run(args, redis_settings())

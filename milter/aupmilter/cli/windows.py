@@ -59,8 +59,7 @@ def add_parser(
 def run(args: argparse.Namespace, redis_for: RedisFor) -> int:
     import redis
 
-    from aupmilter.config import RedisSettings
-    from aupmilter.store.client import connect
+    from aupmilter.store.client import command_settings, connect
     from aupmilter.store.tenants import TenantAdmin, TenantError
 
     prog = f"aup-milter windows {args.action}"
@@ -68,7 +67,7 @@ def run(args: argparse.Namespace, redis_for: RedisFor) -> int:
     if config is None:
         print(f"{prog}: {config_problem(args.config)}", file=sys.stderr)
         return EX_CONFIG
-    client = connect(RedisSettings(url=url, connect_timeout=2.0, timeout=5.0))
+    client = connect(command_settings(url, config.redis, 5.0))
     try:
         info = TenantAdmin(client).show(args.tenant_id)
         plan = config.plans.get(info.plan or "")

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
-from aupmilter.config.loader import Section, choice, host_port, integer, number, string
+from aupmilter.config.loader import (
+    Section,
+    boolean,
+    choice,
+    host_port,
+    integer,
+    number,
+    string,
+)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_LISTEN = Path("/run/aup-milter/aup-milter.sock")
@@ -61,11 +69,35 @@ class MilterSettings:
             return max(1, os.cpu_count() or 1)
 
 
+Node = tuple[str, int]
+
+
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
+    """Where the store is: one server (the default), a Sentinel-managed master, or a Cluster.
+
+    In the Sentinel and Cluster modes `url` carries what it carries for one
+    server except the address: the data nodes' ACL user and password, TLS
+    (`rediss://` and its `ssl_*` options) and, for Sentinel, the database.
+    """
+
     url: str
     connect_timeout: float
     timeout: float
+    sentinels: tuple[Node, ...] = ()
+    service_name: str = ""
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    sentinel_tls: bool = False
+    cluster_nodes: tuple[Node, ...] = ()
+    mapping_cache_seconds: float = 30.0
+    """Cluster mode: how long a login's or domain's tenant is reused without a mapping read."""
+
+    @property
+    def mode(self) -> Literal["standalone", "sentinel", "cluster"]:
+        if self.cluster_nodes:
+            return "cluster"
+        return "sentinel" if self.sentinels else "standalone"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +147,13 @@ def parse_workers(raw: Any) -> int | None:
     return None
 
 
-def parse_redis_url(raw: Any) -> str | None:
+def parse_redis_url(raw: Any, *, address: bool = True) -> str | None:
+    """A URL redis-py reads; without `address` (Sentinel, Cluster) one with no host."""
     if not isinstance(raw, str):
         return None
     parts = urlsplit(raw)
+    if not address:
+        return raw if parts.scheme in ("redis", "rediss") and not parts.hostname else None
     if parts.scheme in ("redis", "rediss"):
         return raw if parts.hostname else None
     if parts.scheme == "unix":
@@ -152,18 +187,74 @@ def read_milter(section: Section) -> MilterSettings:
     return settings
 
 
+def parse_nodes(raw: Any) -> tuple[Node, ...] | None:
+    """A non-empty list of `HOST:PORT` / `[IPv6]:PORT` strings."""
+    if not isinstance(raw, list) or not raw:
+        return None
+    nodes = tuple(host_port(item) for item in raw)
+    return None if any(node is None for node in nodes) else cast(tuple[Node, ...], nodes)
+
+
+NODES_FORM = (
+    "a non-empty list of 'HOST:PORT' strings, such as ['10.0.0.1:{port}', '10.0.0.2:{port}']"
+)
+
+
 def read_redis(section: Section) -> RedisSettings:
+    no_nodes: tuple[Node, ...] = ()
+    sentinels = section.get("sentinels", no_nodes, NODES_FORM.format(port=26379), parse_nodes)
+    cluster_nodes = section.get(
+        "cluster_nodes", no_nodes, NODES_FORM.format(port=6379), parse_nodes
+    )
+    if sentinels and cluster_nodes:
+        section.fail(
+            "cluster_nodes", "either 'sentinels' or 'cluster_nodes', not both", cluster_nodes
+        )
+    # Which mode the file asks for, even when its node list is malformed: one
+    # mistake is one problem, not a cascade about the keys that depend on it.
+    sentinel_mode = "sentinels" in section.table
+    distributed = sentinel_mode or "cluster_nodes" in section.table
+    service_name = section.get("service_name", "", "the master's name in the sentinels", string)
+    if sentinel_mode and "service_name" not in section.table:
+        section.fail(
+            "service_name", "the master's name the sentinels monitor (with 'sentinels')", None
+        )
+    if "service_name" in section.table and not sentinel_mode:
+        section.fail("service_name", "no 'service_name' without 'sentinels'", service_name)
+    sentinel_keys = ("sentinel_username", "sentinel_password", "sentinel_tls")
+    for key in sentinel_keys:
+        if key in section.table and not sentinel_mode:
+            section.fail(key, f"no '{key}' without 'sentinels'", section.table[key])
+    url_form = (
+        "a URL without an address in this mode, the nodes' user, password, TLS and options:"
+        " redis://[user:password@][/db] or rediss://...[?ssl_ca_certs=/path]"
+        if distributed
+        else "a URL redis://[user:password@]host[:port][/db], rediss://... or unix:///path"
+    )
     settings = RedisSettings(
         url=section.get(
             "url",
-            "redis://127.0.0.1:6379/0",
-            "a URL redis://[user:password@]host[:port][/db], rediss://... or unix:///path",
-            parse_redis_url,
+            "redis://" if distributed else "redis://127.0.0.1:6379/0",
+            url_form,
+            lambda raw: parse_redis_url(raw, address=not distributed),
         ),
         connect_timeout=section.get(
             "connect_timeout", 0.5, "seconds from 0.01 to 30", number(0.01, 30)
         ),
         timeout=section.get("timeout", 0.5, "seconds from 0.01 to 30", number(0.01, 30)),
+        sentinels=sentinels,
+        service_name=service_name,
+        sentinel_username=section.get(
+            "sentinel_username", cast(str | None, None), "the sentinels' ACL user", string
+        ),
+        sentinel_password=section.get(
+            "sentinel_password", cast(str | None, None), "the sentinels' password", string
+        ),
+        sentinel_tls=section.get("sentinel_tls", False, "true or false", boolean),
+        cluster_nodes=cluster_nodes,
+        mapping_cache_seconds=section.get(
+            "mapping_cache_seconds", 30.0, "seconds from 0 to 3600", number(0, 3600)
+        ),
     )
     section.reject_unknown()
     return settings

@@ -179,11 +179,17 @@ def decide_sender(
     return Verdict.accept(f"tenant {tid} is active", tid)
 
 
-def decide_store_error(error: str, policy: SenderPolicy) -> Verdict:
+def decide_store_error(
+    error: str, policy: SenderPolicy, rule: str = "store-unavailable"
+) -> Verdict:
+    """`on_store_error` decides; `rule` names the failure.
+
+    "registry-missing": Redis answers but lost its state (store.client.RegistryMissing).
+    """
     if policy.on_store_error == "accept":
         return Verdict.accept(f"policy store unavailable ({error}); accepted by on_store_error")
     return Verdict.refuse(
-        replies.STORE_UNAVAILABLE, f"policy store unavailable ({error})", rule="store-unavailable"
+        replies.STORE_UNAVAILABLE, f"policy store unavailable ({error})", rule=rule
     )
 
 

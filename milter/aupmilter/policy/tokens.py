@@ -7,6 +7,19 @@ address (up to 254 octets) or tenant id (up to 64): it carries a *reference*
 instead, a 10-byte commitment SHA-256(kind, tenant, subject), and an
 HMAC-SHA256 over (version, kind, issue day, reference[, message tag]).
 
+A message token (a message to several recipients) names no address, so the
+person using it says which address to remove (typed on the page, or the
+From of the unsubscribe mail). It may only ever remove a recipient of that
+message: its stored reference keeps keyed hashes of the message's
+recipients (HMAC-SHA256 with the signing secret over tenant, message tag and
+address, 48 bits each, at most MAX_HASHED_RECIPIENTS of them: a stored value
+of at most ~11 KB), and `TokenSigner.was_recipient` checks an address against
+them. The commitment covers the message tag and those hashes, so each
+message (each distinct recipient set) has a reference of its own and a
+stored list cannot be swapped for another. Whoever holds a forwarded message
+token learns nothing from it: a non-recipient gets the answer a recipient
+gets, and nothing is suppressed.
+
 Verifying a token (`TokenSigner.verify`) needs only the secrets and the date:
 a forged, altered, truncated or expired token is refused without any Redis
 lookup, so junk requests cost no store traffic. Only a token that verifies is
@@ -47,8 +60,16 @@ MESSAGE_TAG_BYTES = 5
 MAX_TOKEN_LENGTH = 64
 MIN_SECRET_BYTES = 32
 TOKEN_ALPHABET = re.compile(r"^[a-z2-7]+$")
+RECIPIENT_HASH_BYTES = 6
+"""48 bits per recipient: a typed non-recipient matches one of N hashes with
+probability N / 2**48 (1000 hashes: 4e-12), and each try is rate limited."""
+MAX_HASHED_RECIPIENTS = 1000
+"""Recipients of one message whose hashes are stored (the first ones, in RCPT
+order): the stored value stays under 11 KB. A plan that lets bulk messages
+go to more recipients should set bulk_one_recipient_per_message."""
 _MAC_CONTEXT = b"aup-milter unsubscribe token\x00"
 _REF_CONTEXT = b"aup-milter unsubscribe reference\x00"
+_RECIPIENT_CONTEXT = b"aup-milter unsubscribe recipient\x00"
 
 
 class TokenKind(IntEnum):
@@ -78,16 +99,26 @@ class InvalidToken(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Reference:
-    """What a token's reference stands for: stored by the relay, checked on use."""
+    """What a token's reference stands for: stored by the relay, checked on use.
+
+    Stored as ``tenant NL address`` (RECIPIENT) or ``tenant NL NL hashes``
+    (MESSAGE: the recipients' keyed hashes, base32, space-separated).
+    """
 
     kind: TokenKind
     tenant: str
     address: str
     """The recipient for RECIPIENT references; empty for MESSAGE (tenant-only) ones."""
+    message_tag: bytes = b""
+    """MESSAGE only: the token's message tag (the commitment covers it)."""
+    recipient_hashes: tuple[str, ...] = ()
+    """MESSAGE only: keyed hashes of the message's recipients (TokenSigner.recipient_hash)."""
 
     @property
     def ref(self) -> bytes:
-        return commitment(self.kind, self.tenant, self.address)
+        return commitment(
+            self.kind, self.tenant, self.address, self.message_tag, self.recipient_hashes
+        )
 
     @property
     def ref_text(self) -> str:
@@ -95,6 +126,8 @@ class Reference:
 
     @property
     def store_value(self) -> str:
+        if self.kind is TokenKind.MESSAGE:
+            return f"{self.tenant}\n\n{' '.join(self.recipient_hashes)}"
         return f"{self.tenant}\n{self.address}"
 
 
@@ -127,10 +160,14 @@ class TokenClaims:
         """The reference the relay stored for this token, checked against the commitment."""
         if stored_value is None:
             raise InvalidToken("no stored reference (expired from the store, or never issued)")
-        tenant, newline, address = stored_value.partition("\n")
+        tenant, newline, rest = stored_value.partition("\n")
         if not newline or not tenant:
             raise InvalidToken("stored reference is malformed")
-        reference = Reference(self.kind, tenant, address)
+        address, _, hashes = rest.partition("\n")
+        recipient_hashes = tuple(hashes.split()) if self.kind is TokenKind.MESSAGE else ()
+        if len(recipient_hashes) > MAX_HASHED_RECIPIENTS:
+            raise InvalidToken("stored reference holds too many recipients")
+        reference = Reference(self.kind, tenant, address, self.message_tag, recipient_hashes)
         if not hmac.compare_digest(reference.ref, self.ref):
             raise InvalidToken("stored reference does not match the token's commitment")
         if (self.kind is TokenKind.RECIPIENT) != bool(address):
@@ -138,11 +175,23 @@ class TokenClaims:
         return reference
 
 
-def commitment(kind: TokenKind, tenant: str, address: str) -> bytes:
-    material = b"\x00".join(
-        (_REF_CONTEXT, bytes([kind]), tenant.encode("utf-8"), address.encode("utf-8"))
-    )
-    return hashlib.sha256(material).digest()[:REF_BYTES]
+def commitment(
+    kind: TokenKind,
+    tenant: str,
+    address: str,
+    tag: bytes = b"",
+    recipient_hashes: Sequence[str] = (),
+) -> bytes:
+    """SHA-256 over what the reference stands for, cut to REF_BYTES.
+
+    A RECIPIENT reference commits to tenant and address (as it always has, so
+    links already delivered keep working); a MESSAGE one also to its message
+    tag and its recipients' hashes, so each message has its own.
+    """
+    parts = [_REF_CONTEXT, bytes([kind]), tenant.encode("utf-8"), address.encode("utf-8")]
+    if kind is TokenKind.MESSAGE:
+        parts += [tag, " ".join(recipient_hashes).encode("ascii")]
+    return hashlib.sha256(b"\x00".join(parts)).digest()[:REF_BYTES]
 
 
 def message_tag(message_id: str) -> bytes:
@@ -179,11 +228,48 @@ class TokenSigner:
         reference = Reference(TokenKind.RECIPIENT, tenant, address)
         return self._issue(reference, b"", now)
 
-    def message_token(self, tenant: str, message_id: str, now: float) -> IssuedToken:
+    def message_token(
+        self, tenant: str, message_id: str, now: float, recipients: Sequence[str]
+    ) -> IssuedToken:
+        """A token for a message to ``recipients`` (normalised): it can only ever
+        suppress one of them (the first MAX_HASHED_RECIPIENTS)."""
         if not tenant:
             raise ValueError("a message token needs a tenant")
-        reference = Reference(TokenKind.MESSAGE, tenant, "")
-        return self._issue(reference, message_tag(message_id), now)
+        tag = message_tag(message_id)
+        hashes = dict.fromkeys(
+            self.recipient_hash(self._secrets[0], tenant, tag, address)
+            for address in recipients[:MAX_HASHED_RECIPIENTS]
+        )
+        reference = Reference(TokenKind.MESSAGE, tenant, "", tag, tuple(hashes))
+        return self._issue(reference, tag, now)
+
+    @staticmethod
+    def recipient_hash(secret: bytes, tenant: str, tag: bytes, address: str) -> str:
+        """The keyed hash of one recipient of one message, as its reference stores it.
+
+        Of the address in lower case: a person typing ``Dave@`` for ``dave@`` is
+        still recognised (what is suppressed is the address as typed).
+        """
+        folded = address.lower().encode("utf-8", "surrogateescape")
+        material = b"\x00".join((tenant.encode("utf-8"), tag, folded))
+        mac = hmac.new(secret, _RECIPIENT_CONTEXT + material, hashlib.sha256).digest()
+        return _b32(mac[:RECIPIENT_HASH_BYTES])
+
+    def was_recipient(self, reference: Reference, address: str) -> bool:
+        """Whether ``address`` (normalised) was a recipient of the message of ``reference``.
+
+        A RECIPIENT reference names its one address. Every configured secret is
+        tried, so a rotation keeps delivered message links working. Constant
+        work per stored hash (compare_digest on each), whatever the answer.
+        """
+        if reference.kind is TokenKind.RECIPIENT:
+            return hmac.compare_digest(reference.address.encode(), address.encode())
+        found = False
+        for secret in self._secrets:
+            wanted = self.recipient_hash(secret, reference.tenant, reference.message_tag, address)
+            for stored in reference.recipient_hashes:
+                found |= hmac.compare_digest(stored, wanted)
+        return found
 
     def _issue(self, reference: Reference, tag: bytes, now: float) -> IssuedToken:
         day = day_of(now)

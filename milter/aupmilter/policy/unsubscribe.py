@@ -94,7 +94,7 @@ def issue_links(
     if len(recipients) == 1:
         issued = signer.recipient_token(tenant, recipients[0], now)
     else:
-        issued = signer.message_token(tenant, message_id, now)
+        issued = signer.message_token(tenant, message_id, now, recipients)
     value = f"<{settings.url(issued.token)}>, <{settings.mailto(issued.token)}>"
     return UnsubscribeLinks(issued, value)
 

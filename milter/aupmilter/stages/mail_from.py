@@ -28,7 +28,7 @@ from aupmilter.policy.verdict import Action, Verdict
 from aupmilter.stages.listmail import list_mail_for
 from aupmilter.stages.message_checks import MessageChecks, sender_for
 from aupmilter.stages.transaction import Connection, Transaction
-from aupmilter.store.client import SenderState, StoreUnavailable
+from aupmilter.store.client import RegistryMissing, SenderState, StoreUnavailable
 
 Step = Callable[[Transaction, Verdict], Verdict]
 
@@ -84,6 +84,8 @@ def _tenant(txn: Transaction, _passed: Verdict) -> Verdict:
             sender=txn.sender,
             now_ms=txn.now_ms,
         )
+    except RegistryMissing as exc:
+        return decide_store_error(str(exc), runtime.sender_policy, rule="registry-missing")
     except StoreUnavailable as exc:
         return decide_store_error(str(exc), runtime.sender_policy)
     verdict = decide_sender(state.record if state else None, lookup, runtime.sender_policy)

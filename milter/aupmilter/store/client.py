@@ -6,6 +6,13 @@ per message; the connection pool reconnects by itself on the next call.
 Audit events waiting in the process's `AuditTrail` ride on these calls: the
 script call becomes one pipeline (the XADDs, then EVALSHA), still one round
 trip. `flush_audit` writes them alone when no call came for a while.
+
+The `[redis]` settings choose the deployment (`connect`): one server, a
+Sentinel-managed master, or a Cluster. On a Cluster the MAIL FROM script runs
+in its resolved form on the tenant's slot, the tenant found by `MappingCache`
+(a miss costs one more pipelined read of the mapping keys), and the audit
+events do not ride (the stream is on another slot): the daemon's flusher
+writes them once a second, whatever the number of transactions.
 """
 
 from __future__ import annotations
@@ -14,15 +21,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
+from redis.connection import Connection, SSLConnection, parse_url
+from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from aupmilter.audit import AuditTrail, StreamFields
 from aupmilter.config import RedisSettings
@@ -47,35 +57,201 @@ def metrics() -> Metrics:
     return METRICS
 
 
-STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError, RedisClusterException)
+"""What a Redis call may raise when the store cannot answer (redis-py's cluster errors are
+not RedisErrors: "cannot be connected", a slot map that cannot be refreshed)."""
 
 
 class StoreUnavailable(Exception):
     """Redis could not answer; the text says why, for logs and verdict reasons."""
 
 
+class RegistryMissing(StoreUnavailable):
+    """Redis answers but holds no tenant registry: it lost its state, so no sender is unknown.
+
+    Neither the marker tenant administration writes (keys.REGISTRY) nor the
+    tenant index exists: a restart without persistence, a failover to an empty
+    replica, a flush. Refusing senders as unknown then would bounce every
+    tenant's mail for good; the caller follows on_store_error instead (a
+    tempfail by default) until the registry is back.
+    """
+
+
 def load_script(name: str) -> str:
     return (resources.files("aupmilter.store") / "scripts" / name).read_text("utf-8")
 
 
+URL_OPTIONS_DROPPED = ("host", "port", "path", "unix_socket_path", "connection_class", "db")
+"""What a Sentinel's or Cluster's nodes take from `url`: everything but the address."""
+
+
+def node_options(url: str) -> dict[str, Any]:
+    """The data nodes' credentials, TLS and options from an address-less URL."""
+    parsed: dict[str, Any] = dict(parse_url(url))  # type: ignore[no-untyped-call]
+    tls = issubclass(parsed.get("connection_class", Connection), SSLConnection)
+    options = {k: v for k, v in parsed.items() if k not in URL_OPTIONS_DROPPED}
+    if tls:
+        options["ssl"] = True
+    return options
+
+
 def connect(settings: RedisSettings) -> redis.Redis:
-    """A client that fails fast: one immediate retry covers a stale pooled connection."""
-    return redis.Redis.from_url(
-        settings.url,
-        socket_connect_timeout=settings.connect_timeout,
-        socket_timeout=settings.timeout,
-        retry=Retry(NoBackoff(), 1),
-        decode_responses=True,
-        health_check_interval=0,
-        client_name="aup-milter",
-    )
+    """A client that fails fast: one immediate retry covers a stale pooled connection.
+
+    The `[redis]` settings choose one server, the master a Sentinel names, or
+    a Cluster (a `RedisCluster`, which has the same commands for one key or
+    one slot); the key layout follows (`keys.use_cluster_layout`).
+    """
+    keys.use_cluster_layout(settings.mode == "cluster")
+    timeouts: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.timeout,
+    }
+    common: dict[str, Any] = {
+        **timeouts,
+        "decode_responses": True,
+        "health_check_interval": 0,
+        "client_name": "aup-milter",
+    }
+    if settings.mode == "cluster":
+        nodes = [
+            ClusterNode(host, port)  # type: ignore[no-untyped-call]
+            for host, port in settings.cluster_nodes
+        ]
+        # The cluster's own retries (redis-py's default) follow MOVED and a
+        # promoted replica, and cover a stale pooled connection.
+        options = {**common, **node_options(settings.url)}
+        return cast(redis.Redis, LazyCluster(lambda: RedisCluster(startup_nodes=nodes, **options)))
+    if settings.mode == "sentinel":
+        data = node_options(settings.url)
+        db = parse_url(settings.url).get("db", 0)  # type: ignore[no-untyped-call]
+        sentinel_options: dict[str, Any] = {**timeouts, "decode_responses": True}
+        if settings.sentinel_username:
+            sentinel_options["username"] = settings.sentinel_username
+        if settings.sentinel_password:
+            sentinel_options["password"] = settings.sentinel_password
+        if settings.sentinel_tls:
+            sentinel_options.update(
+                {k: v for k, v in data.items() if k.startswith("ssl")}, ssl=True
+            )
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(settings.sentinels),
+            sentinel_kwargs=sentinel_options,
+            retry=Retry(NoBackoff(), 1),
+            db=db,
+            **common,
+            **data,
+        )
+        master: redis.Redis = sentinel.master_for(settings.service_name)  # type: ignore[no-untyped-call]
+        return master
+    return redis.Redis.from_url(settings.url, retry=Retry(NoBackoff(), 1), **common)
+
+
+def command_settings(
+    url: str, configured: RedisSettings | None, timeout: float, connect_timeout: float = 2.0
+) -> RedisSettings:
+    """A command's Redis: the configured deployment (one server, Sentinel or Cluster), or
+    the one `--redis URL` names instead, with the command's own timeouts."""
+    if configured is not None and url == configured.url:
+        return replace(configured, connect_timeout=connect_timeout, timeout=timeout)
+    return RedisSettings(url=url, connect_timeout=connect_timeout, timeout=timeout)
+
+
+class LazyCluster:
+    """A `RedisCluster` made at its first use, not at construction.
+
+    redis-py's cluster client asks the startup nodes for the slot map as it is
+    made: a daemon started (or reloaded) while the cluster is unreachable
+    would fail instead of tempfailing. Here the first command makes it, a
+    failure is the command's RedisError (`on_store_error` follows) and the
+    next command tries again.
+    """
+
+    def __init__(self, factory: Callable[[], RedisCluster]) -> None:
+        self._factory = factory
+        self._client: RedisCluster | None = None
+        self._lock = threading.Lock()
+
+    def _real(self) -> RedisCluster:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    try:
+                        self._client = self._factory()
+                    except RedisClusterException as exc:
+                        # As a RedisError, for every caller's usual handling.
+                        raise redis.ConnectionError(str(exc)) from exc
+                client = self._client
+        return client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def __enter__(self) -> LazyCluster:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, RedisCluster | LazyCluster)
+
+
+def connect_async(settings: RedisSettings, client_name: str) -> Any:
+    """The asyncio client of the same deployment (the unsubscribe web service)."""
+    import redis.asyncio
+    from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+    keys.use_cluster_layout(settings.mode == "cluster")
+    common: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.timeout,
+        "decode_responses": True,
+        "client_name": client_name,
+    }
+    if settings.mode == "cluster":
+        nodes = [AsyncClusterNode(host, port) for host, port in settings.cluster_nodes]
+        return AsyncRedisCluster(startup_nodes=nodes, **common, **node_options(settings.url))
+    if settings.mode == "sentinel":
+        sentinel_options: dict[str, Any] = {"socket_timeout": settings.timeout}
+        if settings.sentinel_username:
+            sentinel_options["username"] = settings.sentinel_username
+        if settings.sentinel_password:
+            sentinel_options["password"] = settings.sentinel_password
+        if settings.sentinel_tls:
+            sentinel_options["ssl"] = True
+        db = parse_url(settings.url).get("db", 0)  # type: ignore[no-untyped-call]
+        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+            list(settings.sentinels),
+            sentinel_kwargs=sentinel_options,
+            db=db,
+            **common,
+            **node_options(settings.url),
+        )
+        return sentinel.master_for(settings.service_name)
+    return redis.asyncio.Redis.from_url(settings.url, **common)
 
 
 class OutageLog:
     """Turns a stream of failures and successes into two log lines per outage."""
 
-    def __init__(self, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Any = time.monotonic,
+        *,
+        what: str = "redis unavailable",
+        back: str = "redis available again",
+    ) -> None:
         self._clock = clock
+        self._what, self._back = what, back
         self._lock = threading.Lock()
         self._since: float | None = None
         self._failures = 0
@@ -90,7 +266,7 @@ class OutageLog:
             if self._since is not None:
                 return
             self._since = self._clock()
-        log.error("redis unavailable: %s; following on_store_error until it is back", error)
+        log.error("%s: %s; following on_store_error until it is back", self._what, error)
 
     def succeeded(self) -> None:
         if self._since is None:
@@ -100,13 +276,49 @@ class OutageLog:
                 return
             duration, failures = self._clock() - self._since, self._failures
             self._since, self._failures = None, 0
-        log.warning(
-            "redis available again after %.1f s; %d lookups failed meanwhile", duration, failures
-        )
+        log.warning("%s after %.1f s; %d lookups failed meanwhile", self._back, duration, failures)
 
 
-STREAMS_TAIL = keys.split_at_tenant(keys.tenant_streams)[1]
 TAG_HEAD, TAG_TAIL = keys.split_at_tenant(keys.tagged)
+REGISTRY_MISSING_TEXT = (
+    f"Redis holds no tenant registry (neither {keys.REGISTRY} nor {keys.TENANTS}): it lost"
+    " its state; restore it or add the tenants again"
+)
+
+
+class MappingCache:
+    """Cluster mode: which tenant a lookup found, reused for `ttl` seconds, bounded.
+
+    The mapping keys live on other slots than the tenant's, so on a cluster
+    they cost a read of their own; a hit skips it. A hit is never trusted
+    blindly: the MAIL FROM script checks that the tenant still holds the name
+    (its logins or domains set), so a removed or moved login is seen at once,
+    and only a more specific domain mapped meanwhile waits for `ttl`.
+    Unknown senders are not cached, so a new tenant works from its first mail.
+    """
+
+    MAX_ENTRIES = 100_000
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._entries: dict[tuple[str, ...], tuple[float, int, str]] = {}
+
+    def get(self, lookup: Lookup) -> tuple[int, str] | None:
+        entry = self._entries.get(lookup.names)
+        if entry is None or entry[0] < self._clock():
+            return None
+        return entry[1], entry[2]
+
+    def put(self, lookup: Lookup, index: int, tenant_id: str) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()  # a flood of distinct senders costs a re-read, not memory
+        self._entries[lookup.names] = (self._clock() + self.ttl, index, tenant_id)
+
+    def forget(self, lookup: Lookup) -> None:
+        self._entries.pop(lookup.names, None)
 
 
 class WindowCatalog:
@@ -194,10 +406,17 @@ class Store:
     def __init__(self, settings: RedisSettings, audit: AuditTrail | None = None) -> None:
         self.settings = settings
         self.client = connect(settings)
+        self.cluster = settings.mode == "cluster"
+        self.mappings = MappingCache(settings.mapping_cache_seconds)
         self.outage = OutageLog()
+        self.registry_outage = OutageLog(
+            what="tenant registry missing", back="tenant registry back"
+        )
         self.audit = audit
-        self._sender_state: Script = self.client.register_script(load_script("sender_state.lua"))
-        self._charge: Script = self.client.register_script(load_script("charge.lua"))
+        # Bytes: Script then needs no encoder from the client, which a cluster's
+        # makes only at its first command (LazyCluster).
+        self._sender_state = Script(self.client, load_script("sender_state.lua").encode())
+        self._charge = Script(self.client, load_script("charge.lua").encode())
 
     def sender_state(
         self,
@@ -218,10 +437,7 @@ class Store:
         """
         if lookup.kind is None or not lookup.names:
             return None
-        mapping_keys = [keys.mapping(lookup.kind, name) for name in lookup.names]
-        args = [
-            keys.TENANT_PREFIX,
-            STREAMS_TAIL,
+        common = [
             TAG_HEAD,
             TAG_TAIL,
             str(now_ms),
@@ -233,11 +449,23 @@ class Store:
             keys.suspended_domain(domain) if (domain := sender_domain(sender)) else "",
             sender_id,
             *(catalog.script_args(sender_id) if catalog else ["0"]),
-            keys.DOMAINS_SUFFIX,  # last: the tenant's domains, for the message checks
         ]
-        reply = self._call("sender_state", self._sender_state, mapping_keys, args)
+        if self.cluster:
+            reply = self._resolved_state(lookup, common)
+        else:
+            script_keys = [
+                keys.REGISTRY,
+                keys.TENANTS,
+                *(keys.mapping(lookup.kind, name) for name in lookup.names),
+            ]
+            head, tail = keys.split_at_tenant(keys.tenant)
+            args = ["", head + tail, keys.STREAMS_SUFFIX, *common, keys.DOMAINS_SUFFIX]
+            reply = self._call("sender_state", self._sender_state, script_keys, args)
+            if reply == [0]:
+                self._registry_missing()
         if not reply:
             return None
+        self.registry_outage.succeeded()
         _index, tenant_id, stream, fills, flat, domains, ladder = reply
         fields = dict(zip(map(str, flat[::2]), map(str, flat[1::2]), strict=True))
         sender_entry, domain_entry, offences = ladder
@@ -249,6 +477,72 @@ class Store:
             suspended_domain=None if domain_entry is None else str(domain_entry),
             offences=int(offences),
         )
+
+    def _registry_missing(self) -> None:
+        self.registry_outage.failed(REGISTRY_MISSING_TEXT)
+        raise RegistryMissing(REGISTRY_MISSING_TEXT)
+
+    def _resolved_state(self, lookup: Lookup, common: list[str]) -> list[Any]:
+        """Cluster: the tenant from the cache, or from one mapping read; then its slot's script.
+
+        Steady state (a cache hit) is the one script call; a miss adds the
+        mapping read. A hit the script finds stale (the tenant no longer holds
+        the name) is read again once; stale twice means the tenant's reverse
+        index lacks a name its mapping key gives it, which only a hand-made
+        tenant can do: that tempfails and says what to add.
+        """
+        assert lookup.kind is not None
+        cached = self.mappings.get(lookup)
+        for attempt in range(2):
+            if cached is None:
+                cached = self._read_mapping(lookup)
+                if cached is None:
+                    return []
+            index, tenant_id = cached
+            script_keys = [
+                keys.tenant(tenant_id),
+                keys.tenant_streams(tenant_id),
+                keys.tenant_domains(tenant_id),
+                keys.reverse_index(lookup.kind, tenant_id),
+                keys.suspended_subjects(tenant_id),
+                keys.offences(tenant_id),
+            ]
+            args = [tenant_id, lookup.names[index], "", *common]
+            reply: list[Any] = self._call("sender_state", self._sender_state, script_keys, args)
+            if reply != [-1]:
+                self.mappings.put(lookup, index, tenant_id)
+                return reply
+            self.mappings.forget(lookup)
+            cached = None
+            if attempt == 1:
+                raise StoreUnavailable(
+                    f"{keys.mapping(lookup.kind, lookup.names[index])} names tenant"
+                    f" {tenant_id!r}, whose {keys.reverse_index(lookup.kind, tenant_id)}"
+                    f" lacks {lookup.names[index]!r}: add it there (SADD) or map it with"
+                    " aup-milter tenant"
+                )
+        return []  # not reached: the loop returns or raises
+
+    def _read_mapping(self, lookup: Lookup) -> tuple[int, str] | None:
+        """The mapping keys and the registry's presence, in one pipelined read (cache miss)."""
+        assert lookup.kind is not None
+        kind = lookup.kind
+
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.exists(keys.REGISTRY)
+            pipe.exists(keys.TENANTS)
+            for name in lookup.names:
+                pipe.get(keys.mapping(kind, name))
+            return list(pipe.execute())
+
+        registry, index_set, *owners = self._command("mapping_read", read)
+        for index, owner in enumerate(owners):
+            if owner:
+                return index, str(owner)
+        if not registry and not index_set:
+            self._registry_missing()
+        return None
 
     def charge(
         self,
@@ -278,7 +572,11 @@ class Store:
             script_keys.append(key)
             unit = "r" if counter.unit is Unit.RECIPIENTS else "m"
             args += [unit, "-1", str(counter.bucket_ms), str(counter.buckets)]
-        if references is None or not references.references:
+        # On a cluster the reference keys live on other slots than the tenant's
+        # (the unsubscribe service finds them by token alone): the script leaves
+        # them, and `_write_references` stores them after a bulk charge.
+        deferred = references if self.cluster else None
+        if references is None or not references.references or deferred is not None:
             args += ["0", "0", "0", "-1"]
         else:
             written = references.references
@@ -298,7 +596,31 @@ class Store:
             return NoRoom(window_index=int(detail) - 1, fill=parse_fill(fills))
         if status == 2:
             return AllSuppressed(tuple(detail))
-        return Charged(tuple(detail), tuple(int(fill) for fill in fills))
+        charged = Charged(tuple(detail), tuple(int(fill) for fill in fills))
+        if deferred is not None and deferred.references:
+            self._write_references(deferred, charged.fills)
+        return charged
+
+    def _write_references(self, references: ReferenceWrite, fills: Sequence[int]) -> None:
+        """Cluster only: the charged message's references, when it is bulk (as charge.lua
+        decides on one server), in one pipelined write: a third round trip, paid only by
+        bulk mail that carries the relay's unsubscribe links."""
+        threshold = references.bulk_from_counter
+        bulk = references.known_bulk or (threshold is not None and fills[-1] >= threshold)
+        if not bulk:
+            return
+
+        def write() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            for reference in references.references:
+                pipe.set(
+                    keys.unsubscribe_ref(reference.ref_text),
+                    reference.store_value,
+                    ex=references.ttl_seconds,
+                )
+            return pipe.execute()
+
+        self._command("references", write)
 
     def is_suppressed(self, tenant_id: str, address: str) -> bool:
         """For suppression_check = "rcpt": one HEXISTS per RCPT (address normalised)."""
@@ -320,7 +642,9 @@ class Store:
         return result
 
     def _call(self, call: str, script: Script, script_keys: list[str], args: list[str]) -> Any:
-        riders = self.audit.take() if self.audit is not None else []
+        # On a cluster the stream lives on another slot and redis-py refuses EVALSHA
+        # in a cluster pipeline: the events wait for the flusher (one write a second).
+        riders = self.audit.take() if self.audit is not None and not self.cluster else []
         if not riders:
             return self._command(call, lambda: script(keys=script_keys, args=args))
         return self._command(call, lambda: self._ride(riders, script, script_keys, args))
@@ -367,10 +691,14 @@ class Store:
         if since is None or audit.now() - since < older_than:
             return 0
         riders = audit.take()
-        pipe = self.client.pipeline(transaction=False)
-        self._queue_events(pipe, riders)
+
+        def write() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            self._queue_events(pipe, riders)
+            return pipe.execute(raise_on_error=False)
+
         try:
-            results = self._command("audit_flush", lambda: pipe.execute(raise_on_error=False))
+            results = self._command("audit_flush", write)
         except StoreUnavailable:
             audit.give_back(riders)
             return 0

@@ -10,6 +10,13 @@ aup:tenant:<id>:domains   set: sender domains mapped to the tenant (reverse inde
 aup:login:<login>         string: tenant id for an exact {auth_authen} value
 aup:domain:<domain>       string: tenant id for a sender domain (and its subdomains)
 aup:tenants               set: all tenant ids
+aup:registry              string: the tenant registry's marker, "<unix time> <writer>",
+                          written by tenant administration (`aup-milter tenant`). A
+                          store that holds neither it nor aup:tenants has lost its
+                          state (restart without persistence, failover to an empty
+                          replica, a flush): the milter tempfails instead of refusing
+                          every sender as unknown. After creating tenants by hand:
+                          redis-cli SET aup:registry "$(date +%s) by-hand"
 aup:tenant:<id>:streams   hash: SASL login or envelope sender -> "bulk" | "transactional"
 
 Fields of aup:tenant:<id> (FIELD_* below):
@@ -35,6 +42,11 @@ identity_address            its postal address, lines separated by a line feed; 
 identity_contact            a contact URL or mailbox address, shown in the footer
                             (all three: `aup-milter tenant set-identity`; read with the
                             tenant by the MAIL FROM script's HGETALL)
+
+On Redis Cluster (`[redis] cluster_nodes`) the tenant's own keys carry its id
+as a hash tag too, so the MAIL FROM script reads them on the slot of its
+windows: aup:tenant:{<id>}, aup:tenant:{<id>}:logins, ...:domains, ...:streams
+(`use_cluster_layout`; standalone and Sentinel keep the names above).
 
 Keys written per transaction carry the tenant id as a Redis Cluster hash tag,
 so one script's keys always live on one slot:
@@ -74,8 +86,10 @@ aup:{<id>}:suspended                         hash: sender:<identity> | domain:<d
 
 Not per tenant (the unsubscribe service learns the tenant from it):
 
-aup:unsubref:<ref>        string: "<tenant>\n<address>" behind an unsubscribe token;
-                          expires with the tokens (aupmilter.policy.tokens, store.suppression)
+aup:unsubref:<ref>        string: "<tenant>\n<address>" behind a recipient token, or
+                          "<tenant>\n\n<hashes>" behind a message token (its recipients'
+                          keyed hashes, at most 1000); expires with the tokens
+                          (aupmilter.policy.tokens, store.suppression)
 aup:audit                 stream: the audit trail (aupmilter.audit): one entry per verdict,
                           refused or suppressed recipient, suppression change and automatic
                           action, flat string fields; trimmed by MINID to [audit] retention_days
@@ -100,6 +114,7 @@ from aupmilter.policy.tenancy import LookupKind
 PREFIX = "aup:"
 TENANT_PREFIX = f"{PREFIX}tenant:"
 TENANTS = f"{PREFIX}tenants"
+REGISTRY = f"{PREFIX}registry"
 AUDIT_STREAM = f"{PREFIX}audit"
 SHARED_COUNTS = f"{PREFIX}metrics:counts"
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -122,19 +137,54 @@ FIELD_WINDOW_PREFIX = "window."
 """``window.<name>`` overrides the limit of the plan's window ``<name>``."""
 
 
+_cluster_layout = False
+
+
+def use_cluster_layout(enabled: bool) -> None:
+    """Name the tenant's own keys with its hash tag (Redis Cluster) or not (the default).
+
+    Set by `store.client.connect` from the `[redis]` settings, before any key is
+    built: one process talks to one deployment, and every tool connects there.
+    """
+    global _cluster_layout
+    _cluster_layout = enabled
+
+
+def cluster_layout() -> bool:
+    return _cluster_layout
+
+
 def tenant(tenant_id: str) -> str:
+    if _cluster_layout:
+        return f"{TENANT_PREFIX}{{{tenant_id}}}"
     return f"{TENANT_PREFIX}{tenant_id}"
 
 
+def tenant_id_of(tenant_key_rest: str) -> str | None:
+    """The id in what follows TENANT_PREFIX in a tenant hash's key; None for its other keys."""
+    if _cluster_layout:
+        inner = tenant_key_rest.removeprefix("{").removesuffix("}")
+        return inner if tenant_key_rest == f"{{{inner}}}" and "}" not in inner else None
+    return None if ":" in tenant_key_rest else tenant_key_rest
+
+
+LOGINS_SUFFIX = ":logins"
+
+
 def tenant_logins(tenant_id: str) -> str:
-    return f"{TENANT_PREFIX}{tenant_id}:logins"
+    return f"{tenant(tenant_id)}{LOGINS_SUFFIX}"
 
 
 DOMAINS_SUFFIX = ":domains"
 
 
 def tenant_domains(tenant_id: str) -> str:
-    return f"{TENANT_PREFIX}{tenant_id}{DOMAINS_SUFFIX}"
+    return f"{tenant(tenant_id)}{DOMAINS_SUFFIX}"
+
+
+def reverse_index(kind: LookupKind, tenant_id: str) -> str:
+    """The tenant's set of the names a lookup of this kind maps to it."""
+    return tenant_logins(tenant_id) if kind is LookupKind.LOGIN else tenant_domains(tenant_id)
 
 
 def login(name: str) -> str:
@@ -149,8 +199,11 @@ def mapping(kind: LookupKind, name: str) -> str:
     return login(name) if kind is LookupKind.LOGIN else domain(name)
 
 
+STREAMS_SUFFIX = ":streams"
+
+
 def tenant_streams(tenant_id: str) -> str:
-    return f"{TENANT_PREFIX}{tenant_id}:streams"
+    return f"{tenant(tenant_id)}{STREAMS_SUFFIX}"
 
 
 def tagged(tenant_id: str) -> str:

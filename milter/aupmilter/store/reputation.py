@@ -87,13 +87,21 @@ class ReputationCounters:
         period_ms = plan.period * 1000
         counters = [keys.rate_counter(tenant, m.value, period_ms) for m in Measure]
         reason = f"automatic suspension: {decision.figures}"
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(tenant_key)  # type: ignore[no-untyped-call]
-            status = cast(str | None, pipe.hget(tenant_key, keys.FIELD_STATUS))
+        from aupmilter.store.client import is_cluster
+
+        # A cluster has no WATCH in redis-py's pipelines (Debian's 4.3): there the
+        # status is read, then written, a race only with ops changing it that instant.
+        cluster = is_cluster(self.client)
+        with self.client.pipeline(transaction=not cluster) as pipe:
+            reader: Any = self.client if cluster else pipe
+            if not cluster:
+                pipe.watch(tenant_key)  # type: ignore[no-untyped-call]
+            status = cast(str | None, reader.hget(tenant_key, keys.FIELD_STATUS))
             if status != TenantStatus.ACTIVE.value:
                 pipe.reset()
                 return False
-            pipe.multi()
+            if not cluster:
+                pipe.multi()
             pipe.hset(
                 tenant_key,
                 mapping={

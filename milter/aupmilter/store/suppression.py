@@ -131,6 +131,27 @@ def audit_fields(
     return fields
 
 
+NOT_RECIPIENT_EVENT = "unsubscribe-not-recipient"
+"""A message token used for an address that was not a recipient of its message."""
+
+
+def not_recipient_fields(
+    tenant: str, address: str, source: Source, now: float, detail: str = ""
+) -> dict[str, str]:
+    """The audit event of an unsubscribe refused because ``address`` never got the message.
+
+    The requester is told nothing (their answer is a success's); ops see who tried what.
+    """
+    return audit_fields(NOT_RECIPIENT_EVENT, Suppression(tenant, address, source, int(now)),
+                        False, detail)  # fmt: skip
+
+
+def queue_not_recipient(pipe: Any, fields: dict[str, str], now: float) -> None:
+    """The audit event and the shared count of a refused message-token unsubscribe."""
+    queue_audit(pipe, fields, now)
+    queue_count(pipe, "unsubscribe", "not-recipient")
+
+
 def queue_audit(pipe: Any, fields: dict[str, str], now: float) -> None:
     """XADD an event, without trimming: the milter trims by MINID to the configured retention
     as it writes its own events (audit.AuditTrail), so a writer that knows no configuration
@@ -200,6 +221,18 @@ class SuppressionStore:
             queue_count(pipe, "suppression", source.value, sum(o.added for o in outcomes))
             pipe.execute()
         return outcomes
+
+    def refuse_not_recipient(
+        self, tenant: str, address: str, source: Source, now: float, detail: str = ""
+    ) -> None:
+        """What `add` costs (two round trips: a read, then the audit event), suppressing
+        nothing: so the answer to a non-recipient cannot be told apart by its timing."""
+        self.client.hget(keys.suppressed(tenant), address)
+        fields = not_recipient_fields(tenant, address, source, now, detail)
+        with self.client.pipeline(transaction=False) as pipe:
+            queue_not_recipient(pipe, fields, now)
+            pipe.execute()
+        log_event(fields)
 
     def remove(self, tenant: str, address: str, now: float, detail: str = "") -> bool:
         key = keys.suppressed(tenant)

@@ -4,7 +4,15 @@
 policy sees named attributes and the names stay in `store.keys`.
 
 Writes go through MULTI/EXEC with WATCH on the mapping keys, so two admins
-adding the same login at once cannot both win.
+adding the same login at once cannot both win. Redis Cluster has no MULTI
+across slots: there the tenant's own keys (one slot) are written first, then
+each mapping is claimed with SET NX, and a mapping another tenant holds
+undoes the claims made; the milter, which checks a mapping against the
+tenant's logins or domains set, never sees a half-made tenant as valid.
+
+Every add also writes the registry marker (keys.REGISTRY): a store found
+without it and without the tenant index has lost its state, and the milter
+tempfails rather than refusing every tenant as an unknown sender.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -175,13 +183,28 @@ def validate_status(status: str) -> TenantStatus:
         raise TenantError(f"invalid status {status!r}: expected one of {allowed}") from None
 
 
+def registry_marker(now: str, writer: str) -> str:
+    return f"{now} {writer}"
+
+
 class TenantAdmin:
     def __init__(self, client: redis.Redis, clock: object = time.time) -> None:
         self.client = client
         self._clock = clock
+        from aupmilter.store.client import is_cluster  # client imports this module
+
+        self.cluster = is_cluster(client)
 
     def _now(self) -> str:
         return str(int(self._clock()))  # type: ignore[operator]
+
+    def mark_registry(self, writer: str = "aup-milter tenant") -> None:
+        """Say the store holds the tenant registry (after tenants were made by hand)."""
+        self.client.set(keys.REGISTRY, registry_marker(self._now(), writer))
+
+    def registry_present(self) -> bool:
+        """What the MAIL FROM script asks before calling a sender unknown."""
+        return bool(self.client.exists(keys.REGISTRY) or self.client.exists(keys.TENANTS))
 
     def add(
         self,
@@ -200,6 +223,16 @@ class TenantAdmin:
             raise TenantError("a tenant needs a plan (--plan NAME)")
         mapping_keys = [keys.login(x) for x in login_list] + [keys.domain(x) for x in domain_list]
         now = self._now()
+        fields: dict[str, str] = {
+            keys.FIELD_STATUS: state.value,
+            keys.FIELD_PLAN: plan,
+            keys.FIELD_REASON: reason,
+            keys.FIELD_CREATED_AT: now,
+            keys.FIELD_UPDATED_AT: now,
+        }
+        if self.cluster:
+            self._add_on_cluster(tenant_id, fields, login_list, domain_list, mapping_keys)
+            return self.show(tenant_id)
         with self.client.pipeline(transaction=True) as pipe:
             pipe.watch(keys.tenant(tenant_id), *mapping_keys)  # type: ignore[no-untyped-call]
             if pipe.exists(keys.tenant(tenant_id)):
@@ -209,16 +242,7 @@ class TenantAdmin:
                 if owner is not None:
                     raise TenantError(f"{key} is already mapped to tenant {owner!r}")
             pipe.multi()
-            pipe.hset(
-                keys.tenant(tenant_id),
-                mapping={
-                    keys.FIELD_STATUS: state.value,
-                    keys.FIELD_PLAN: plan,
-                    keys.FIELD_REASON: reason,
-                    keys.FIELD_CREATED_AT: now,
-                    keys.FIELD_UPDATED_AT: now,
-                },
-            )
+            pipe.hset(keys.tenant(tenant_id), mapping=cast(Any, fields))
             for key in mapping_keys:
                 pipe.set(key, tenant_id)
             if login_list:
@@ -226,8 +250,49 @@ class TenantAdmin:
             if domain_list:
                 pipe.sadd(keys.tenant_domains(tenant_id), *domain_list)
             pipe.sadd(keys.TENANTS, tenant_id)
+            pipe.set(keys.REGISTRY, registry_marker(now, "aup-milter tenant add"))
             pipe.execute()
         return self.show(tenant_id)
+
+    def _add_on_cluster(
+        self,
+        tenant_id: str,
+        fields: dict[str, str],
+        login_list: list[str],
+        domain_list: list[str],
+        mapping_keys: list[str],
+    ) -> None:
+        """The tenant's slot first, then each mapping claimed with SET NX (see the module)."""
+        if not self.client.hsetnx(
+            keys.tenant(tenant_id), keys.FIELD_CREATED_AT, fields[keys.FIELD_CREATED_AT]
+        ):
+            raise TenantError(f"tenant {tenant_id!r} already exists (remove it first)")
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.tenant(tenant_id), mapping=cast(Any, fields))
+            if login_list:
+                pipe.sadd(keys.tenant_logins(tenant_id), *login_list)
+            if domain_list:
+                pipe.sadd(keys.tenant_domains(tenant_id), *domain_list)
+            pipe.execute()
+        claimed: list[str] = []
+        for key in mapping_keys:
+            if self.client.set(key, tenant_id, nx=True):
+                claimed.append(key)
+                continue
+            owner = self.client.get(key)
+            for claim in claimed:
+                self.client.delete(claim)
+            for key in (keys.tenant(tenant_id), keys.tenant_logins(tenant_id)):
+                self.client.delete(key)
+            self.client.delete(keys.tenant_domains(tenant_id))
+            raise TenantError(f"{key} is already mapped to tenant {owner!r}")
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.sadd(keys.TENANTS, tenant_id)
+            pipe.set(
+                keys.REGISTRY,
+                registry_marker(fields[keys.FIELD_CREATED_AT], "aup-milter tenant add"),
+            )
+            pipe.execute()
 
     def set_status(
         self, tenant_id: str, status: str, reason: str = "", by: str = "cli"
@@ -240,15 +305,19 @@ class TenantAdmin:
         """
         state = validate_status(status)
         tenant_key = keys.tenant(validate_tenant_id(tenant_id))
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(tenant_key)  # type: ignore[no-untyped-call]
-            if not pipe.exists(tenant_key):
+        # On a cluster the event goes to another slot: no MULTI, no WATCH.
+        with self.client.pipeline(transaction=not self.cluster) as pipe:
+            if not self.cluster:
+                pipe.watch(tenant_key)  # type: ignore[no-untyped-call]
+            if not self._read(pipe).exists(tenant_key):
                 raise TenantError(f"no tenant {tenant_id!r}")
             old_status, old_reason = cast(
-                list[str | None], pipe.hmget(tenant_key, [keys.FIELD_STATUS, keys.FIELD_REASON])
+                list[str | None],
+                self._read(pipe).hmget(tenant_key, [keys.FIELD_STATUS, keys.FIELD_REASON]),
             )
             now = self._now()
-            pipe.multi()
+            if not self.cluster:
+                pipe.multi()
             pipe.hset(
                 tenant_key,
                 mapping={
@@ -276,14 +345,22 @@ class TenantAdmin:
             pipe.execute()
         return self.show(tenant_id)
 
+    def _read(self, pipe: Any) -> Any:
+        """Where a read inside a write answers at once: the WATCHing pipeline, or the cluster."""
+        return self.client if self.cluster else pipe
+
     def set_identity(self, tenant_id: str, identity: TenantIdentity) -> TenantInfo:
         """Store the identity the footer of bulk mail shows (validated by `validate_identity`)."""
         tenant_key = keys.tenant(validate_tenant_id(tenant_id))
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(tenant_key)  # type: ignore[no-untyped-call]
-            if not pipe.exists(tenant_key):
+        # One key: WATCH keeps a concurrent `tenant remove` from leaving a half
+        # tenant; a cluster's pipeline has no WATCH, and the hash is one slot.
+        with self.client.pipeline(transaction=not self.cluster) as pipe:
+            if not self.cluster:
+                pipe.watch(tenant_key)  # type: ignore[no-untyped-call]
+            if not self._read(pipe).exists(tenant_key):
                 raise TenantError(f"no tenant {tenant_id!r}")
-            pipe.multi()
+            if not self.cluster:
+                pipe.multi()
             pipe.hset(
                 tenant_key,
                 mapping={
@@ -311,9 +388,9 @@ class TenantAdmin:
         ids = {str(x) for x in self.client.smembers(keys.TENANTS)}
         # Tenants made by hand with redis-cli have no entry in the index set.
         for key in self.client.scan_iter(match=f"{keys.TENANT_PREFIX}*", count=500):
-            rest = str(key)[len(keys.TENANT_PREFIX) :]
-            if ":" not in rest:
-                ids.add(rest)
+            found = keys.tenant_id_of(str(key)[len(keys.TENANT_PREFIX) :])
+            if found is not None:
+                ids.add(found)
         infos = []
         for tenant_id in sorted(ids):
             try:
@@ -326,18 +403,21 @@ class TenantAdmin:
         tenant_id = validate_tenant_id(tenant_id)
         info = self.show(tenant_id)
         mapping_keys = [keys.login(x) for x in info.logins] + [keys.domain(x) for x in info.domains]
-        with self.client.pipeline(transaction=True) as pipe:
-            if mapping_keys:
+        with self.client.pipeline(transaction=not self.cluster) as pipe:
+            if mapping_keys and not self.cluster:
                 pipe.watch(*mapping_keys)  # type: ignore[no-untyped-call]
             # In WATCH mode the pipeline executes reads at once.
-            owned = [key for key in mapping_keys if cast(str | None, pipe.get(key)) == tenant_id]
-            pipe.multi()
-            if owned:
-                pipe.delete(*owned)
-            pipe.delete(
+            reader = self._read(pipe)
+            owned = [key for key in mapping_keys if cast(str | None, reader.get(key)) == tenant_id]
+            if not self.cluster:
+                pipe.multi()
+            # One key per DEL: a cluster pipeline routes each command to one slot.
+            for key in [
+                *owned,
                 keys.tenant(tenant_id),
                 keys.tenant_logins(tenant_id),
                 keys.tenant_domains(tenant_id),
-            )
+            ]:
+                pipe.delete(key)
             pipe.srem(keys.TENANTS, tenant_id)
             pipe.execute()

@@ -151,6 +151,9 @@ def sender_address(headers: email.message.Message) -> str:
 
 
 UNSUBSCRIBED, ALREADY, REFUSED, INVALID = "unsubscribed", "already", "refused", "invalid"
+NOT_RECIPIENT = "not-recipient"
+"""A message token's From that was no recipient of the message: nothing suppressed, and
+the answer (exit status, output) is a success's, so a forged From learns nothing."""
 """The outcomes counted (`unsubscribe:<outcome>` in the shared counts)."""
 
 
@@ -172,7 +175,7 @@ def process_outcome(
     store: SuppressionStore,
     now: float,
 ) -> tuple[str, str]:
-    """`process`, with the outcome: UNSUBSCRIBED or ALREADY."""
+    """`process`, with the outcome: UNSUBSCRIBED, ALREADY or NOT_RECIPIENT."""
     headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
     address_to = recipient or find_recipient(headers, settings)
     token = token_of(address_to, settings)
@@ -188,8 +191,12 @@ def process_outcome(
         raise _refusal(address_to, exc, "is not valid any more") from None
     address = reference.address
     if claims.kind is TokenKind.MESSAGE:
+        # Anyone can write any From: only a recipient of the message is ever removed.
         address = sender_address(headers)
     detail = f"token {claims.token[:8]} message {claims.message_tag_text}".strip()
+    if not signer.was_recipient(reference, address):
+        store.refuse_not_recipient(reference.tenant, address, Source.MAILTO, now, detail)
+        return address, NOT_RECIPIENT
     outcome = store.add(reference.tenant, address, Source.MAILTO, now, detail=detail)
     return address, UNSUBSCRIBED if outcome.added else ALREADY
 
@@ -226,7 +233,8 @@ def main(args: argparse.Namespace, stdin: BinaryIO | None = None) -> int:
     try:
         address, outcome = process_outcome(raw, args.recipient, config.unsubscribe,
                                            SuppressionStore(client), time.time())  # fmt: skip
-        count_quietly(client, "unsubscribe", outcome)
+        if outcome != NOT_RECIPIENT:  # refuse_not_recipient counted it with its audit event
+            count_quietly(client, "unsubscribe", outcome)
     except IntakeRefusal as exc:
         print(f"aup-milter intake: {exc}", file=sys.stderr)
         count_quietly(client, "unsubscribe", REFUSED if exc.code == EX_NOUSER else INVALID)

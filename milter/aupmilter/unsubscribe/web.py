@@ -6,7 +6,11 @@ no authentication, no redirects, and a repeated POST answers the same way.
 A GET never suppresses anything (mail scanners and link previews follow
 links): it shows a page with one button that makes the POST. A message token
 (a message that went to several recipients) cannot name the address, so its
-page, and its one-click POST, ask for the address.
+page, and its one-click POST, ask for the address; it suppresses the address
+only if it was a recipient of that message (policy/tokens.py keeps keyed
+hashes of them), and answers any other address exactly as a success (same
+status, page and number of Redis round trips), so a forwarded message
+neither wipes the list nor tells who received it.
 
 A token that does not verify (forged, altered, truncated, expired) gets 400
 with the same short text whatever is wrong, and costs no Redis call. Each
@@ -23,7 +27,8 @@ aup_web_requests_total{outcome}, aup_build_info) on the same listener, which
 is loopback by default; the reverse proxy forwards only /u/ (the samples in
 README do), so the metrics stay local. Outcomes: page, unsubscribed,
 already, ask-address, bad-address, invalid-token, not-one-click,
-unavailable, rate-limited, too-large, not-found, bad-method, health, error.
+not-recipient, unavailable, rate-limited, too-large, not-found, bad-method,
+health, error.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from aupmilter.exitcodes import EX_CONFIG, EX_OK
 from aupmilter.metrics import METRICS, WEB_SAMPLES
 from aupmilter.policy.tokens import InvalidToken, TokenClaims, TokenKind, TokenSigner
 from aupmilter.store import keys
+from aupmilter.store.client import connect_async
 from aupmilter.store.shared_counts import queue_count
 from aupmilter.store.suppression import (
     AddressError,
@@ -56,7 +62,9 @@ from aupmilter.store.suppression import (
     Suppression,
     audit_fields,
     log_event,
+    not_recipient_fields,
     queue_audit,
+    queue_not_recipient,
     validate_address,
 )
 
@@ -139,6 +147,15 @@ INVALID_LINK = "This unsubscribe link is not valid. Use the link in a more recen
 
 def invalid_link() -> web.Response:
     return page("Link not valid", f"<p>{INVALID_LINK}</p>", status=400)
+
+
+def unsubscribed_page(address: str) -> web.Response:
+    """The answer to every accepted unsubscribe: a new one, a repeated one, and a message
+    token used for an address that never got the message (which suppresses nothing)."""
+    shown = html.escape(address)
+    return page(
+        "Unsubscribed", f"<p>{shown} will receive no more mailing-list mail from this sender.</p>"
+    )
 
 
 def confirm_form(kind: TokenKind, note: str = "") -> str:
@@ -280,15 +297,24 @@ class UnsubscribeService:
                 return form_page, "bad-address"
         detail = f"token {claims.token[:8]} message {claims.message_tag_text}".strip()
         try:
+            if not self.signer.was_recipient(reference, address):
+                await self._refuse_not_recipient(reference.tenant, address, detail)
+                return unsubscribed_page(address), "not-recipient"
             outcome = await self._suppress(reference.tenant, address, detail)
         except (redis.RedisError, OSError) as exc:
             return self._unavailable(exc), "unavailable"
-        shown = html.escape(outcome.suppression.address)
-        done = page(
-            "Unsubscribed",
-            f"<p>{shown} will receive no more mailing-list mail from this sender.</p>",
-        )
+        done = unsubscribed_page(outcome.suppression.address)
         return done, "unsubscribed" if outcome.added else "already"
+
+    async def _refuse_not_recipient(self, tenant: str, address: str, detail: str) -> None:
+        """Suppress nothing, at `_suppress`'s cost: a read, then the audit pipeline."""
+        now = self.clock()
+        await self.client.hget(keys.suppressed(tenant), address)
+        fields = not_recipient_fields(tenant, address, Source.ONE_CLICK, now, detail)
+        async with self.client.pipeline(transaction=False) as pipe:
+            queue_not_recipient(pipe, fields, now)
+            await pipe.execute()
+        log_event(fields)
 
     async def _suppress(self, tenant: str, address: str, detail: str) -> Outcome:
         now = self.clock()
@@ -338,13 +364,7 @@ def build(config: Config, clock: Clock = time.time) -> tuple[web.Application, An
         raise ConfigError(
             [f"{config.path}: key 'unsubscribe': expected an [unsubscribe] section, got none"]
         )
-    client = redis.asyncio.Redis.from_url(
-        config.redis.url,
-        socket_connect_timeout=config.redis.connect_timeout,
-        socket_timeout=config.redis.timeout,
-        decode_responses=True,
-        client_name="aup-milter-web",
-    )
+    client: redis.asyncio.Redis = connect_async(config.redis, "aup-milter-web")
     service = UnsubscribeService(config.unsubscribe, config.web, client, clock)
     app = service.app()
 

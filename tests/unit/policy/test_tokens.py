@@ -9,6 +9,7 @@ import pytest
 
 from aupmilter.policy.tokens import (
     LONGEST_TOKEN,
+    MAX_HASHED_RECIPIENTS,
     MAX_TOKEN_LENGTH,
     SECONDS_PER_DAY,
     InvalidToken,
@@ -38,23 +39,63 @@ def test_recipient_token_round_trip() -> None:
     assert reference == Reference(TokenKind.RECIPIENT, "acme", "Alice@example.net")
 
 
+RECIPIENTS = ("a@example.net", "B@example.org")
+
+
 def test_message_token_round_trip() -> None:
-    issued = signer().message_token("globex", "<m1@globex.example>", NOW)
+    issued = signer().message_token("globex", "<m1@globex.example>", NOW, RECIPIENTS)
     claims = signer().verify(issued.token, NOW)
     assert claims.kind is TokenKind.MESSAGE
-    assert claims.resolve(issued.reference.store_value) == Reference(
-        TokenKind.MESSAGE, "globex", ""
-    )
-    other = signer().message_token("globex", "<m2@globex.example>", NOW)
+    reference = claims.resolve(issued.reference.store_value)
+    assert reference == issued.reference
+    assert (reference.tenant, reference.address) == ("globex", "")
+    other = signer().message_token("globex", "<m2@globex.example>", NOW, RECIPIENTS)
     assert other.token != issued.token, "the message tag makes each message's token distinct"
-    assert other.reference.ref_text == issued.reference.ref_text, "one stored entry per tenant"
+    assert other.reference.ref_text != issued.reference.ref_text, "one stored entry per message"
+    batch = signer().message_token("globex", "<m1@globex.example>", NOW, ("c@example.net",))
+    assert batch.reference.ref_text != issued.reference.ref_text, (
+        "a second batch of the same message keeps the first batch's entry"
+    )
+
+
+def test_a_message_token_knows_its_recipients_and_no_one_else() -> None:
+    issued = signer().message_token("globex", "<m1@globex.example>", NOW, RECIPIENTS)
+    reference = signer().verify(issued.token, NOW).resolve(issued.reference.store_value)
+    assert all(signer().was_recipient(reference, address) for address in RECIPIENTS)
+    assert signer().was_recipient(reference, "b@Example.org"), "case does not matter"
+    for stranger in ("c@example.net", "b@example.com", "a@example.net ", ""):
+        assert not signer().was_recipient(reference, stranger), stranger
+    # The hashes are keyed: with another secret they mean nothing.
+    assert not signer(OTHER).was_recipient(reference, "a@example.net")
+    # A rotation keeps delivered links working: the old secret still verifies.
+    assert signer(OTHER, NEW).was_recipient(reference, "B@example.org")
+
+
+def test_a_recipient_token_knows_its_one_recipient() -> None:
+    issued = signer().recipient_token("acme", "Alice@example.net", NOW)
+    assert signer().was_recipient(issued.reference, "Alice@example.net")
+    assert not signer().was_recipient(issued.reference, "alice@example.net")
+
+
+def test_the_stored_recipients_are_bounded() -> None:
+    many = [f"r{n}@example.net" for n in range(MAX_HASHED_RECIPIENTS + 50)]
+    issued = signer().message_token("acme", "<big@x>", NOW, many)
+    value = issued.reference.store_value
+    assert len(issued.reference.recipient_hashes) == MAX_HASHED_RECIPIENTS
+    assert len(value.encode()) < 11 * MAX_HASHED_RECIPIENTS + 100
+    reference = signer().verify(issued.token, NOW).resolve(value)
+    assert signer().was_recipient(reference, many[0])
+    assert not signer().was_recipient(reference, many[-1])
+    padded = value + " " + "a" * 10
+    with pytest.raises(InvalidToken):
+        signer().verify(issued.token, NOW).resolve(padded)
 
 
 @pytest.mark.parametrize("address", ["a@b.example", "x" * 64 + "@" + "d" * 180 + ".example"])
 def test_tokens_are_short_and_url_and_local_part_safe(address: str) -> None:
     for token in (
         signer().recipient_token("t" * 64, address, NOW).token,
-        signer().message_token("t" * 64, "<" + "m" * 900 + ">", NOW).token,
+        signer().message_token("t" * 64, "<" + "m" * 900 + ">", NOW, [address]).token,
     ):
         assert len(token) <= LONGEST_TOKEN <= 48 < MAX_TOKEN_LENGTH
         assert re.fullmatch(r"[a-z2-7]+", token)
@@ -161,7 +202,7 @@ def test_stored_reference_of_another_tenant_is_refused() -> None:
 
 
 def test_message_token_cannot_use_a_recipient_entry() -> None:
-    claims = signer().verify(signer().message_token("acme", "<m@x>", NOW).token, NOW)
+    claims = signer().verify(signer().message_token("acme", "<m@x>", NOW, RECIPIENTS).token, NOW)
     with pytest.raises(InvalidToken):
         claims.resolve("acme\na@b.example")
 

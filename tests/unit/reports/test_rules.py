@@ -142,7 +142,7 @@ def test_the_lookup_weighs_the_evidence_in_order(
 
 
 def test_a_message_token_names_the_tenant_only() -> None:
-    made = SIGNER.message_token("globex", "<m@globex.example>", NOW)
+    made = SIGNER.message_token("globex", "<m@globex.example>", NOW, ["a@example.net"])
     lookup = store_lookup(resolve_token=token_resolver(SIGNER, references(made.reference).get, NOW))
     assert lookup(Clues(tokens=(made.token,))) == Attribution("globex", "unsubscribe token")
     assert made.reference.kind is TokenKind.MESSAGE

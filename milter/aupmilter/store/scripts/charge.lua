@@ -23,7 +23,11 @@
 --             message is already known to be bulk ("1" or "0"), the fill of
 --             the last window (the content counter) from which it becomes
 --             bulk ("-1": never), and the R values to store; the references
---             are written only when the message is charged and bulk
+--             are written only when the message is charged and bulk. A value
+--             is policy/tokens.py's Reference.store_value: "<tenant>\n<address>",
+--             or for a message link "<tenant>\n\n<hashes>", the keyed hashes of
+--             its recipients (at most 1000, under 11 KB), so the link can only
+--             ever suppress one of them
 -- then        the message's recipients, normalized as the suppression hash
 --             stores them
 --
@@ -47,9 +51,12 @@
 -- Every key comes in KEYS (built by store/keys.py); the script reads no field
 -- of the tenant hash.
 --
--- The window and suppression keys share the tenant's hash tag; the reference
--- keys cannot (the unsubscribe service finds them by token alone), so a
--- message with relay links is single-slot only on a standalone Redis.
+-- Cluster safety: the window and suppression keys share the tenant's hash
+-- tag; the reference keys cannot (the unsubscribe service finds them by token
+-- alone). On a Redis Cluster the client therefore passes R = 0 and stores the
+-- references itself after a bulk charge (store/client.Store._write_references:
+-- one more round trip, for bulk mail with relay links only), so every call of
+-- this script touches one slot; on one server or Sentinel they ride here.
 
 local now = tonumber(ARGV[1])
 local windows = tonumber(ARGV[2])
