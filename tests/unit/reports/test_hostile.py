@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import HealthCheck, given, settings
 
 from aupmilter.reports.classify import classify_bytes
@@ -17,3 +19,13 @@ def test_mangled_reports_classify_without_an_exception(raw: bytes) -> None:
     assert set(report.suppress) <= set(report.recipients)
     assert "cannot be classified" not in report.reason, report.reason
     assert report.reason and "\n" not in report.reason
+
+
+def test_a_charset_with_a_nul_in_it_still_classifies() -> None:
+    """Found by make fuzz: email's get_payload raises ValueError on such a charset."""
+    sample = Path(__file__).resolve().parents[2] / "corpus" / "reports" / "arf-unknown-charset.eml"
+    raw = sample.read_bytes().replace(b"charset=x-unknown", b"charset=\x00-unknown", 1)
+    assert b"\x00" in raw
+    report = classify_bytes(raw)
+    assert "cannot be classified" not in report.reason, report.reason
+    assert report.kind is Kind.COMPLAINT, report
