@@ -2,6 +2,7 @@
 #   make test       install what is missing (apt, .venv), then lint, type-check and run every test
 #   make demo       bring up Redis, the milter, a private Postfix and a sink under run/demo/
 #   make demo-stop  stop exactly what `make demo` started
+#   make fuzz       10^5 generated bad inputs through the real parsing paths; prints the count and peak RSS
 #   make bench      throughput of Postfix + aup-milter against bare Postfix and a do-nothing milter,
 #                   then the milter's own capacity with 1 and 2 workers (bench/)
 #   make deb        build the Debian package offline: dist/aup-milter_VERSION_all.deb
@@ -10,7 +11,7 @@
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: test bootstrap lint typecheck pytest demo demo-stop demo-down demo-status bench deb test-deb clean
+.PHONY: test bootstrap lint typecheck pytest fuzz demo demo-stop demo-down demo-status bench deb test-deb clean
 
 test: bootstrap lint typecheck pytest
 
@@ -26,6 +27,11 @@ typecheck: bootstrap
 
 pytest: bootstrap
 	$(PYTHON) -m pytest
+
+# Header blocks, bodies, MIME structures, ARF/DSN reports, tokens and raw HTTP requests
+# (tests/fuzz); `make test` runs the same targets for a few hundred cases each.
+fuzz: bootstrap
+	$(PYTHON) -m tests.fuzz --cases $${FUZZ_CASES:-100000}
 
 demo: bootstrap
 	$(PYTHON) -m testbed demo-up

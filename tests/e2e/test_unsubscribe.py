@@ -274,3 +274,60 @@ def test_web_service_behind_the_delivered_link(fresh: Stack, connect: ClientFact
     done = post(url)
     assert done.status == 200 and done.getheader("Location") is None
     assert fresh.redis_cli("HEXISTS", "aup:{acme}:suppressed", reader) == "1"
+
+
+def post_address(url: str, address: str) -> tuple[int, str]:
+    """A one-click POST naming ``address`` (a message token's page asks for it)."""
+    body = urllib.parse.urlencode({"List-Unsubscribe": "One-Click", "address": address})
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    conn.request("POST", parts.path, body=body.encode(),
+                 headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    response = conn.getresponse()
+    page = response.read().decode("utf-8", "replace")
+    conn.close()
+    return response.status, page
+
+
+def mail_to_intake(stack: Stack, mailto: str, sender: str) -> None:
+    """An unsubscribe mail from ``sender`` through the intake, waited for until Postfix's pipe
+    delivery is logged as sent (so whatever it suppresses is in Redis by then)."""
+    before = len(re.findall(r"relay=aup-intake.*status=sent", stack.postfix_log()))
+    unsubscribe = EmailMessage()
+    unsubscribe["From"] = sender
+    unsubscribe["To"] = mailto
+    unsubscribe["Subject"] = "unsubscribe"
+    unsubscribe.set_content("unsubscribe\n")
+    with SmtpClient(stack.host, stack.intake_port) as provider:
+        assert provider.send("bounces@provider.example", [mailto], unsubscribe).accepted
+    wait_until(
+        lambda: len(re.findall(r"relay=aup-intake.*status=sent", stack.postfix_log())) > before,
+        timeout=30, interval=0.1, what="the intake's delivery to be logged as sent",
+        on_timeout=lambda: stack.postfix_log()[-3000:],
+    )  # fmt: skip
+
+
+def test_a_forwarded_message_token_suppresses_only_its_recipients(
+    fresh: Stack, connect: ClientFactory
+) -> None:
+    """One newsletter to two readers, forwarded to a stranger: neither a typed address nor
+    a forged From that never got the message is suppressed, and the answers are the same;
+    each real reader still unsubscribes, by page or by mail."""
+    readers = ["first-reader@example.net", "second-reader@example.net"]
+    message, token = bulk_message(readers)
+    delivered = send_and_receive(connect("acme"), readers, message, token, fresh)
+    match = links(delivered)
+    assert len(match["token"]) == 48, "two recipients: a message token"
+
+    stranger = post_address(match["url"], "victim@example.org")
+    assert fresh.redis_cli("EXISTS", "aup:{acme}:suppressed") == "0", "a stranger was suppressed"
+    reader = post_address(match["url"], readers[0])
+    assert suppressed(fresh, readers[0]).startswith("one-click ")
+    assert stranger[0] == reader[0] == 200
+    assert stranger[1].replace("victim@example.org", "X") == reader[1].replace(readers[0], "X")
+
+    mail_to_intake(fresh, match["mailto"], "victim@example.org")
+    assert fresh.redis_cli("HLEN", "aup:{acme}:suppressed") == "1", "a forged From was suppressed"
+    mail_to_intake(fresh, match["mailto"], readers[1])
+    assert suppressed(fresh, readers[1]).startswith("mailto ")
+    assert fresh.redis_cli("HEXISTS", "aup:{acme}:suppressed", "victim@example.org") == "0"

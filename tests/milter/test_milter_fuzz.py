@@ -13,45 +13,13 @@ from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from aupmilter import replies
+from tests.fuzz.strategies import bodies, header_blocks
 from tests.milter.harness import Daemon
 from tests.milter.mta import Kind, MilterClient, compliant_headers
 
 ALLOWED = {(r.code, r.status) for r in replies.ALL_REPLIES if r is not replies.INTERNAL_ERROR}
-KNOWN_NAMES = [
-    "From", "To", "Cc", "Bcc", "Sender", "Reply-To", "Subject", "Date", "Message-ID",
-    "In-Reply-To", "References", "Content-Type", "MIME-Version", "Precedence", "List-Id",
-    "DKIM-Signature", "Received", "X-Mailer",
-]  # fmt: skip
-ODD_BYTES = [
-    b"\r", b"\n", b"\r\n", b"\n ", b"\t", b"\xff", b"\xc3\xa9", b"=?", b"?=", b"%",
-    b"<", b">", b"@", b":", b";", b",", b'"',
-]  # fmt: skip
-
-names = st.one_of(
-    st.sampled_from(KNOWN_NAMES),
-    st.text(
-        st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters=":"),
-        min_size=1,
-        max_size=20,
-    ),
-)  # fmt: skip
-values = st.lists(
-    st.one_of(
-        st.binary(max_size=40).map(lambda b: b.replace(b"\0", b"")),
-        st.sampled_from(ODD_BYTES),
-        st.text(max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass").replace(b"\0", b"")),
-        st.integers(1, 1500).map(lambda n: b"x" * n),
-        st.sampled_from([b"alice@acme.example", b"Alice <alice@acme.example>", b"<id@acme.example>",
-                         b"Fri, 14 Mar 2025 11:58:00 +0000", b"Re: hello", b"bulk",
-                         b"v=1; a=rsa-sha256; d=acme.example; s=test2048; h=from; bh=x; b=y"]),
-    ),
-    max_size=6,
-).map(b"".join)  # fmt: skip
-header_blocks = st.lists(st.tuples(names, values), max_size=25)
-bodies = st.binary(max_size=4096)
 
 
 @pytest.fixture

@@ -72,12 +72,14 @@ def test_scrape_counts_exactly_the_verdicts_and_refusals_sent(
         assert pruned.eom is not None and pruned.eom.response.kind.name == "CONTINUE"
         during = scrape(port)
         assert value(during, "aup_open_connections") == 1
-    # libmilter runs the close callback after the MTA hung up, on its own thread.
-    after = wait_until(
-        lambda: found if value(found := scrape(port), "aup_open_connections") == 0 else None,
-        timeout=10.0,
-        what="the connection counted closed",
-    )
+
+    # The daemon sees the close after the client returns: scrape once it has (under load
+    # the first scrape could still count the connection).
+    def closed() -> Samples | None:
+        samples = scrape(port)
+        return samples if value(samples, "aup_open_connections") == 0 else None
+
+    after = wait_until(closed, timeout=10.0, what="the daemon to count the closed connection")
 
     # The fourth near-cap message with one content is the sender's first offence (the ladder).
     assert value(after, "aup_transactions_total", verdict="accept", rule="") == 3

@@ -272,3 +272,25 @@ def test_redis_outage_gives_503_and_recovers(
         assert service.post_form(f"/u/{token}", ONE_CLICK).status == 200
         assert client.hexists(SUPPRESSED, "Bob@example.net")
     assert "redis unavailable" in service.log_text()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data; boundary=zz", b""),
+        ("multipart/form-data", b"List-Unsubscribe=One-Click"),
+        ("multipart/form-data; boundary=zz", b"--zz\r\nxx"),
+        ("application/x-www-form-urlencoded; charset=utf-16", b"a=b"),
+        ("application/x-www-form-urlencoded; charset=x-unknown", b"List-Unsubscribe=One-Click"),
+        ("application/x-www-form-urlencoded", b"\xff\xfe=1"),
+    ],
+)
+def test_an_unreadable_form_is_a_request_that_asks_nothing(
+    service: WebService, redis_client: redis.Redis, content_type: str, body: bytes
+) -> None:
+    """Found by tests/fuzz: aiohttp's form parser raises on these, which was a 500."""
+    for address in ("Bob@example.net", None):
+        token = issue(redis_client, address).token
+        response = service.request("POST", f"/u/{token}", body, {"Content-Type": content_type})
+        assert response.status == 400 and "Nothing was changed" in response.body
+    assert redis_client.exists(SUPPRESSED) == 0

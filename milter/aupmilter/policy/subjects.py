@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 
 from aupmilter import replies
@@ -82,8 +83,10 @@ def decoded_subject(block: HeaderBlock) -> str | None:
         return None
     try:
         return str(make_header(decode_header(text)))
-    except (ValueError, LookupError, UnicodeError):
-        return text  # undecodable encoded words: judge the raw text
+    except (ValueError, LookupError, UnicodeError, HeaderParseError):
+        # Undecodable encoded words (HeaderParseError: base64 that is not, found by
+        # make fuzz; it would have been the glue's internal-error 451): judge the raw text.
+        return text
 
 
 def bulk_by_headers(block: HeaderBlock) -> bool:

@@ -67,6 +67,7 @@ MAX_HASHED_RECIPIENTS = 1000
 """Recipients of one message whose hashes are stored (the first ones, in RCPT
 order): the stored value stays under 11 KB. A plan that lets bulk messages
 go to more recipients should set bulk_one_recipient_per_message."""
+_RECIPIENT_HASH = re.compile(rf"^[a-z2-7]{{{(RECIPIENT_HASH_BYTES * 8 + 4) // 5}}}$")
 _MAC_CONTEXT = b"aup-milter unsubscribe token\x00"
 _REF_CONTEXT = b"aup-milter unsubscribe reference\x00"
 _RECIPIENT_CONTEXT = b"aup-milter unsubscribe recipient\x00"
@@ -167,6 +168,8 @@ class TokenClaims:
         recipient_hashes = tuple(hashes.split()) if self.kind is TokenKind.MESSAGE else ()
         if len(recipient_hashes) > MAX_HASHED_RECIPIENTS:
             raise InvalidToken("stored reference holds too many recipients")
+        if not all(_RECIPIENT_HASH.match(h) for h in recipient_hashes):
+            raise InvalidToken("stored reference holds a malformed recipient hash")
         reference = Reference(self.kind, tenant, address, self.message_tag, recipient_hashes)
         if not hmac.compare_digest(reference.ref, self.ref):
             raise InvalidToken("stored reference does not match the token's commitment")
@@ -190,7 +193,7 @@ def commitment(
     """
     parts = [_REF_CONTEXT, bytes([kind]), tenant.encode("utf-8"), address.encode("utf-8")]
     if kind is TokenKind.MESSAGE:
-        parts += [tag, " ".join(recipient_hashes).encode("ascii")]
+        parts += [tag, " ".join(recipient_hashes).encode("utf-8", "surrogateescape")]
     return hashlib.sha256(b"\x00".join(parts)).digest()[:REF_BYTES]
 
 

@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
+from typing import Any
 
 MAX_REPORT_BYTES = 10 * 1024 * 1024
 """A report is a few KiB; Postfix returns at most 50 KB of the original (bounce_size_limit)."""
@@ -125,9 +126,9 @@ def body_bytes(part: Message) -> bytes:
     multipart/mixed): the parser then sees the encoded text as a headerless
     block, so the text is put back together and decoded here.
     """
-    payload = part.get_payload()
+    payload = _payload(part)
     if not isinstance(payload, list):
-        decoded = part.get_payload(decode=True)
+        decoded = _payload(part, decode=True)
         return decoded if isinstance(decoded, bytes) else b""
     subs = (_as_text(sub) for sub in payload if isinstance(sub, Message))
     data = "".join(subs).encode("utf-8", "surrogateescape")
@@ -140,6 +141,17 @@ def body_bytes(part: Message) -> bytes:
     if encoding == "quoted-printable":
         return quopri.decodestring(data)
     return data
+
+
+def _payload(part: Message, decode: bool = False) -> Any:
+    """``get_payload``, which decodes with the part's charset parameter and survives only an
+    unknown one: a charset with a NUL in it raises ValueError (found by tests/fuzz). Such a
+    part is read as Latin-1, like one in a charset Python lacks."""
+    try:
+        return part.get_payload(None, decode)  # type: ignore[call-overload]
+    except ValueError:
+        part.set_param("charset", "latin-1")
+        return part.get_payload(None, decode)  # type: ignore[call-overload]
 
 
 def _as_text(part: Message) -> str:

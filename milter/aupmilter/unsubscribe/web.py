@@ -46,6 +46,7 @@ from typing import Any
 import redis
 import redis.asyncio
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from aupmilter.config import Config, ConfigError, UnsubscribeSettings, WebSettings, load_config
@@ -75,10 +76,18 @@ ONE_CLICK_VALUE = "One-Click"
 MAX_REQUEST_LINE = 2048
 MAX_HEADER_FIELD = 4096
 MAX_HEADERS = 50
+HANDLER_LIMITS = {
+    "max_line_size": MAX_REQUEST_LINE,
+    "max_field_size": MAX_HEADER_FIELD,
+    "max_headers": MAX_HEADERS,
+}
 MAX_TRACKED_CLIENTS = 100_000
 RETRY_AFTER_SECONDS = 60
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 UNCOUNTED = ("/metrics",)
+UNREADABLE_FORM = (ValueError, LookupError, HttpProcessingError)
+"""What aiohttp's form parsing raises for a body it cannot read (UnicodeDecodeError is a
+ValueError); a body over max_body_bytes raises HTTPRequestEntityTooLarge, answered 413."""
 OUTCOME_BY_STATUS = {404: "not-found", 405: "bad-method", 413: "too-large", 429: "rate-limited"}
 
 SECURITY_HEADERS = {
@@ -193,6 +202,10 @@ class UnsubscribeService:
         app = web.Application(
             client_max_size=self.settings.max_body_bytes,
             middlewares=[self.guard],
+            # Here, not as run_app(handler_args=...): aiohttp 3.8 (Debian 12) has no such
+            # argument, and 3.14 hands it to the request handler as an unknown keyword,
+            # which then drops every bound and keeps its defaults (found by tests/fuzz).
+            handler_args=HANDLER_LIMITS,
         )
         app.router.add_get("/u/{token}", self.show)
         app.router.add_post("/u/{token}", self.unsubscribe)
@@ -273,7 +286,13 @@ class UnsubscribeService:
             return page("Request too large", "<p>The request is too large.</p>", 413), "too-large"
         if request.content_type not in FORM_TYPES:
             return self._not_one_click(), "not-one-click"
-        form = await request.post()
+        try:
+            form = await request.post()
+        except UNREADABLE_FORM as exc:
+            # A multipart without its boundary, bytes not in the declared charset, an
+            # unknown charset: a form nobody can read asks for nothing (found by tests/fuzz).
+            log.info("unreadable form body: %s", exc, extra={"client": request["client"]})
+            return self._not_one_click(), "not-one-click"
         if form.get(ONE_CLICK_FIELD) != ONE_CLICK_VALUE:
             return self._not_one_click(), "not-one-click"
         typed = form.get("address")
@@ -393,11 +412,6 @@ def main(args: argparse.Namespace) -> int:
         port=config.web.port,
         print=None,
         access_log=None,  # tokens in URLs are credentials of a sort: not logged in full
-        handler_args={
-            "max_line_size": MAX_REQUEST_LINE,
-            "max_field_size": MAX_HEADER_FIELD,
-            "max_headers": MAX_HEADERS,
-        },
         shutdown_timeout=5.0,
     )
     return EX_OK

@@ -95,3 +95,10 @@ def test_forbidden_patterns_per_plan() -> None:
     assert [f.check for f in found] == [Check.FORBIDDEN_SUBJECT]
     assert "forbidden pattern" in found[0].fault
     assert check_subject(block(Subject="Invoice 42"), bulk=False, plan=plan) == []
+
+
+def test_an_encoded_word_that_is_not_base64_is_judged_raw() -> None:
+    """Found by make fuzz: email.header raises HeaderParseError (not a ValueError) here."""
+    subject = "Re: =?utf-8?b?0=?utf-8?b?w6k=?="
+    findings = check_subject(block(subject=subject), bulk=True, plan=PlanChecks())
+    assert [f.check for f in findings] == [Check.REPLY_PREFIX]

@@ -91,6 +91,14 @@ def test_the_stored_recipients_are_bounded() -> None:
         signer().verify(issued.token, NOW).resolve(padded)
 
 
+@pytest.mark.parametrize("hashes", ["\x80", "AAAAAAAAAA", "aaaaaaaaa", "aaaaaaaaaaa", "a!aaaaaaaa"])
+def test_a_stored_recipient_list_that_is_not_hashes_is_refused(hashes: str) -> None:
+    """Found by make fuzz: a non-ASCII stored hash raised UnicodeEncodeError."""
+    claims = signer().verify(signer().message_token("acme", "<m@x>", NOW, RECIPIENTS).token, NOW)
+    with pytest.raises(InvalidToken):
+        claims.resolve(f"acme\n\n{hashes}")
+
+
 @pytest.mark.parametrize("address", ["a@b.example", "x" * 64 + "@" + "d" * 180 + ".example"])
 def test_tokens_are_short_and_url_and_local_part_safe(address: str) -> None:
     for token in (
