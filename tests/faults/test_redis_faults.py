@@ -74,7 +74,8 @@ def test_redis_sigkilled_with_on_store_error_accept_delivers_without_retries(
     """``on_store_error = "accept"``: the operator chose availability over the policy, so
     mail flows through the outage unchecked (the probes may pass) and none is lost."""
     fault_stack.milter_config_extra += '[policy]\non_store_error = "accept"\n'
-    fault_stack.write_milter_config()
+    # Restarted, not reloaded: every worker must run the new config before the stream starts.
+    fault_stack.restart_milter()
     try:
 
         def kill_and_restart() -> None:
@@ -87,7 +88,7 @@ def test_redis_sigkilled_with_on_store_error_accept_delivers_without_retries(
         fault_stack.milter_config_extra = fault_stack.milter_config_extra.replace(
             '[policy]\non_store_error = "accept"\n', ""
         )
-        fault_stack.write_milter_config()
+        fault_stack.restart_milter()
 
     assert tally.lost == 0 and tally.duplicates == 0, tally.report()
     assert tally.unexpected_refusals == [], tally.report()
