@@ -103,3 +103,19 @@ def as_from_a_terminal() -> None:
     the default disposition is what a terminal gives a foreground command.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    """The live children of `supervisor`, from /proc (zombies excluded)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, parent = fields[0], int(fields[1])
+        if parent == supervisor and state != "Z":
+            found.add(int(entry.name))
+    return found

@@ -17,6 +17,7 @@ import redis
 from testbed.proc import free_port, wait_until
 from tests.milter.harness import Daemon, StartDaemon, Tenants
 from tests.milter.mta import Kind, MilterClient
+from tests.support import worker_pids
 
 WINDOW = "sender-recipients-minute"
 WAIT = 30.0
@@ -24,22 +25,6 @@ WAIT = 30.0
 
 def until(probe: Callable[[], object], what: str) -> None:
     wait_until(lambda: probe() or None, timeout=WAIT, what=what)
-
-
-def worker_pids(supervisor: int) -> set[int]:
-    """The live children of `supervisor`, from /proc (zombies excluded)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, parent = fields[0], int(fields[1])
-        if parent == supervisor and state != "Z":
-            found.add(int(entry.name))
-    return found
 
 
 def start_workers(start_daemon: StartDaemon, count: int = 2, **overrides: Any) -> Daemon:
