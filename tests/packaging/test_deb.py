@@ -422,6 +422,7 @@ def assert_status_ok(config: Path, milter_socket: Path) -> None:
         "milter": "ok",
         "redis": "ok",
         "scripts": "ok",
+        "registry": "ok",
         "config": "ok",
     }
 
