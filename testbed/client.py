@@ -117,7 +117,9 @@ class SmtpClient:
         helo: str = "client.testbed.invalid",
         source: str = CLIENT_ADDRESS,
     ) -> None:
-        self._smtp = smtplib.SMTP(timeout=timeout, source_address=(source, 0))
+        # local_hostname given: without it smtplib asks getfqdn(), a DNS query to the
+        # machine's resolver (off loopback) for every session, which may stall for seconds.
+        self._smtp = smtplib.SMTP(local_hostname=helo, timeout=timeout, source_address=(source, 0))
         self._smtp.connect(host, port)
         code, text = self._smtp.ehlo(helo)
         if code != 250:
