@@ -5,37 +5,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from testbed.proc import child_pids, stat_fields
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _stat_fields(pid: int) -> list[str]:
-    """The fields of /proc/PID/stat after the parenthesised name (the state is [0])."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def process_tree(pid: int) -> list[int]:
     """`pid` and its live descendants (zombies left out), parents first."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = _stat_fields(int(entry.name))
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
     tree, todo = [], [pid]
     while todo:
         current = todo.pop(0)
         tree.append(current)
-        todo.extend(sorted(children.get(current, [])))
+        todo.extend(sorted(child_pids(current)))
     return tree
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of every thread of `pid` so far (utime, stime: fields 14 and 15)."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
@@ -45,7 +32,7 @@ def tree_cpu_seconds(pid: int) -> float:
     A worker that died and was reaped counts in the supervisor's cutime/cstime
     (fields 16 and 17); one that runs counts in its own stat.
     """
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     reaped = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
     total = reaped
     for member in process_tree(pid):

@@ -332,3 +332,23 @@ def run(
             f"stdout: {done.stdout.strip()}\nstderr: {done.stderr.strip()}"
         )
     return done
+
+
+def stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the parenthesised name (the state is [0])."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def child_pids(parent: int) -> set[int]:
+    """The live children of `parent`, from /proc (zombies left out)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = stat_fields(int(entry.name))
+        except OSError:
+            continue  # ended between the listing and the read
+        if int(fields[1]) == parent and fields[0] != "Z":
+            found.add(int(entry.name))
+    return found

@@ -18,7 +18,7 @@ import redis
 from aupmilter.policy.tenancy import Lookup, TenantRecord
 from aupmilter.store.client import Store
 from testbed.parts.redisserver import RedisServer
-from testbed.proc import free_port, tail, wait_until
+from testbed.proc import child_pids, free_port, tail, wait_until
 
 STARTUP_TIMEOUT = 15.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,16 +106,5 @@ def as_from_a_terminal() -> None:
 
 
 def worker_pids(supervisor: int) -> set[int]:
-    """The live children of `supervisor`, from /proc (zombies excluded)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, parent = fields[0], int(fields[1])
-        if parent == supervisor and state != "Z":
-            found.add(int(entry.name))
-    return found
+    """The live worker processes of `supervisor`."""
+    return child_pids(supervisor)
