@@ -22,8 +22,8 @@ Bounds: at most `MAX_PENDING` events wait (when Redis is down for long, the
 oldest are dropped from the stream, counted and logged; their log lines
 stay); a verdict lists at most `[audit] recipients_listed` recipients (default
 10, at most `MAX_LISTED`; the count is always complete) and at most
-`MAX_LISTED` suppressed ones get an event each; at most `MAX_PER_RIDE` events
-ride on one call.
+`MAX_LISTED` suppressed ones (and as many lapsed ones) get an event each; at
+most `MAX_PER_RIDE` events ride on one call.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ class EventKind:
     VERDICT = "verdict"
     RECIPIENT_REFUSED = "recipient-refused"
     RECIPIENT_SUPPRESSED = "recipient-suppressed"
+    RECIPIENT_LAPSED = "recipient-lapsed"
+    """A bulk recipient whose consent lapsed (policy.consent): removed, or only warned."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -274,11 +274,29 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
             self.live.audit.record(event, now)
         if result.suppressed:
             METRICS.recipients_suppressed.inc(len(result.suppressed))
+        for recipient in result.lapsed[: audit.MAX_LISTED]:
+            event = audit.verdict_event(
+                self.conn.conn_id,
+                txn.envelope,
+                verdict,
+                "eom",
+                kind=audit.EventKind.RECIPIENT_LAPSED,
+                shadow=txn.shadow,
+            )
+            removed = result.lapse_enforced and not txn.shadow
+            event.update(
+                recipient=recipient,
+                verdict="removed" if removed else "warned",
+                rule=end_of_message.CONSENT_LAPSED,
+            )
+            self.live.audit.record(event, now)
         if not verdict.refuses:
             self._apply(result.actions)
         extra: dict[str, object] = dict(result.log_fields or {})
         if result.suppressed:
             extra["suppressed"] = len(result.suppressed)
+        if result.lapsed:
+            extra["lapsed"] = len(result.lapsed)
         added = [a.name for a in result.actions if isinstance(a, AddHeader | InsertHeader)]
         if added and not verdict.refuses:
             extra["headers"] = added

@@ -112,6 +112,19 @@ RECIPIENT_UNSUBSCRIBED = Reply(
     "5.7.1",
     "Recipient has unsubscribed from this sender's mail; remove it from your list",
 )
+RECIPIENTS_LAPSED = Reply(
+    "550",
+    "5.7.1",
+    "The consent of every recipient has lapsed or they have unsubscribed; re-confirm their "
+    "consent and have it imported into the relay's consent ledger before mailing them again",
+)
+NEW_RECIPIENTS = Reply(
+    "550",
+    "5.7.1",
+    "Too many recipients of this bulk message never got mail from your account; have your "
+    "consent records imported into the relay's consent ledger, or send to fewer new "
+    "addresses per message",
+)
 BULK_ONE_RECIPIENT = Reply(
     "452",
     "4.5.3",
@@ -165,6 +178,26 @@ def window_taken(window: str, retry_after: int) -> Reply:
 def recipients_unsubscribed(tenant: str) -> Reply:
     return RECIPIENTS_UNSUBSCRIBED.with_text(
         f"All recipients have unsubscribed from {tenant}'s mail; do not send to them again"
+    )
+
+
+def recipients_lapsed(tenant: str, lapse_days: int) -> Reply:
+    """550 5.7.1 at end of message: no recipient left after suppression and consent lapse."""
+    return RECIPIENTS_LAPSED.with_text(
+        f"The consent of every recipient has lapsed (no consent or bulk mail from {tenant}"
+        f" within {lapse_days} days) or they have unsubscribed; re-confirm their consent and"
+        " have it imported into the relay's consent ledger (aup-milter consent import)"
+        " before mailing them again"
+    )
+
+
+def new_recipients(new: int, recipients: int) -> Reply:
+    """550 5.7.1 at end of message: the share of never-mailed bulk recipients is too high."""
+    return NEW_RECIPIENTS.with_text(
+        f"{new} of the {recipients} recipients of this bulk message never got mail from your"
+        " account (a bought list looks like that); have your consent records imported into"
+        " the relay's consent ledger (aup-milter consent import), or send to fewer new"
+        " addresses per message"
     )
 
 
@@ -301,6 +334,8 @@ ALL_REPLIES: tuple[Reply, ...] = (
     UNSUBSCRIBE_NONCOMPLIANT,
     RECIPIENT_UNSUBSCRIBED,
     BULK_ONE_RECIPIENT,
+    RECIPIENTS_LAPSED,
+    NEW_RECIPIENTS,
     FOOTER_MISSING,
     FOOTER_NO_IDENTITY,
     FOOTER_MALFORMED_MIME,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from aupmilter.config.consent import read_plan_consent
 from aupmilter.config.loader import (
     ConfigError,
     Section,
@@ -127,6 +128,7 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
         Section(file, f"plan.{name}.ladder", section.subtable("ladder"), section.problems)
     )
     footer = read_plan_footer(section)
+    consent = read_plan_consent(section)
     section.reject_unknown()
     return Plan(
         name=name,
@@ -139,6 +141,7 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
         ladder=ladder,
         reputation=reputation,
         footer=footer,
+        consent=consent,
         mode=cast(Literal["enforce", "shadow"], mode),
     )
 

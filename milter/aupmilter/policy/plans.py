@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from aupmilter.policy.consent import ConsentPlan
 from aupmilter.policy.findings import PlanChecks
 from aupmilter.policy.footer import FooterPlan
 from aupmilter.policy.ladder import LadderPlan
@@ -57,6 +58,8 @@ class Plan:
     reputation: ReputationPlan = field(default_factory=ReputationPlan)
     footer: FooterPlan = field(default_factory=FooterPlan)
     """`[plan.NAME.footer]`: the sender-identity footer of bulk mail (policy.footer)."""
+    consent: ConsentPlan = field(default_factory=ConsentPlan)
+    """`[plan.NAME.consent]`: the consent ledger's lapse and new-recipient share."""
     mode: Literal["enforce", "shadow"] = "enforce"
     """`shadow`: every check runs and the audit trail says what it would have done
     (`would-reject`, ...), but the mail passes unchanged; a tenant's `mode` field wins."""

@@ -15,8 +15,11 @@ the actions saved so far are not applied: a refused message changes nothing).
 3. charge: the one end-of-message script (suppression of the recipients, the
    windows' atomic re-check and charge, the delivered-recipients counter of
    the complaint and bounce rates, the content fingerprint's counter, the
-   references behind the message's unsubscribe links, and the ladder's count
-   of this sender's near-cap transactions with this content);
+   references behind the message's unsubscribe links, the ladder's count of
+   this sender's near-cap transactions with this content, and on a consent
+   plan the ledger's rules over a bulk message's recipients: lapsed ones
+   removed like suppressed ones, too many never-mailed ones refused, the
+   last-bulk time of the recipients delivered to recorded);
 4. ladder: a near-cap repeat (policy.ladder) is quarantined, and the one that
    makes an offence suspends the sender, then its domain, then terminates the
    tenant (one more round trip, only then);
@@ -57,6 +60,7 @@ from aupmilter.policy.actions import (
     ReplaceBody,
 )
 from aupmilter.policy.classify import header_values
+from aupmilter.policy.consent import too_many_new
 from aupmilter.policy.footer import (
     FooterJudgement,
     FooterMode,
@@ -75,7 +79,15 @@ from aupmilter.stages.listmail import ListMailOutcome, message_fingerprint
 from aupmilter.stages.message_checks import MessageChecks
 from aupmilter.stages.transaction import Transaction
 from aupmilter.store import keys
-from aupmilter.store.client import AllSuppressed, NoRoom, ReferenceWrite, StoreUnavailable
+from aupmilter.store.client import (
+    AllSuppressed,
+    ConsentCheck,
+    ConsentFinding,
+    NoRoom,
+    ReferenceWrite,
+    StoreUnavailable,
+    TooManyNew,
+)
 from aupmilter.store.ladder import LadderStore
 
 
@@ -98,6 +110,8 @@ class Draft:
     outcome: ListMailOutcome | None = None
     suppressed: list[str] = field(default_factory=list)
     """Recipients removed because they are on the tenant's suppression list, as written."""
+    lapsed: list[str] = field(default_factory=list)
+    """Bulk recipients whose consent lapsed (policy.consent), as written: removed when enforced."""
     actions: list[MilterAction] = field(default_factory=list)
     near_cap: NearCap | None = None
     """This transaction's near-cap counter (policy.ladder), when it is near-cap and charged."""
@@ -132,6 +146,9 @@ class EndOfMessageResult:
     """To apply in this order when the verdict does not refuse."""
     suppressed: tuple[str, ...]
     log_fields: dict[str, object] | None
+    lapsed: tuple[str, ...] = ()
+    """Bulk recipients whose consent lapsed: removed (`lapse_enforced`) or only warned about."""
+    lapse_enforced: bool = False
 
 
 Step = Callable[[Transaction, Draft], None]
@@ -160,7 +177,12 @@ def decide(txn: Transaction, checks: MessageChecks, now: float) -> EndOfMessageR
     if txn.shadow:
         return _shadowed(txn, draft)
     return EndOfMessageResult(
-        draft.verdict, tuple(draft.actions), tuple(draft.suppressed), draft.log_fields()
+        draft.verdict,
+        tuple(draft.actions),
+        tuple(draft.suppressed),
+        draft.log_fields(),
+        lapsed=tuple(draft.lapsed),
+        lapse_enforced=txn.plan is not None and txn.plan.consent.enforced,
     )
 
 
@@ -173,8 +195,8 @@ def _shadowed(txn: Transaction, draft: Draft) -> EndOfMessageResult:
     would_add = [a.name for a in draft.actions if isinstance(a, AddHeader | InsertHeader)]
     if would_add:
         fields["would_add_headers"] = would_add
-    if draft.suppressed:
-        fields["would_remove"] = list(draft.suppressed)
+    if draft.suppressed or draft.lapsed:
+        fields["would_remove"] = [*draft.suppressed, *draft.lapsed]
     if any(isinstance(a, ReplaceBody) for a in draft.actions):
         fields["footer_outcome"] = "would-insert"  # the body goes unchanged in shadow mode
     passed = Verdict.accept(f"shadow mode: {verdict.reason}", verdict.tenant, rule=verdict.rule)
@@ -256,6 +278,7 @@ def _charge(txn: Transaction, draft: Draft) -> None:
             key = keys.fingerprint_counter(gate.tenant, fingerprint, window.period_ms)
             counters.append((key, window))
             fingerprinted = True
+    consent = _consent_check(txn, draft, fingerprinted)
     now_ms = int(draft.now * 1000)
     try:
         result = runtime.store.charge(
@@ -266,6 +289,7 @@ def _charge(txn: Transaction, draft: Draft) -> None:
             now_ms,
             counters=counters,
             references=references,
+            consent=consent,
         )
     except StoreUnavailable as exc:
         fallback = decide_store_error(str(exc), runtime.sender_policy)
@@ -279,22 +303,106 @@ def _charge(txn: Transaction, draft: Draft) -> None:
         evidence = {"window": window.name, "used": result.fill.used, "limit": window.limit}
         draft.verdict = Verdict.refuse(reply, reason, tenant, rule="window", evidence=evidence)
         return
+    if isinstance(result, TooManyNew):
+        draft.verdict = _too_many_new(txn, result.consent, tenant)
+        return
     for key in result.suppressed:
         draft.suppressed.append(gate.accepted[key])
         draft.actions.append(DeleteRecipient(gate.accepted[key]))
+    lapsed = _lapsed(txn, draft, result.consent)
     if isinstance(result, AllSuppressed):
-        reply = replies.recipients_unsubscribed(tenant)
-        draft.verdict = Verdict.refuse(
-            reply, "every recipient has unsubscribed", tenant, rule="unsubscribed"
-        )
+        if lapsed:
+            days = txn.plan.consent.lapse_days if txn.plan is not None else 0
+            reply = replies.recipients_lapsed(tenant, days)
+            reason = "every recipient has unsubscribed or its consent has lapsed"
+            rule = CONSENT_LAPSED
+        else:
+            reply = replies.recipients_unsubscribed(tenant)
+            reason, rule = "every recipient has unsubscribed", "unsubscribed"
+        draft.verdict = Verdict.refuse(reply, reason, tenant, rule=rule)
         return
     if fingerprinted:
         txn.fingerprint_recipients = result.fills[-1]
     if near_cap is not None:
         near_cap.evidence = replace(near_cap.evidence, repeats=result.fills[near_cap.index])
         draft.near_cap = near_cap
-    gone = set(result.suppressed)
+    gone = {*result.suppressed, *lapsed}
     draft.remaining = [key for key in gate.accepted if key not in gone]
+
+
+CONSENT_LAPSED = "consent-lapsed"
+"""The rule of a bulk recipient removed (or a message refused) because its consent lapsed."""
+CONSENT_NEW = "consent-new-recipients"
+"""The rule of a bulk message refused for its share of never-mailed recipients."""
+
+
+def _consent_check(txn: Transaction, draft: Draft, fingerprinted: bool) -> ConsentCheck | None:
+    """The consent rules for the charge call, on a consent plan (policy.consent).
+
+    Bulk is known before the charge (stream, headers, recipient count) or by the
+    content counter in the call, when it is counted. Held mail is not judged (nor
+    recorded as delivered): it is not delivered yet.
+    """
+    plan, listmail, gate = txn.plan, txn.listmail, txn.gate
+    if plan is None or listmail is None or gate is None or not plan.consent.enabled:
+        return None
+    if draft.verdict.action is Action.QUARANTINE:
+        return None
+    return ConsentCheck(
+        plan=plan.consent,
+        known_bulk=listmail.known_bulk(draft.headers, len(gate.accepted)),
+        bulk_from_counter=listmail.plan.bulk_fingerprint_recipients if fingerprinted else None,
+    )
+
+
+def _lapsed(txn: Transaction, draft: Draft, finding: ConsentFinding) -> list[str]:
+    """The lapsed recipients' keys when enforced (each removed like a suppressed one);
+    in warn mode none, and the verdict's warnings say what enforce would do."""
+    plan, gate = txn.plan, txn.gate
+    if not finding.judged or plan is None or gate is None:
+        return []
+    consent = plan.consent
+    draft.footer_log.update(
+        consent=str(consent.mode), consent_lapsed=len(finding.lapsed), consent_new=finding.new
+    )
+    for key in finding.lapsed:
+        draft.lapsed.append(gate.accepted[key])
+        if consent.enforced:
+            draft.actions.append(DeleteRecipient(gate.accepted[key]))
+    if consent.enforced:
+        return list(finding.lapsed)
+    warnings = list(draft.verdict.warnings)
+    if finding.lapsed:
+        warnings.append(
+            f"consent: {len(finding.lapsed)} recipient(s) lapsed (no consent or bulk mail"
+            f" within {consent.lapse_days} days); warn mode delivers them"
+        )
+    if too_many_new(finding.new, finding.considered, consent):
+        warnings.append(
+            f"consent: {finding.new} of {finding.considered} bulk recipients never got"
+            " this tenant's mail; warn mode delivers them"
+        )
+    draft.verdict = replace(draft.verdict, warnings=tuple(warnings))
+    return []
+
+
+def _too_many_new(txn: Transaction, finding: ConsentFinding, tenant: str) -> Verdict:
+    assert txn.plan is not None
+    consent = txn.plan.consent
+    share = consent.new_recipient_share_ppm or 0
+    evidence = {
+        "new": finding.new,
+        "recipients": finding.considered,
+        "share_limit": share / 1_000_000,
+        "min_recipients": consent.new_recipient_min,
+    }
+    return Verdict.refuse(
+        replies.new_recipients(finding.new, finding.considered),
+        f"{finding.new} of {finding.considered} bulk recipients never got this tenant's mail",
+        tenant,
+        rule=CONSENT_NEW,
+        evidence=evidence,
+    )
 
 
 def _near_cap_counter(txn: Transaction, draft: Draft) -> NearCap | None:

@@ -36,6 +36,7 @@ from redis.sentinel import Sentinel
 
 from aupmilter.audit import AuditTrail, StreamFields
 from aupmilter.config import RedisSettings
+from aupmilter.policy.consent import ConsentMode, ConsentPlan, Unrecorded
 from aupmilter.policy.limits import Scope, Unit, Window, WindowFill
 from aupmilter.policy.plans import Plan
 from aupmilter.policy.tenancy import Lookup, TenantRecord, sender_domain
@@ -361,15 +362,35 @@ class SenderState:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsentFinding:
+    """What the charge script's consent rules found (policy.consent); not judged: all empty."""
+
+    judged: bool = False
+    """The rules ran: a bulk message on a consent plan."""
+    lapsed: tuple[str, ...] = ()
+    """Lapsed recipients (normalised): removed in enforce mode, only reported in warn."""
+    new: int = 0
+    """Recipients the tenant's bulk mail never reached (no ledger, or unrecorded ones)."""
+    considered: int = 0
+    """The bulk recipients judged: those left after suppression."""
+
+
+NOT_JUDGED = ConsentFinding()
+
+
+@dataclass(frozen=True, slots=True)
 class Charged:
     suppressed: tuple[str, ...]
     fills: tuple[int, ...]
     """Each window's count after this message."""
+    consent: ConsentFinding = NOT_JUDGED
 
 
 @dataclass(frozen=True, slots=True)
 class AllSuppressed:
     suppressed: tuple[str, ...]
+    consent: ConsentFinding = NOT_JUDGED
+    """Enforce mode: the lapsed recipients, who with the suppressed ones are all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +399,43 @@ class NoRoom:
     fill: WindowFill
 
 
-ChargeResult = Charged | AllSuppressed | NoRoom
+@dataclass(frozen=True, slots=True)
+class TooManyNew:
+    """Enforce mode: more than the plan's share of the bulk recipients never got its mail."""
+
+    suppressed: tuple[str, ...]
+    consent: ConsentFinding
+
+
+ChargeResult = Charged | AllSuppressed | NoRoom | TooManyNew
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentCheck:
+    """The consent block of the charge call: the plan's rules and how bulk is known.
+
+    ``known_bulk``: bulk before the charge (stream, headers, recipient count);
+    otherwise bulk once the last counter (the content fingerprint's) with this
+    message's recipients reaches ``bulk_from_counter`` (None: never).
+    """
+
+    plan: ConsentPlan
+    known_bulk: bool
+    bulk_from_counter: int | None = None
+
+    def script_args(self) -> list[str]:
+        plan = self.plan
+        share = plan.new_recipient_share_ppm
+        return [
+            "2" if plan.mode is ConsentMode.ENFORCE else "1",
+            str(plan.lapse),
+            "1" if plan.unrecorded is Unrecorded.LAPSED else "0",
+            "-1" if share is None else str(share),
+            str(plan.new_recipient_min),
+        ]
+
+
+CONSENT_OFF = ["0", "0", "0", "-1", "0"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +450,21 @@ class ReferenceWrite:
     ttl_seconds: int
     known_bulk: bool
     bulk_from_counter: int | None = None
+
+
+def _bulk_flags(flags: ReferenceWrite | ConsentCheck | None) -> list[str]:
+    """The charge script's bulk flag and content threshold (its references block)."""
+    if flags is None:
+        return ["0", "-1"]
+    threshold = flags.bulk_from_counter
+    return ["1" if flags.known_bulk else "0", "-1" if threshold is None else str(threshold)]
+
+
+def _consent_finding(more: Sequence[Any], considered: int) -> ConsentFinding:
+    if not more or not int(more[0][0]):
+        return NOT_JUDGED
+    judged, lapsed, new = more[0]
+    return ConsentFinding(bool(int(judged)), tuple(map(str, lapsed)), int(new), considered)
 
 
 def parse_fill(flat: Sequence[Any]) -> WindowFill:
@@ -553,6 +625,7 @@ class Store:
         now_ms: int,
         counters: Sequence[tuple[str, Window]] = (),
         references: ReferenceWrite | None = None,
+        consent: ConsentCheck | None = None,
     ) -> ChargeResult:
         """Drop suppressed recipients, then re-check and charge every window, atomically.
 
@@ -560,7 +633,9 @@ class Store:
         content fingerprint's recipients): (key, window) pairs whose fills come
         after the windows' in ``Charged.fills``. ``references`` are the
         unsubscribe references of the message's links, stored in the same call
-        when the message is charged and turns out bulk.
+        when the message is charged and turns out bulk. ``consent``: on a consent
+        plan, the ledger's rules over a bulk message's recipients in the same call
+        (lapsed ones dropped, or a message with too many new ones refused).
         """
         script_keys = [keys.suppressed(tenant_id)]
         args = [str(now_ms), str(len(windows) + len(counters))]
@@ -577,7 +652,7 @@ class Store:
         # them, and `_write_references` stores them after a bulk charge.
         deferred = references if self.cluster else None
         if references is None or not references.references or deferred is not None:
-            args += ["0", "0", "0", "-1"]
+            args += ["0", "0", *_bulk_flags(consent or references)]
         else:
             written = references.references
             script_keys += [keys.unsubscribe_ref(r.ref_text) for r in written]
@@ -590,13 +665,21 @@ class Store:
                 ),
                 *(r.store_value for r in written),
             ]
+        if consent is not None and consent.plan.enabled:
+            script_keys += [keys.consent(tenant_id), keys.last_bulk(tenant_id)]
+            args += consent.script_args()
+        else:
+            args += CONSENT_OFF
         args += recipients
-        status, detail, fills = self._call("charge", self._charge, script_keys, args)
+        status, detail, fills, *more = self._call("charge", self._charge, script_keys, args)
         if status == 0:
             return NoRoom(window_index=int(detail) - 1, fill=parse_fill(fills))
+        finding = _consent_finding(more, len(recipients) - len(detail))
         if status == 2:
-            return AllSuppressed(tuple(detail))
-        charged = Charged(tuple(detail), tuple(int(fill) for fill in fills))
+            return AllSuppressed(tuple(detail), finding)
+        if status == 3:
+            return TooManyNew(tuple(detail), finding)
+        charged = Charged(tuple(detail), tuple(int(fill) for fill in fills), finding)
         if deferred is not None and deferred.references:
             self._write_references(deferred, charged.fills)
         return charged

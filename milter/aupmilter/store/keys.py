@@ -55,6 +55,16 @@ aup:{<id>}:w:<unit>:<period_ms>              hash: per-tenant window buckets
 aup:{<id>}:w:<unit>:<period_ms>:s:<sender>   hash: per-sender window buckets
                                              (bucket index -> count; expires by itself)
 aup:{<id>}:suppressed                        hash: address -> "<source> <unix time>"
+aup:{<id>}:consent                           hash: the consent ledger: address (normalised
+                                             as the suppression hash) -> Unix seconds of the
+                                             consent (`aup-milter consent import`); read by the
+                                             end-of-message script on consent plans
+aup:{<id>}:consent:src                       hash: address -> where the consent came from (the
+                                             import's source column); never read on the hot path
+aup:{<id>}:lastbulk                          hash: address -> Unix seconds of the last bulk mail
+                                             of the tenant delivered to it (written by the
+                                             end-of-message script on consent plans; no expiry:
+                                             `aup-milter consent prune` drops old entries)
 aup:{<id>}:fp:<period_ms>:<fingerprint>      hash: recipients a content fingerprint
                                              reached (bucket index -> count; as windows)
 aup:{<id>}:soft:<address>                    string: soft bounces of the address counted
@@ -230,6 +240,18 @@ def split_at_tenant(key_for: Callable[[str], str]) -> tuple[str, str]:
 
 def suppressed(tenant_id: str) -> str:
     return tagged(tenant_id) + "suppressed"
+
+
+def consent(tenant_id: str) -> str:
+    return tagged(tenant_id) + "consent"
+
+
+def consent_sources(tenant_id: str) -> str:
+    return tagged(tenant_id) + "consent:src"
+
+
+def last_bulk(tenant_id: str) -> str:
+    return tagged(tenant_id) + "lastbulk"
 
 
 def fingerprint_counter(tenant_id: str, fingerprint: str, period_ms: int) -> str:
