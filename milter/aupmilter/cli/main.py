@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     subject.add_argument("--domain", help="the envelope sender domain suspended")
 
     from aupmilter.cli import auditlog as auditcli
+    from aupmilter.cli import consent as consentcli
     from aupmilter.cli import report as reportcli
     from aupmilter.cli import status as statuscli
     from aupmilter.cli import top as topcli
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     windowscli.add_parser(commands, config_option)
     topcli.add_parser(commands, config_option)
     statuscli.add_parser(commands, config_option)
+    consentcli.add_parser(commands, config_option)
     return parser
 
 
@@ -152,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from aupmilter.cli import status as statuscli
 
         return statuscli.run(args)
+    if args.command == "consent":
+        from aupmilter.cli import consent as consentcli
+
+        return consentcli.run(args, lambda: _tenant_redis(args))
     if args.command in ("windows", "top"):
         from aupmilter.cli import top as topcli
         from aupmilter.cli import windows as windowscli

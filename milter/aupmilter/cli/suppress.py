@@ -3,23 +3,22 @@
 Imports stream the file in pipelined batches (two round trips per
 BATCH_SIZE lines), so 100k lines take seconds; a line that cannot be used is
 reported with its file and line number and skipped, never fatal. The exit
-status is 0 when every line was used, 65 (EX_DATAERR) when some were refused.
+status is 0 when every line was used, 65 (EX_DATAERR) when some were refused
+(cli/csvimport.py, shared with `consent import`).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import IO, TextIO
 
+from aupmilter.cli.csvimport import ImportReport, rows, run_import
 from aupmilter.config import RedisSettings
 from aupmilter.exitcodes import EX_DATAERR, EX_FAILURE, EX_OK, EX_UNAVAILABLE
 from aupmilter.store.suppression import (
@@ -31,7 +30,6 @@ from aupmilter.store.suppression import (
     validate_address,
 )
 
-MAX_REPORTED_ERRORS = 100
 HEADER_NAMES = frozenset({"address", "email", "e-mail", "recipient", "mail"})
 
 
@@ -184,20 +182,6 @@ def _describe(entry: Suppression) -> str:
 # --- import ------------------------------------------------------------------
 
 
-@dataclass
-class ImportReport:
-    lines: int = 0
-    added: int = 0
-    already: int = 0
-    errors: int = 0
-    messages: list[str] = field(default_factory=list)
-
-    def refuse(self, where: str, reason: str) -> None:
-        self.errors += 1
-        if len(self.messages) < MAX_REPORTED_ERRORS:
-            self.messages.append(f"{where}: {reason}")
-
-
 @dataclass(frozen=True, slots=True)
 class ImportLine:
     number: int
@@ -209,100 +193,35 @@ def parse_import(
     handle: IO[str], name: str, default_source: Source, report: ImportReport
 ) -> Iterator[ImportLine]:
     """Usable lines of a CSV (address[,source]); refused ones go to the report."""
-    reader = csv.reader(handle)
-    for row in reader:
-        number = reader.line_num
-        report.lines += 1
-        cells = [cell.strip() for cell in row]
-        if not cells or not any(cells) or cells[0].startswith("#"):
-            continue
-        if number == 1 and cells[0].lower() in HEADER_NAMES:
-            continue
+    for where, number, cells in rows(handle, name, report, HEADER_NAMES):
         try:
             address = validate_address(cells[0])
         except AddressError as exc:
-            report.refuse(f"{name}:{number}", f"{exc}: {cells[0][:80]!r}")
+            report.refuse(where, f"{exc}: {cells[0][:80]!r}")
             continue
         source = default_source
         if len(cells) > 1 and cells[1]:
             try:
                 source = Source(cells[1])
             except ValueError:
-                report.refuse(f"{name}:{number}", f"unknown source {cells[1][:40]!r}")
+                report.refuse(where, f"unknown source {cells[1][:40]!r}")
                 continue
         yield ImportLine(number, address, source)
 
 
-class Progress:
-    """A one-line progress bar on stderr, redrawn at most ten times a second."""
-
-    def __init__(self, total_bytes: int | None, enabled: bool, out: TextIO | None = None) -> None:
-        self.total = total_bytes
-        self.enabled = enabled
-        self.out = out or sys.stderr
-        self.started = time.monotonic()
-        self._drawn = 0.0
-
-    def update(self, done_bytes: int | None, report: ImportReport, final: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not final and now - self._drawn < 0.1):
-            return
-        self._drawn = now
-        rate = report.lines / max(now - self.started, 1e-6)
-        bar = ""
-        if self.total and done_bytes is not None:
-            share = min(1.0, done_bytes / self.total) if not final else 1.0
-            filled = int(share * 30)
-            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {share * 100:3.0f}% "
-        self.out.write(
-            f"\r{bar}{report.lines} lines, {report.added} added, {report.already} already,"
-            f" {report.errors} errors, {rate:,.0f} lines/s"
-        )
-        if final:
-            self.out.write("\n")
-        self.out.flush()
-
-
 def _import(store: SuppressionStore, tenant: str, file: str, source: Source, mode: str) -> int:
-    if file == "-":
-        handle: IO[str] = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
-        name, total = "<stdin>", None
-        raw_size: Callable[[], int | None] = lambda: None  # noqa: E731
-    else:
-        path = Path(file)
-        try:
-            binary = path.open("rb")
-        except OSError as exc:
-            print(f"aup-milter suppress: cannot read {file}: {exc.strerror}", file=sys.stderr)
-            return EX_FAILURE
-        handle = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="replace", newline="")
-        name, total = file, os.fstat(binary.fileno()).st_size
-
-        def raw_size() -> int | None:
-            return binary.tell()
-
-    enabled = mode == "always" or (mode == "auto" and sys.stderr.isatty())
-    progress = Progress(total, enabled)
-    report = ImportReport()
-    with handle:
-        batch: list[ImportLine] = []
-        for line in parse_import(handle, name, source, report):
-            batch.append(line)
-            if len(batch) >= BATCH_SIZE:
-                _flush(store, tenant, batch, report)
-                batch = []
-                progress.update(raw_size(), report)
-        _flush(store, tenant, batch, report)
-        progress.update(raw_size(), report, final=True)
-    for message in report.messages:
-        print(message, file=sys.stderr)
-    if report.errors > len(report.messages):
-        print(f"... and {report.errors - len(report.messages)} more refused lines", file=sys.stderr)
-    print(
-        f"{name}: {report.added} suppressed, {report.already} already suppressed,"
-        f" {report.errors} refused, for tenant {tenant}"
+    return run_import(
+        "aup-milter suppress",
+        file,
+        lambda handle, name, report: parse_import(handle, name, source, report),
+        lambda batch, report: _flush(store, tenant, batch, report),
+        batch_size=BATCH_SIZE,
+        progress=mode,
+        summary=lambda name, report: (
+            f"{name}: {report.added} suppressed, {report.already} already suppressed,"
+            f" {report.errors} refused, for tenant {tenant}"
+        ),
     )
-    return EX_DATAERR if report.errors else EX_OK
 
 
 def _flush(
