@@ -8,6 +8,7 @@ as policy.consent's table and compare.
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import pytest
 import redis
@@ -68,7 +69,8 @@ def charge(
 
 
 def recorded(client: redis.Redis) -> dict[str, int]:
-    return {k: int(v) for k, v in client.hgetall(LAST).items()}
+    stored = cast(dict[str, str], client.hgetall(LAST))
+    return {k: int(v) for k, v in stored.items()}
 
 
 def test_keys_share_the_tenant_tag() -> None:
@@ -257,5 +259,6 @@ def test_prune_and_remove(redis_client: redis.Redis) -> None:
     assert ledger.remove("acme", "u1@example.net") is True
     assert ledger.remove("acme", "u1@example.net") is False
     assert ledger.get("acme", "u1@example.net").last_bulk is None
-    events = [f["event"] for _id, f in redis_client.xrange(keys.AUDIT_STREAM)]
+    entries = cast(list[tuple[str, dict[str, str]]], redis_client.xrange(keys.AUDIT_STREAM))
+    events = [f["event"] for _id, f in entries]
     assert events == ["consent-prune", "consent-remove"]
