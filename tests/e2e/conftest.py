@@ -36,6 +36,20 @@ footer = "check"
 
 [plan.e2e-footer-check.windows]
 tenant-recipients-hour = { per = "tenant", count = "recipients", limit = 1000, period = "1h" }
+
+[plan.e2e-consent]
+description = "End-to-end tests: the consent ledger enforced, a 30-day lapse"
+max_recipients_per_message = 100
+bulk_recipients = 2
+
+[plan.e2e-consent.consent]
+mode = "enforce"
+lapse = "30d"
+new_recipient_share = 0.5
+new_recipient_min = 5
+
+[plan.e2e-consent.windows]
+tenant-recipients-hour = { per = "tenant", count = "recipients", limit = 1000, period = "1h" }
 """
 
 # A SASL account that authenticates fine but belongs to no tenant.
