@@ -16,7 +16,7 @@ forward, an old export imported again does not move it back. Each batch is
 two pipelined round trips (HMGET of the stored times, then HSET of the newer
 ones), BATCH_SIZE lines at a time.
 
-Audit events (the `aup:audit` stream and the `aupmilter.consent` logger): one
+Audit events (the audit stream, keys.AUDIT_STREAM, and the `aupmilter.consent` logger): one
 per import (its counts), one per removed address, one per prune. A per-address
 event for 100k imported lines would drown the trail the milter's decisions
 are read from; the ledger itself says what was imported.
