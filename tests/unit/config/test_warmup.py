@@ -13,7 +13,7 @@ from tests.unit.configfiles import problems, write
 
 def test_defaults_and_values(confdir: Path) -> None:
     (confdir / "policies" / "extra.toml").write_text(
-        "[plan.lists.warmup]\nstart_percent = 5\nfactor = 1.5\nstep = \"12h\"\n"
+        '[plan.lists.warmup]\nstart_percent = 5\nfactor = 1.5\nstep = "12h"\n'
         "[plan.fresh.warmup]\n"
         "[plan.quiet.warmup]\nenabled = false\nstep = 3600\n"
     )

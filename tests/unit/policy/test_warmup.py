@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from aupmilter.policy.limits import Limits, LimitOverrides, Scope, Unit, Window, WindowFill
-from aupmilter.policy.limits import RecipientGate, open_gate, warmup_limit
+from aupmilter.policy.limits import (
+    LimitOverrides,
+    Limits,
+    RecipientGate,
+    Scope,
+    Unit,
+    Window,
+    WindowFill,
+    open_gate,
+    warmup_limit,
+)
 from aupmilter.policy.reputation import ReputationPlan
 from aupmilter.policy.warmup import (
     Phase,
