@@ -84,6 +84,10 @@ def load_script(name: str) -> str:
     return (resources.files("aupmilter.store") / "scripts" / name).read_text("utf-8")
 
 
+ON_DEMAND_SCRIPTS = ("warmup_mark.lua",)
+"""Scripts only a rare event runs (a warm-up change): `aup-milter status` does not expect
+them loaded; the call loads one when Redis does not know it."""
+
 URL_OPTIONS_DROPPED = ("host", "port", "path", "unix_socket_path", "connection_class", "db")
 """What a Sentinel's or Cluster's nodes take from `url`: everything but the address."""
 
