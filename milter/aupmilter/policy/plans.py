@@ -17,6 +17,7 @@ from aupmilter.policy.footer import FooterPlan
 from aupmilter.policy.ladder import LadderPlan
 from aupmilter.policy.limits import Limits
 from aupmilter.policy.reputation import ReputationPlan
+from aupmilter.policy.warmup import WarmupPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,8 @@ class Plan:
     reputation: ReputationPlan = field(default_factory=ReputationPlan)
     footer: FooterPlan = field(default_factory=FooterPlan)
     """`[plan.NAME.footer]`: the sender-identity footer of bulk mail (policy.footer)."""
+    warmup: WarmupPlan = field(default_factory=WarmupPlan)
+    """`[plan.NAME.warmup]`: new tenants' windows scaled down by a ramp (policy.warmup)."""
     mode: Literal["enforce", "shadow"] = "enforce"
     """`shadow`: every check runs and the audit trail says what it would have done
     (`would-reject`, ...), but the mail passes unchanged; a tenant's `mode` field wins."""

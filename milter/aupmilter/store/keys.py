@@ -42,6 +42,20 @@ identity_address            its postal address, lines separated by a line feed; 
 identity_contact            a contact URL or mailbox address, shown in the footer
                             (all three: `aup-milter tenant set-identity`; read with the
                             tenant by the MAIL FROM script's HGETALL)
+warmup_started_at           Unix seconds the warm-up ramp (re)started (policy.warmup):
+                            `tenant add` on a plan with [plan.NAME.warmup], or
+                            `aup-milter tenant warmup ID --restart`; absent: no ramp
+                            (fully warmed). Its name and warmup_finished_at's are
+                            passed to scripts/sender_state.lua, which reads the rate
+                            counters only for a tenant with the one and not the other
+warmup_reason               why the ramp (re)started or was finished, as the admin said
+warmup_paused_at            Unix seconds the pause in force began (a rate above review,
+                            found at MAIL FROM); absent: not paused
+warmup_pause_reason         the rate's figures that paused it
+warmup_paused_seconds       seconds of the ramp's pauses that ended (not good standing)
+warmup_scale                the scale (percent) last audited: a change is written and
+                            audited once (scripts/warmup_mark.lua compares it)
+warmup_finished_at          Unix seconds the ramp reached 100 % or was finished by ops
 
 On Redis Cluster (`[redis] cluster_nodes`) the tenant's own keys carry its id
 as a hash tag too, so the MAIL FROM script reads them on the slot of its
@@ -100,7 +114,8 @@ aup:metrics:counts        hash: relay-wide counters for Prometheus (store.shared
                           read by the daemon's metrics at scrape time; DEL resets them
 
 The Lua scripts get every key name through KEYS or ARGV (their headers say
-which); the one name a script spells itself is the `plan` field.
+which); the one name a script spells itself is the `plan` field (the warm-up
+fields sender_state.lua and warmup_mark.lua look at come in ARGV).
 """
 
 from __future__ import annotations
@@ -133,6 +148,22 @@ FIELD_MODE = "mode"
 FIELD_IDENTITY_NAME = "identity_name"
 FIELD_IDENTITY_ADDRESS = "identity_address"
 FIELD_IDENTITY_CONTACT = "identity_contact"
+FIELD_WARMUP_STARTED_AT = "warmup_started_at"
+FIELD_WARMUP_REASON = "warmup_reason"
+FIELD_WARMUP_PAUSED_AT = "warmup_paused_at"
+FIELD_WARMUP_PAUSE_REASON = "warmup_pause_reason"
+FIELD_WARMUP_PAUSED_SECONDS = "warmup_paused_seconds"
+FIELD_WARMUP_SCALE = "warmup_scale"
+FIELD_WARMUP_FINISHED_AT = "warmup_finished_at"
+WARMUP_FIELDS = (
+    FIELD_WARMUP_STARTED_AT,
+    FIELD_WARMUP_REASON,
+    FIELD_WARMUP_PAUSED_AT,
+    FIELD_WARMUP_PAUSE_REASON,
+    FIELD_WARMUP_PAUSED_SECONDS,
+    FIELD_WARMUP_SCALE,
+    FIELD_WARMUP_FINISHED_AT,
+)
 FIELD_WINDOW_PREFIX = "window."
 """``window.<name>`` overrides the limit of the plan's window ``<name>``."""
 
@@ -253,7 +284,12 @@ RATE_DELIVERED = "delivered"
 
 
 def rate_counter(tenant_id: str, measure: str, period_ms: int) -> str:
-    return tagged(tenant_id) + f"rate:{measure}:{period_ms}"
+    return tagged(tenant_id) + rate_suffix(measure, period_ms)
+
+
+def rate_suffix(measure: str, period_ms: int) -> str:
+    """A rate counter's key after the tagged tenant prefix (sender_state.lua builds it)."""
+    return f"rate:{measure}:{period_ms}"
 
 
 def near_cap_counter(tenant_id: str, fingerprint: str, sender: str, period_ms: int) -> str:
