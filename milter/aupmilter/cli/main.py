@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     subject.add_argument("--sender", help="the SASL login or envelope mailbox suspended")
     subject.add_argument("--domain", help="the envelope sender domain suspended")
 
+    from aupmilter.cli import verify_domain as verifycli
+
+    verifycli.add_parser(actions)
+
     from aupmilter.cli import auditlog as auditcli
     from aupmilter.cli import report as reportcli
     from aupmilter.cli import status as statuscli
@@ -337,6 +341,10 @@ def cmd_tenant(args: argparse.Namespace) -> int:
             print(f"removed tenant {args.tenant_id}")
         elif args.action == "lift":
             return _lift(client, admin, args)
+        elif args.action == "verify-domain":
+            from aupmilter.cli import verify_domain as verifycli
+
+            return verifycli.run(client, admin, config, args)
     except TenantError as exc:
         print(f"aup-milter tenant: {exc}", file=sys.stderr)
         return EX_FAILURE
@@ -411,14 +419,16 @@ def _lift(client: Any, admin: Any, args: argparse.Namespace) -> int:
 def _show(client: Any, info: TenantInfo, config: Config | None, as_json: bool) -> None:
     """The tenant, its rates, and the automatic actions in force with their evidence."""
     from aupmilter.cli import actions
+    from aupmilter.cli import verify_domain as verifycli
 
     in_force = actions.gather(client, info.tenant_id, info.fields)
     if as_json:
-        print(json.dumps({**info.as_json(), **actions.as_json(in_force)}, indent=2, sort_keys=True))
+        shown = {**info.as_json(), **actions.as_json(in_force), **verifycli.show_json(info)}
+        print(json.dumps(shown, indent=2, sort_keys=True))
         return
     _print_tenants([info], False, single=True)
     _print_rates(client, info, config)
-    for line in actions.lines(info.tenant_id, in_force):
+    for line in [*actions.lines(info.tenant_id, in_force), *verifycli.show_lines(info)]:
         print(line)
 
 

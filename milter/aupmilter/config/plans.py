@@ -23,6 +23,7 @@ from aupmilter.config.loader import (
     read_toml,
     string,
 )
+from aupmilter.config.onboarding import read_plan_onboarding
 from aupmilter.policy.findings import DEFAULT_MODES, AlignmentMode, Check, Mode, PlanChecks
 from aupmilter.policy.footer import FooterMode, FooterPlan, Oversize
 from aupmilter.policy.ladder import LadderPlan
@@ -127,6 +128,7 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
         Section(file, f"plan.{name}.ladder", section.subtable("ladder"), section.problems)
     )
     footer = read_plan_footer(section)
+    onboarding = read_plan_onboarding(section)
     section.reject_unknown()
     return Plan(
         name=name,
@@ -139,6 +141,7 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
         ladder=ladder,
         reputation=reputation,
         footer=footer,
+        onboarding=onboarding,
         mode=cast(Literal["enforce", "shadow"], mode),
     )
 

@@ -16,6 +16,7 @@ from aupmilter.policy.findings import PlanChecks
 from aupmilter.policy.footer import FooterPlan
 from aupmilter.policy.ladder import LadderPlan
 from aupmilter.policy.limits import Limits
+from aupmilter.policy.onboarding import OnboardingPlan
 from aupmilter.policy.reputation import ReputationPlan
 
 
@@ -57,6 +58,8 @@ class Plan:
     reputation: ReputationPlan = field(default_factory=ReputationPlan)
     footer: FooterPlan = field(default_factory=FooterPlan)
     """`[plan.NAME.footer]`: the sender-identity footer of bulk mail (policy.footer)."""
+    onboarding: OnboardingPlan = field(default_factory=OnboardingPlan)
+    """`[plan.NAME.onboarding]`: bulk mail needs a verified domain (policy.onboarding)."""
     mode: Literal["enforce", "shadow"] = "enforce"
     """`shadow`: every check runs and the audit trail says what it would have done
     (`would-reject`, ...), but the mail passes unchanged; a tenant's `mode` field wins."""
