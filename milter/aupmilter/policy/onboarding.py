@@ -145,8 +145,9 @@ def judge_spf(domain: str, results: Sequence[tuple[str, str, str]]) -> Finding:
         ips = ", ".join(ip for ip, _, _ in results)
         return Finding(CheckName.SPF, Status.PASS, f"SPF of {domain} authorizes {ips}",
                        evidence=evidence)  # fmt: skip
-    ip, result, why = bad[0]
-    if all(r == SPF_TEMPERROR for _, r, _ in bad):
+    permanent = [(ip, r, why) for ip, r, why in bad if r != SPF_TEMPERROR]
+    ip, result, why = (permanent or bad)[0]
+    if not permanent:
         return Finding(CheckName.SPF, Status.UNKNOWN, f"SPF of {domain} for {ip}: {why or result}",
                        "try again later (DNS did not answer)", evidence)  # fmt: skip
     ips = " ".join(f"ip{'6' if ':' in addr else '4'}:{addr}" for addr, _, _ in results)
