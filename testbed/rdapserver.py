@@ -7,8 +7,9 @@ It serves what `aup-milter tenant verify-domain` asks (mailauth/rdap.py):
 - ``GET /rdap/domain/NAME``: the recorded RDAP answer ``ANSWERS/NAME.json``
   (``tests/corpus/rdap/`` by default: a normal registrant, a privacy/proxy
   service with RFC 9537 redactions, a GDPR-redacted one) as
-  ``application/rdap+json``; a name in ``FAILURES`` answers HTTP 500 or
-  nothing in time; any other name 404 (an RFC 9083 error object).
+  ``application/rdap+json`` (a name in ``ALIASES`` gets another's); a name in
+  ``FAILURES`` answers HTTP 500 or nothing in time; any other name 404 (an
+  RFC 9083 error object).
 
 In a test process: ``with RdapServer() as server: server.bootstrap_url``.
 As a process::
@@ -36,6 +37,10 @@ FAILURES: dict[str, int | str] = {
     "rdap-slow.example": "timeout",
 }
 """Names whose lookup fails: an HTTP status, or "timeout" (no answer for `slow_seconds`)."""
+ALIASES = {name: "acme.example" for name in ("spffail.example", "nodmarc.example",
+                                             "badpolicy.example")}  # fmt: skip
+"""Names answered with another name's recorded answer (a normal registrant), so a test of
+their DNS faults sees RDAP pass."""
 TLDS = ("example",)
 
 
@@ -95,7 +100,7 @@ class RdapServer:
             failure = 504
         if isinstance(failure, int):
             return _error(failure, "recorded failure")
-        path = self.answers / f"{name}.json"
+        path = self.answers / f"{ALIASES.get(name, name)}.json"
         if "/" in name or not path.is_file():
             return _error(404, f"{name} is not registered")
         return web.Response(body=path.read_bytes(), content_type=RDAP_JSON)

@@ -118,7 +118,9 @@ RECORDS: list[str] = [
     *onboarded("rdap-error.example"),
     *mail_domain("nodmarc.example"),  # the token, SPF, but no DMARC record
     *onboarded("nodmarc.example")[:1],
-    '_dmarc.badpolicy.example. 300 IN TXT "v=DMARC1; p=maybe"',
+    *onboarded("spffail.example"),  # the token and DMARC, SPF without the relay
+    *mail_domain("badpolicy.example"),  # a DMARC record without a valid policy
+    *onboarded("badpolicy.example", dmarc="v=DMARC1; p=maybe"),
 ]
 """Zone-file lines, names fully qualified."""
 

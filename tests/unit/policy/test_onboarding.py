@@ -278,9 +278,7 @@ def test_warn_mode_passes_with_the_finding_as_a_warning() -> None:
     earlier = Verdict.quarantine("tenant acme is suspended", "acme", rule="tenant-suspended")
     verdict = decide_onboarding(plan, {}, ["acme.example"], "acme", NOW, earlier)
     assert verdict.action is Action.QUARANTINE and verdict.rule == "tenant-suspended"
-    assert verdict.warnings == (
-        "onboarding: bulk mail from acme.example: it was never verified",
-    )
+    assert verdict.warnings == ("onboarding: bulk mail from acme.example: it was never verified",)
 
 
 def test_the_reply_stays_within_a_reply_line() -> None:
