@@ -194,6 +194,12 @@ def cmd_check(path: Path) -> int:
                 f"    footer: {footer.mode} on bulk mail (text parts up to"
                 f" {footer.max_part_bytes} bytes rewritten; larger: {footer.oversize})"
             )
+        if plan.onboarding.enabled:
+            onboarding = plan.onboarding
+            print(
+                f"    onboarding: {onboarding.mode} (bulk mail needs a domain verified within"
+                f" {onboarding.max_age // 86_400} days: {', '.join(sorted(onboarding.required))})"
+            )
     _print_unsubscribe(config)
     _warn_identities(config)
     return EX_OK

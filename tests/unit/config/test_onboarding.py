@@ -82,3 +82,20 @@ def test_bad_rdap_settings(confdir: Path, body: str, key: str, expected: str) ->
     found = problems(confdir, f"[onboarding]\n{body}\n")
     assert len(found) == 1, found
     assert f"'onboarding.{key}'" in found[0] and expected in found[0]
+
+
+def test_check_names_the_onboarding_plans(
+    confdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aupmilter.cli.main import main
+
+    (confdir / "policies" / "extra.toml").write_text(
+        '[plan.lists.onboarding]\nmode = "enforce"\nmax_age = "90d"\nrequire = ["spf", "dmarc"]\n'
+    )
+    assert main(["check", "-c", str(write(confdir, ""))]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "    onboarding: enforce (bulk mail needs a domain verified within 90 days: dmarc, spf)"
+        in out
+    )
+    assert out.count("onboarding:") == 1  # the shipped plans keep it off
