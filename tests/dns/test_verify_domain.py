@@ -12,7 +12,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -119,7 +119,7 @@ def test_a_domain_that_passes_everything_is_recorded_and_read_by_the_milter(
     assert payload["newly_verified"] is True and payload["bulk_mail"] == "verified"
     assert payload["token_record"]["value"] == f"aup-milter-verification={ONBOARDING_TOKEN}"
     # What the milter's MAIL FROM read (HGETALL) parses.
-    fields = acme.hgetall(keys.tenant("acme"))
+    fields = cast(dict[str, str], acme.hgetall(keys.tenant("acme")))
     stored = fields[keys.verified_field("acme.example")]
     assert stored == f"{payload['checked_at']} pass -"
     record = tenant_record("acme", fields)
@@ -127,7 +127,8 @@ def test_a_domain_that_passes_everything_is_recorded_and_read_by_the_milter(
     # The full report beside the tenant, and the audit event.
     report = json.loads(acme.hget(keys.tenant_verifications("acme"), "acme.example") or "{}")
     assert [f["status"] for f in report["findings"]] == ["pass"] * 5
-    events = [e for _, e in acme.xrange(keys.AUDIT_STREAM) if e["event"] == "domain-verification"]
+    entries = cast(list[tuple[str, dict[str, str]]], acme.xrange(keys.AUDIT_STREAM))
+    events = [e for _, e in entries if e["event"] == "domain-verification"]
     assert events[-1]["subject"] == "acme.example" and events[-1]["verdict"] == "pass"
     # Again: still verified, not newly.
     code, payload = verify_json(capsys, redis_server, config_path, "acme.example")

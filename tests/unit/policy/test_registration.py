@@ -119,7 +119,7 @@ def test_not_a_domain_object(document: object) -> None:
 
 
 def test_deep_nesting_is_bounded() -> None:
-    entity: dict[str, object] = registrant(("org", "Domains By Proxy"))
+    entity: object = registrant(("org", "Domains By Proxy"))
     for _ in range(50):
         entity = {"objectClassName": "entity", "roles": ["registrar"], "entities": [entity]}
     finding = judge_registration(parse_domain(domain(entity)), "src")
