@@ -6,7 +6,7 @@
   (policy.onboarding's encoding), which the MAIL FROM read brings with the
   tenant: end of message judges bulk mail with no Redis call of its own;
 - the full report (every finding, its reason and answers, JSON): the hash
-  `aup:tenant:<id>:verifications`, field <domain>, for `tenant show` and
+  `keys.tenant_verifications` (domain -> JSON), for `tenant show` and
   the operators; the milter never reads it.
 
 `record` writes both and an audit event (`domain-verification`) in one
