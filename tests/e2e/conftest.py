@@ -48,6 +48,16 @@ tenant-recipients-day = { per = "tenant", count = "recipients", limit = 50, peri
 start_percent = 10
 factor = 2
 step = "1d"
+[plan.e2e-onboard]
+description = "End-to-end tests: bulk mail needs a verified domain (tenant verify-domain)"
+max_recipients_per_message = 100
+
+[plan.e2e-onboard.onboarding]
+mode = "enforce"
+max_age = "30d"
+
+[plan.e2e-onboard.windows]
+tenant-recipients-hour = { per = "tenant", count = "recipients", limit = 1000, period = "1h" }
 """
 
 # A SASL account that authenticates fine but belongs to no tenant.

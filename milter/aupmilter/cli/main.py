@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     warmupcli.add_parser(actions)
 
+    from aupmilter.cli import verify_domain as verifycli
+
+    verifycli.add_parser(actions)
+
     from aupmilter.cli import auditlog as auditcli
     from aupmilter.cli import report as reportcli
     from aupmilter.cli import status as statuscli
@@ -195,6 +199,12 @@ def cmd_check(path: Path) -> int:
             print(
                 f"    footer: {footer.mode} on bulk mail (text parts up to"
                 f" {footer.max_part_bytes} bytes rewritten; larger: {footer.oversize})"
+            )
+        if plan.onboarding.enabled:
+            onboarding = plan.onboarding
+            print(
+                f"    onboarding: {onboarding.mode} (bulk mail needs a domain verified within"
+                f" {onboarding.max_age // 86_400} days: {', '.join(sorted(onboarding.required))})"
             )
     _print_unsubscribe(config)
     _warn_identities(config)
@@ -354,6 +364,10 @@ def cmd_tenant(args: argparse.Namespace) -> int:
             from aupmilter.cli import warmup as warmupcli
 
             return warmupcli.run(admin, args, config)
+        elif args.action == "verify-domain":
+            from aupmilter.cli import verify_domain as verifycli
+
+            return verifycli.run(client, admin, config, args)
     except TenantError as exc:
         print(f"aup-milter tenant: {exc}", file=sys.stderr)
         return EX_FAILURE
@@ -428,13 +442,14 @@ def _lift(client: Any, admin: Any, args: argparse.Namespace) -> int:
 def _show(client: Any, info: TenantInfo, config: Config | None, as_json: bool) -> None:
     """The tenant, its rates, and the automatic actions in force with their evidence."""
     from aupmilter.cli import actions
+    from aupmilter.cli import verify_domain as verifycli
     from aupmilter.cli import warmup as warmupcli
 
     in_force = actions.gather(client, info.tenant_id, info.fields)
     plan = config.plans.get(info.plan or "") if config is not None else None
     ramp = warmupcli.current(client, info, plan, time.time())
     if as_json:
-        payload = {**info.as_json(), **actions.as_json(in_force)}
+        payload = {**info.as_json(), **actions.as_json(in_force), **verifycli.show_json(info)}
         payload |= warmupcli.as_json(ramp, info, plan)
         print(json.dumps(payload, indent=2, sort_keys=True))
         return
@@ -442,7 +457,7 @@ def _show(client: Any, info: TenantInfo, config: Config | None, as_json: bool) -
     _print_rates(client, info, config)
     for line in warmupcli.lines(ramp, info, plan):
         print(line)
-    for line in actions.lines(info.tenant_id, in_force):
+    for line in [*actions.lines(info.tenant_id, in_force), *verifycli.show_lines(info)]:
         print(line)
 
 

@@ -23,6 +23,7 @@ from aupmilter.config.loader import (
     read_toml,
     string,
 )
+from aupmilter.config.onboarding import read_plan_onboarding
 from aupmilter.config.warmup import read_plan_warmup
 from aupmilter.policy.findings import DEFAULT_MODES, AlignmentMode, Check, Mode, PlanChecks
 from aupmilter.policy.footer import FooterMode, FooterPlan, Oversize
@@ -129,6 +130,7 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
     )
     footer = read_plan_footer(section)
     warmup = read_plan_warmup(section)
+    onboarding = read_plan_onboarding(section)
     section.reject_unknown()
     return Plan(
         name=name,
@@ -142,6 +144,7 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
         reputation=reputation,
         footer=footer,
         warmup=warmup,
+        onboarding=onboarding,
         mode=cast(Literal["enforce", "shadow"], mode),
     )
 

@@ -16,6 +16,7 @@ from aupmilter.policy.findings import PlanChecks
 from aupmilter.policy.footer import FooterPlan
 from aupmilter.policy.ladder import LadderPlan
 from aupmilter.policy.limits import Limits
+from aupmilter.policy.onboarding import OnboardingPlan
 from aupmilter.policy.reputation import ReputationPlan
 from aupmilter.policy.warmup import WarmupPlan
 
@@ -60,6 +61,8 @@ class Plan:
     """`[plan.NAME.footer]`: the sender-identity footer of bulk mail (policy.footer)."""
     warmup: WarmupPlan = field(default_factory=WarmupPlan)
     """`[plan.NAME.warmup]`: new tenants' windows scaled down by a ramp (policy.warmup)."""
+    onboarding: OnboardingPlan = field(default_factory=OnboardingPlan)
+    """`[plan.NAME.onboarding]`: bulk mail needs a verified domain (policy.onboarding)."""
     mode: Literal["enforce", "shadow"] = "enforce"
     """`shadow`: every check runs and the audit trail says what it would have done
     (`would-reject`, ...), but the mail passes unchanged; a tenant's `mode` field wins."""

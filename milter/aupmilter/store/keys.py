@@ -18,6 +18,8 @@ aup:registry              string: the tenant registry's marker, "<unix time> <wr
                           every sender as unknown. After creating tenants by hand:
                           redis-cli SET aup:registry "$(date +%s) by-hand"
 aup:tenant:<id>:streams   hash: SASL login or envelope sender -> "bulk" | "transactional"
+aup:tenant:<id>:verifications  hash: domain -> the last `verify-domain` report (JSON: every
+                          finding with its reason and answers); never read by the milter
 
 Fields of aup:tenant:<id> (FIELD_* below):
 
@@ -56,6 +58,13 @@ warmup_paused_seconds       seconds of the ramp's pauses that ended (not good st
 warmup_scale                the scale (percent) last audited: a change is written and
                             audited once (scripts/warmup_mark.lua compares it)
 warmup_finished_at          Unix seconds the ramp reached 100 % or was finished by ops
+verification_token          the tenant's domain-ownership token (random, made by the first
+                            `aup-milter tenant verify-domain`; a TXT record
+                            "aup-milter-verification=<token>" at a domain proves it)
+verified:<domain>           the domain's last verification, "<unix time> <status> <failing>"
+                            (policy.onboarding: e.g. "1764650000 fail spf=fail,rdap=unknown";
+                            at most 50 domains per tenant, 200 characters each), read with
+                            the tenant by the MAIL FROM script's HGETALL
 
 On Redis Cluster (`[redis] cluster_nodes`) the tenant's own keys carry its id
 as a hash tag too, so the MAIL FROM script reads them on the slot of its
@@ -164,6 +173,9 @@ WARMUP_FIELDS = (
     FIELD_WARMUP_SCALE,
     FIELD_WARMUP_FINISHED_AT,
 )
+FIELD_VERIFICATION_TOKEN = "verification_token"
+FIELD_VERIFIED_PREFIX = "verified:"
+"""``verified:<domain>``: the domain's last verification (policy.onboarding)."""
 FIELD_WINDOW_PREFIX = "window."
 """``window.<name>`` overrides the limit of the plan's window ``<name>``."""
 
@@ -235,6 +247,17 @@ STREAMS_SUFFIX = ":streams"
 
 def tenant_streams(tenant_id: str) -> str:
     return f"{tenant(tenant_id)}{STREAMS_SUFFIX}"
+
+
+VERIFICATIONS_SUFFIX = ":verifications"
+
+
+def tenant_verifications(tenant_id: str) -> str:
+    return f"{tenant(tenant_id)}{VERIFICATIONS_SUFFIX}"
+
+
+def verified_field(domain: str) -> str:
+    return f"{FIELD_VERIFIED_PREFIX}{domain}"
 
 
 def tagged(tenant_id: str) -> str:

@@ -27,6 +27,7 @@ import redis
 
 from aupmilter.policy.footer import MAX_IDENTITY_LINES, MAX_IDENTITY_TEXT, TenantIdentity
 from aupmilter.policy.limits import LimitOverrides
+from aupmilter.policy.onboarding import DomainVerification, parse_verification
 from aupmilter.policy.tenancy import TenantRecord, TenantStatus, normalize_domain
 from aupmilter.policy.warmup import WarmupState
 from aupmilter.store import keys
@@ -62,6 +63,7 @@ def tenant_record(
         mode=fields.get(keys.FIELD_MODE, ""),
         identity=tenant_identity(fields),
         warmup=warmup_state(fields),
+        verifications=verifications(fields),
     )
 
 
@@ -100,6 +102,17 @@ def warmup_state(fields: Mapping[str, str]) -> WarmupState | None:
         reason=fields.get(keys.FIELD_WARMUP_REASON, ""),
         problems=tuple(problems),
     )
+
+
+def verifications(fields: Mapping[str, str]) -> dict[str, DomainVerification]:
+    """The `verified:<domain>` fields, parsed; an unreadable one is left out (not verified)."""
+    found: dict[str, DomainVerification] = {}
+    for name, value in fields.items():
+        if name.startswith(keys.FIELD_VERIFIED_PREFIX):
+            parsed = parse_verification(value)
+            if parsed is not None:
+                found[name[len(keys.FIELD_VERIFIED_PREFIX) :]] = parsed
+    return found
 
 
 def tenant_identity(fields: Mapping[str, str]) -> TenantIdentity | None:
@@ -513,6 +526,7 @@ class TenantAdmin:
                 keys.tenant(tenant_id),
                 keys.tenant_logins(tenant_id),
                 keys.tenant_domains(tenant_id),
+                keys.tenant_verifications(tenant_id),
             ]:
                 pipe.delete(key)
             pipe.srem(keys.TENANTS, tenant_id)
