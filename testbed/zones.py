@@ -58,6 +58,22 @@ def mail_domain(domain: str, *, spf: str | None = None) -> list[str]:
     ]
 
 
+ONBOARDING_TOKEN = "0nb0ard1ngt0ken0000000000000000a"
+"""The ownership token the tests give their tenants (``verification_token`` in the tenant
+hash; in production ``tenant verify-domain`` makes a random one per tenant)."""
+DMARC_RECORD = "v=DMARC1; p=quarantine; rua=mailto:dmarc@acme.example"
+
+
+def onboarded(
+    domain: str, *, token: str = ONBOARDING_TOKEN, dmarc: str = DMARC_RECORD
+) -> list[str]:
+    """What ``tenant verify-domain`` wants besides SPF: the ownership TXT and a DMARC record."""
+    return [
+        f"{domain}. 300 IN TXT {txt_strings('aup-milter-verification=' + token)}",
+        f"_dmarc.{domain}. 300 IN TXT {txt_strings(dmarc)}",
+    ]
+
+
 RECORDS: list[str] = [
     SOA,
     f"ns.{ORIGIN} 300 IN A 192.0.2.53",
@@ -92,6 +108,19 @@ RECORDS: list[str] = [
     *mail_domain("partner.example"),
     *mail_domain("beta.example"),
     *mail_domain("acme-mail.example"),  # a second domain of tenant acme in the corpus
+    # --- domain onboarding (tenant verify-domain; RDAP answers: testbed/rdapserver.py) ----
+    *onboarded("acme.example"),  # everything passes (RDAP: a named registrant)
+    *mail_domain("privacy.example"),  # RDAP: a privacy/proxy registrant
+    *onboarded("privacy.example"),
+    *mail_domain("redacted.example"),  # RDAP: the registrant GDPR-redacted
+    *onboarded("redacted.example"),
+    *mail_domain("rdap-error.example"),  # RDAP: HTTP 500
+    *onboarded("rdap-error.example"),
+    *mail_domain("nodmarc.example"),  # the token, SPF, but no DMARC record
+    *onboarded("nodmarc.example")[:1],
+    *onboarded("spffail.example"),  # the token and DMARC, SPF without the relay
+    *mail_domain("badpolicy.example"),  # a DMARC record without a valid policy
+    *onboarded("badpolicy.example", dmarc="v=DMARC1; p=maybe"),
 ]
 """Zone-file lines, names fully qualified."""
 
@@ -100,6 +129,7 @@ FAILURES: dict[str, str] = {
     "timeout.example": "timeout",  # never answers: the resolver times out
     "slow._domainkey.acme.example": "timeout",
     "broken._domainkey.acme.example": "servfail",
+    "_dmarc.dmarcfail.example": "servfail",
 }
 """Names (and everything under them) that answer SERVFAIL or nothing at all."""
 

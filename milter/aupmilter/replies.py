@@ -307,6 +307,21 @@ FOOTER_PART_TOO_LARGE = Reply(
     "A text part is larger than this relay reads for the sender footer; send a smaller message",
 )
 
+# --- domain onboarding (policy.onboarding) -------------------------------------------
+DOMAIN_UNVERIFIED = Reply(
+    "550",
+    "5.7.1",
+    "Bulk mail needs a sender domain verified on this relay (ownership, SPF, DKIM, DMARC, "
+    "registration); fix what fails, then run or ask the relay's operator to run "
+    "aup-milter tenant verify-domain",
+)
+DOMAIN_VERIFICATION_UNKNOWN = Reply(
+    "451",
+    "4.7.0",
+    "The sender domain's verification could not complete (a DNS or RDAP lookup failed); "
+    "please try again later, or ask the relay's operator to run aup-milter tenant verify-domain",
+)
+
 ALL_REPLIES: tuple[Reply, ...] = (
     STORE_UNAVAILABLE,
     SHUTTING_DOWN,
@@ -341,6 +356,8 @@ ALL_REPLIES: tuple[Reply, ...] = (
     FOOTER_MALFORMED_MIME,
     FOOTER_NO_TEXT_PART,
     FOOTER_PART_TOO_LARGE,
+    DOMAIN_UNVERIFIED,
+    DOMAIN_VERIFICATION_UNKNOWN,
 )
 
 
@@ -348,4 +365,21 @@ def recipient_unsubscribed(tenant: str) -> Reply:
     """550 5.7.1 at RCPT (suppression_check = "rcpt"), naming the tenant."""
     return RECIPIENT_UNSUBSCRIBED.with_text(
         f"Recipient has unsubscribed from {tenant}'s mail; remove it from your list"
+    )
+
+
+def domain_unverified(domain: str, tenant: str, detail: str) -> Reply:
+    """550 5.7.1 for bulk mail from a domain not verified for good: what fails, and the command."""
+    return DOMAIN_UNVERIFIED.with_text(
+        f"Bulk mail from {domain} needs a verified sender domain on this relay, but {detail};"
+        f" fix it, then run (or ask the relay's operator to run)"
+        f" aup-milter tenant verify-domain {tenant} {domain}"
+    )
+
+
+def domain_verification_unknown(domain: str, tenant: str, detail: str) -> Reply:
+    """451 4.7.0: the recorded verification failed only by lookups that could not answer."""
+    return DOMAIN_VERIFICATION_UNKNOWN.with_text(
+        f"The verification of {domain} is incomplete: {detail}; please try again later"
+        f" (the relay's operator runs aup-milter tenant verify-domain {tenant} {domain})"
     )

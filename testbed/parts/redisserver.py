@@ -139,6 +139,23 @@ class RedisServer(Service):
                 f"{REDIS_SERVER} is not installed (run scripts/bootstrap.sh)"
             ) from None
         self.wait_ready(self.ping)
+        self._require_own_answer()
+
+    def _require_own_answer(self) -> None:
+        """Fail loudly when the server that answered PING is not the one just launched.
+
+        Two checkouts' test runs on one host (a chroot shares the host's network
+        and pids) can race for a freed port; a test that then talks to the other
+        run's Redis fails far from the cause.
+        """
+        assert self.proc is not None
+        with self.client() as client:
+            answered = int(client.info("server").get("process_id", -1))
+        if answered != self.proc.pid:
+            raise TestbedError(
+                f"{self.what} on {self.host}:{self.port}: pid {answered} answers, not the"
+                f" pid {self.proc.pid} this test bed launched (another run uses the port)"
+            )
 
     def ping(self) -> bool:
         try:

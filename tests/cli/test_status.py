@@ -67,7 +67,8 @@ def test_summary_line_then_one_line_per_check_and_perfdata() -> None:
 
 def test_the_scripts_are_the_packaged_lua_files_with_redis_py_shas() -> None:
     names = status.script_names()
-    assert names == sorted(p.name for p in SCRIPTS.glob("*.lua"))
+    on_demand = {"warmup_mark.lua"}  # a warm-up change loads it, rarely: not expected loaded
+    assert names == sorted(p.name for p in SCRIPTS.glob("*.lua") if p.name not in on_demand)
     assert "charge.lua" in names and "sender_state.lua" in names
     unconnected = redis.Redis(port=1)  # register_script computes the sha without a connection
     for name in names:

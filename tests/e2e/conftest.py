@@ -37,6 +37,28 @@ footer = "check"
 [plan.e2e-footer-check.windows]
 tenant-recipients-hour = { per = "tenant", count = "recipients", limit = 1000, period = "1h" }
 
+[plan.e2e-warmup]
+description = "End-to-end tests: a new tenant's windows at 10 % on day 1, doubled per day"
+max_recipients_per_message = 100
+
+[plan.e2e-warmup.windows]
+tenant-recipients-day = { per = "tenant", count = "recipients", limit = 50, period = "1d" }
+
+[plan.e2e-warmup.warmup]
+start_percent = 10
+factor = 2
+step = "1d"
+[plan.e2e-onboard]
+description = "End-to-end tests: bulk mail needs a verified domain (tenant verify-domain)"
+max_recipients_per_message = 100
+
+[plan.e2e-onboard.onboarding]
+mode = "enforce"
+max_age = "30d"
+
+[plan.e2e-onboard.windows]
+tenant-recipients-hour = { per = "tenant", count = "recipients", limit = 1000, period = "1h" }
+
 [plan.e2e-consent]
 description = "End-to-end tests: the consent ledger enforced, a 30-day lapse"
 max_recipients_per_message = 100

@@ -114,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     subject.add_argument("--sender", help="the SASL login or envelope mailbox suspended")
     subject.add_argument("--domain", help="the envelope sender domain suspended")
 
+    from aupmilter.cli import warmup as warmupcli
+
+    warmupcli.add_parser(actions)
+
+    from aupmilter.cli import verify_domain as verifycli
+
+    verifycli.add_parser(actions)
+
     from aupmilter.cli import auditlog as auditcli
     from aupmilter.cli import consent as consentcli
     from aupmilter.cli import report as reportcli
@@ -190,11 +198,19 @@ def cmd_check(path: Path) -> int:
         for window in limits.windows:
             print(f"    window {window.name}: {window.rule}")
         print(f"    ladder: {plan.ladder.describe(limits.max_recipients)}")
+        if plan.warmup.enabled:
+            print(f"    warm-up: {plan.warmup.describe()}")
         if plan.footer.enabled:
             footer = plan.footer
             print(
                 f"    footer: {footer.mode} on bulk mail (text parts up to"
                 f" {footer.max_part_bytes} bytes rewritten; larger: {footer.oversize})"
+            )
+        if plan.onboarding.enabled:
+            onboarding = plan.onboarding
+            print(
+                f"    onboarding: {onboarding.mode} (bulk mail needs a domain verified within"
+                f" {onboarding.max_age // 86_400} days: {', '.join(sorted(onboarding.required))})"
             )
     _print_unsubscribe(config)
     _warn_identities(config)
@@ -322,8 +338,15 @@ def cmd_tenant(args: argparse.Namespace) -> int:
             if config is not None and args.plan not in config.plans:
                 known = ", ".join(sorted(config.plans))
                 raise TenantError(f"unknown plan {args.plan!r} (plans in {config.path}: {known})")
+            plan = config.plans.get(args.plan) if config is not None else None
             info = admin.add(
-                args.tenant_id, args.plan, args.login, args.domain, args.status, args.reason
+                args.tenant_id,
+                args.plan,
+                args.login,
+                args.domain,
+                args.status,
+                args.reason,
+                warmup=plan is not None and plan.warmup.enabled,
             )
             _print_tenants([info], args.json, single=True)
         elif args.action == "show":
@@ -343,6 +366,14 @@ def cmd_tenant(args: argparse.Namespace) -> int:
             print(f"removed tenant {args.tenant_id}")
         elif args.action == "lift":
             return _lift(client, admin, args)
+        elif args.action == "warmup":
+            from aupmilter.cli import warmup as warmupcli
+
+            return warmupcli.run(admin, args, config)
+        elif args.action == "verify-domain":
+            from aupmilter.cli import verify_domain as verifycli
+
+            return verifycli.run(client, admin, config, args)
     except TenantError as exc:
         print(f"aup-milter tenant: {exc}", file=sys.stderr)
         return EX_FAILURE
@@ -417,14 +448,22 @@ def _lift(client: Any, admin: Any, args: argparse.Namespace) -> int:
 def _show(client: Any, info: TenantInfo, config: Config | None, as_json: bool) -> None:
     """The tenant, its rates, and the automatic actions in force with their evidence."""
     from aupmilter.cli import actions
+    from aupmilter.cli import verify_domain as verifycli
+    from aupmilter.cli import warmup as warmupcli
 
     in_force = actions.gather(client, info.tenant_id, info.fields)
+    plan = config.plans.get(info.plan or "") if config is not None else None
+    ramp = warmupcli.current(client, info, plan, time.time())
     if as_json:
-        print(json.dumps({**info.as_json(), **actions.as_json(in_force)}, indent=2, sort_keys=True))
+        payload = {**info.as_json(), **actions.as_json(in_force), **verifycli.show_json(info)}
+        payload |= warmupcli.as_json(ramp, info, plan)
+        print(json.dumps(payload, indent=2, sort_keys=True))
         return
     _print_tenants([info], False, single=True)
     _print_rates(client, info, config)
-    for line in actions.lines(info.tenant_id, in_force):
+    for line in warmupcli.lines(ramp, info, plan):
+        print(line)
+    for line in [*actions.lines(info.tenant_id, in_force), *verifycli.show_lines(info)]:
         print(line)
 
 

@@ -345,9 +345,16 @@ def check_config(path: Path, config: Config | None, problems: list[str]) -> Chec
 
 
 def script_names() -> list[str]:
-    """The milter's Lua scripts (store/scripts/*.lua), by file name."""
+    """The milter's Lua scripts (store/scripts/*.lua) that mail loads, by file name.
+
+    Not those a rare event loads on demand (store.client.ON_DEMAND_SCRIPTS: a
+    warm-up change), which may rightly stay unloaded for days.
+    """
+    from aupmilter.store.client import ON_DEMAND_SCRIPTS
+
     folder = resources.files("aupmilter.store") / "scripts"
-    return sorted(item.name for item in folder.iterdir() if item.name.endswith(".lua"))
+    names = (item.name for item in folder.iterdir() if item.name.endswith(".lua"))
+    return sorted(name for name in names if name not in ON_DEMAND_SCRIPTS)
 
 
 def redact(url: str) -> str:

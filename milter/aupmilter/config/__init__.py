@@ -35,6 +35,7 @@ from aupmilter.config.daemon import (
 from aupmilter.config.feedback import FeedbackIdSettings, read_feedback_id
 from aupmilter.config.loader import ConfigError, Section, read_toml
 from aupmilter.config.messages import MessageSettings, read_dns, read_messages
+from aupmilter.config.onboarding import read_onboarding
 from aupmilter.config.plans import (
     PolicySettings,
     load_plans,
@@ -48,6 +49,7 @@ from aupmilter.config.unsubscribe import (
     WebSettings,
     read_unsubscribe_sections,
 )
+from aupmilter.mailauth.rdap import RdapSettings
 from aupmilter.mailauth.resolver import DnsSettings
 from aupmilter.policy.plans import Plan, UnsubscribePlan, UnsubscribeSettings
 
@@ -98,6 +100,8 @@ class Config:
     """None without a [feedback_id] section: bulk mail then gets no Feedback-ID."""
     audit: AuditSettings = field(default_factory=AuditSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    onboarding: RdapSettings = field(default_factory=RdapSettings)
+    """`[onboarding]`: the RDAP bootstrap `tenant verify-domain` uses (config.onboarding)."""
 
     @property
     def plan_names(self) -> frozenset[str]:
@@ -127,6 +131,7 @@ def load_config(path: Path) -> Config:
         path, root, problems
     )
     feedback_id_settings = read_feedback_id(path, root, problems)
+    onboarding_settings = read_onboarding(path, root, problems)
     root.reject_unknown()
 
     plans: dict[str, Plan] = {}
@@ -155,4 +160,5 @@ def load_config(path: Path) -> Config:
         feedback_id=feedback_id_settings,
         audit=audit_settings,
         metrics=metrics_settings,
+        onboarding=onboarding_settings,
     )

@@ -24,6 +24,8 @@ from aupmilter.config.loader import (
     read_toml,
     string,
 )
+from aupmilter.config.onboarding import read_plan_onboarding
+from aupmilter.config.warmup import read_plan_warmup
 from aupmilter.policy.findings import DEFAULT_MODES, AlignmentMode, Check, Mode, PlanChecks
 from aupmilter.policy.footer import FooterMode, FooterPlan, Oversize
 from aupmilter.policy.ladder import LadderPlan
@@ -128,6 +130,8 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
         Section(file, f"plan.{name}.ladder", section.subtable("ladder"), section.problems)
     )
     footer = read_plan_footer(section)
+    warmup = read_plan_warmup(section)
+    onboarding = read_plan_onboarding(section)
     consent = read_plan_consent(section)
     section.reject_unknown()
     return Plan(
@@ -141,6 +145,8 @@ def _plan(file: Path, name: str, section: Section) -> Plan:
         ladder=ladder,
         reputation=reputation,
         footer=footer,
+        warmup=warmup,
+        onboarding=onboarding,
         consent=consent,
         mode=cast(Literal["enforce", "shadow"], mode),
     )

@@ -44,6 +44,8 @@ class Window:
     unit: Unit
     limit: int
     period_ms: int
+    warmup_percent: int = 100
+    """The warm-up scale `limit` is at (policy.warmup); 100: the plan's (or override's) limit."""
 
     @property
     def bucket_ms(self) -> int:
@@ -65,7 +67,11 @@ class Window:
 
     def describe(self, sender: str, tenant: str) -> str:
         who = f"sender {sender}" if self.scope is Scope.SENDER else f"tenant {tenant}"
-        return f"{self.limit} {self.unit} per {format_period(self.period_ms)} for {who}"
+        text = f"{self.limit} {self.unit} per {format_period(self.period_ms)} for {who}"
+        if self.warmup_percent < 100:
+            scale = self.warmup_percent
+            text += f" (tenant {tenant} is in warm-up at {scale} percent of its limits)"
+        return text
 
 
 def bucket_ms(period_ms: int) -> int:
@@ -124,6 +130,22 @@ def with_overrides(limits: Limits, overrides: LimitOverrides) -> Limits:
     if cap == limits.max_recipients and windows is limits.windows:
         return limits
     return Limits(max_recipients=cap, windows=windows)
+
+
+def with_warmup(limits: Limits, percent: int) -> Limits:
+    """Every window's limit at the warm-up scale: floored, never below 1 (0 stays 0)."""
+    windows = tuple(
+        replace(w, limit=warmup_limit(w.limit, percent), warmup_percent=percent)
+        for w in limits.windows
+    )
+    return Limits(max_recipients=limits.max_recipients, windows=windows)
+
+
+def warmup_limit(limit: int, percent: int) -> int:
+    """A limit at `percent` of itself, floored, never below 1 (a limit of 0 stays 0)."""
+    if percent >= 100 or limit <= 0:
+        return limit
+    return max(1, limit * percent // 100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,13 +237,15 @@ class RecipientGate:
             if fill.used + needed > window.limit:
                 wait = fill.seconds_until_room(window, needed, self.now_ms)
                 reply = replies.window_full(window.describe(self.sender, self.tenant), wait)
-                evidence = {
+                evidence: dict[str, object] = {
                     "window": window.name,
                     "used": fill.used,
                     "limit": window.limit,
                     "accepted": taken,
                     "retry_after_s": wait,
                 }
+                if window.warmup_percent < 100:
+                    evidence["warmup_percent"] = window.warmup_percent
                 reason = f"window {window.name} full: {fill.used} of {window.limit} used"
                 return Verdict.refuse(reply, reason, self.tenant, rule="window", evidence=evidence)
         raise AssertionError("room is below the cap but no window is full")
@@ -235,14 +259,21 @@ def open_gate(
     sender: str,
     tenant: str,
     now_ms: int,
+    warmup_percent: int = 100,
 ) -> RecipientGate | Verdict:
-    """The RCPT gate for a tenant's transaction, or a 451 when its overrides are broken."""
+    """The RCPT gate for a tenant's transaction, or a 451 when its overrides are broken.
+
+    `warmup_percent` scales every window's limit after the overrides (policy.warmup);
+    the per-message cap is not scaled.
+    """
     try:
         limits = with_overrides(plan_limits, overrides)
     except OverrideError as exc:
         return Verdict.refuse(
             replies.ACCOUNT_MISCONFIGURED, f"tenant {tenant}: {exc}", tenant, rule="tenant-override"
         )
+    if warmup_percent < 100:
+        limits = with_warmup(limits, warmup_percent)
     if len(fills) != len(limits.windows):
         # The plan changed between the config snapshot and the read: when in doubt, tempfail.
         return Verdict.refuse(

@@ -17,7 +17,9 @@ from aupmilter.policy.findings import PlanChecks
 from aupmilter.policy.footer import FooterPlan
 from aupmilter.policy.ladder import LadderPlan
 from aupmilter.policy.limits import Limits
+from aupmilter.policy.onboarding import OnboardingPlan
 from aupmilter.policy.reputation import ReputationPlan
+from aupmilter.policy.warmup import WarmupPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,10 @@ class Plan:
     reputation: ReputationPlan = field(default_factory=ReputationPlan)
     footer: FooterPlan = field(default_factory=FooterPlan)
     """`[plan.NAME.footer]`: the sender-identity footer of bulk mail (policy.footer)."""
+    warmup: WarmupPlan = field(default_factory=WarmupPlan)
+    """`[plan.NAME.warmup]`: new tenants' windows scaled down by a ramp (policy.warmup)."""
+    onboarding: OnboardingPlan = field(default_factory=OnboardingPlan)
+    """`[plan.NAME.onboarding]`: bulk mail needs a verified domain (policy.onboarding)."""
     consent: ConsentPlan = field(default_factory=ConsentPlan)
     """`[plan.NAME.consent]`: the consent ledger's lapse and new-recipient share."""
     mode: Literal["enforce", "shadow"] = "enforce"

@@ -8,14 +8,19 @@ sender domain: otherwise any account could claim any mapped domain.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from aupmilter import replies
 from aupmilter.policy.footer import TenantIdentity
 from aupmilter.policy.limits import LimitOverrides
+from aupmilter.policy.onboarding import DomainVerification
 from aupmilter.policy.verdict import Verdict
+
+if TYPE_CHECKING:  # policy.warmup imports policy.reputation, which imports this module
+    from aupmilter.policy.warmup import WarmupState
 from aupmilter.replies import safe_text
 
 MAX_DOMAIN_LABELS = 16
@@ -67,6 +72,10 @@ class TenantRecord:
     """As stored: `enforce` or `shadow` set for this tenant; empty: the plan's mode."""
     identity: TenantIdentity | None = None
     """Name, postal address and contact for the footer of bulk mail; None: none registered."""
+    warmup: WarmupState | None = None
+    """The warm-up ramp's state (policy.warmup); None: no ramp, fully warmed."""
+    verifications: Mapping[str, DomainVerification] = field(default_factory=dict)
+    """Each domain's last `tenant verify-domain` (policy.onboarding), by domain."""
 
     def shadow(self, plan_mode: str) -> bool:
         """Shadow mode: the tenant's own `mode` field, else its plan's. A value that is

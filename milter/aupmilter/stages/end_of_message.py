@@ -11,7 +11,10 @@ the actions saved so far are not applied: a refused message changes nothing).
    plan that rejects them is refused before any charge; on a plan with a
    footer (policy.footer), mail already known to be bulk (stream, headers,
    recipient count) is scanned for the tenant's postal address, and a
-   `check` that fails is refused before the charge too;
+   `check` that fails is refused before the charge too; then onboarding
+   (stages/onboarding.py): bulk mail from a domain the plan wants verified
+   and that is not is refused (550, or 451 when only lookups failed) or
+   warned, before the charge;
 3. charge: the one end-of-message script (suppression of the recipients, the
    windows' atomic re-check and charge, the delivered-recipients counter of
    the complaint and bounce rates, the content fingerprint's counter, the
@@ -77,6 +80,7 @@ from aupmilter.policy.unsubscribe import UnsubscribeLinks, edited_headers
 from aupmilter.policy.verdict import Action, Verdict
 from aupmilter.stages.listmail import ListMailOutcome, message_fingerprint
 from aupmilter.stages.message_checks import MessageChecks
+from aupmilter.stages.onboarding import onboarding
 from aupmilter.stages.transaction import Transaction
 from aupmilter.store import keys
 from aupmilter.store.client import (
@@ -534,6 +538,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("message checks", _message_checks),
     ("unsubscribe compliance", _unsubscribe_compliance),
     ("footer check", _footer_check),
+    ("onboarding", onboarding),
     ("charge", _charge),
     ("ladder", _ladder),
     ("header edits", _header_edits),

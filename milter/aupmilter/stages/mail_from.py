@@ -28,6 +28,7 @@ from aupmilter.policy.verdict import Action, Verdict
 from aupmilter.stages.listmail import list_mail_for
 from aupmilter.stages.message_checks import MessageChecks, sender_for
 from aupmilter.stages.transaction import Connection, Transaction
+from aupmilter.stages.warmup import ramp_at_mail_from
 from aupmilter.store.client import RegistryMissing, SenderState, StoreUnavailable
 
 Step = Callable[[Transaction, Verdict], Verdict]
@@ -115,6 +116,7 @@ def _take_state(txn: Transaction, state: SenderState, passed: Verdict) -> Verdic
         )
     txn.tenant, txn.plan, txn.stream, txn.fills = record, plan, state.stream, state.fills
     txn.offences = state.offences
+    ramp_at_mail_from(txn, plan, state)
     if passed.action is not Action.ACCEPT:
         return passed
     return decide_suspended(
@@ -128,7 +130,8 @@ def _take_state(txn: Transaction, state: SenderState, passed: Verdict) -> Verdic
 
 
 def _windows(txn: Transaction, passed: Verdict) -> Verdict:
-    """The RCPT gate: the plan's cap and windows, with the tenant's overrides, over their fill."""
+    """The RCPT gate: the plan's cap and windows, with the tenant's overrides, over their fill;
+    the windows at the warm-up ramp's scale (stages/warmup)."""
     if txn.plan is None or txn.tenant is None:
         return passed
     opened = open_gate(
@@ -138,6 +141,7 @@ def _windows(txn: Transaction, passed: Verdict) -> Verdict:
         sender=sender_identity(txn.auth_login, txn.sender),
         tenant=txn.tenant.tenant_id,
         now_ms=txn.now_ms,
+        warmup_percent=txn.ramp.percent if txn.ramp is not None else 100,
     )
     if isinstance(opened, Verdict):
         return opened

@@ -19,6 +19,7 @@ from aupmilter.policy.limits import RecipientGate, WindowFill
 from aupmilter.policy.plans import Plan
 from aupmilter.policy.tenancy import TenantRecord
 from aupmilter.policy.verdict import Verdict
+from aupmilter.policy.warmup import Ramp
 from aupmilter.stages.listmail import ListMail
 from aupmilter.stages.message_checks import MessageChecks
 
@@ -57,6 +58,8 @@ class Transaction:
     """The windows' fill at MAIL FROM, in the plan's window order."""
     offences: int = 0
     """The sender's near-cap-repeat offences before this transaction (the MAIL FROM read)."""
+    ramp: Ramp | None = None
+    """The tenant's warm-up ramp at MAIL FROM (policy.warmup); None before the tenant read."""
     gate: RecipientGate | None = None
     """Decides each RCPT locally; None when no tenant's limits apply."""
     ungated: list[str] = field(default_factory=list)

@@ -34,15 +34,18 @@ from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from aupmilter.audit import AuditTrail, StreamFields
+from aupmilter.audit import AuditTrail, StreamFields, events_log
 from aupmilter.config import RedisSettings
 from aupmilter.policy.consent import ConsentMode, ConsentPlan, Unrecorded
 from aupmilter.policy.limits import Scope, Unit, Window, WindowFill
 from aupmilter.policy.plans import Plan
+from aupmilter.policy.reputation import Measure
 from aupmilter.policy.tenancy import Lookup, TenantRecord, sender_domain
 from aupmilter.policy.tokens import Reference
+from aupmilter.policy.warmup import RateCounts
 from aupmilter.store import keys
 from aupmilter.store.tenants import tenant_record
+from aupmilter.store.warmup import Mark
 
 if TYPE_CHECKING:
     from aupmilter.metrics import Metrics
@@ -81,6 +84,10 @@ class RegistryMissing(StoreUnavailable):
 def load_script(name: str) -> str:
     return (resources.files("aupmilter.store") / "scripts" / name).read_text("utf-8")
 
+
+ON_DEMAND_SCRIPTS = ("warmup_mark.lua",)
+"""Scripts only a rare event runs (a warm-up change): `aup-milter status` does not expect
+them loaded; the call loads one when Redis does not know it."""
 
 URL_OPTIONS_DROPPED = ("host", "port", "path", "unix_socket_path", "connection_class", "db")
 """What a Sentinel's or Cluster's nodes take from `url`: everything but the address."""
@@ -323,7 +330,11 @@ class MappingCache:
 
 
 class WindowCatalog:
-    """Every plan's windows, as the MAIL FROM script wants them; built once per config."""
+    """Every plan's windows, as the MAIL FROM script wants them; built once per config.
+
+    Then the warm-up section: the ramp's field names and, per plan with a
+    warm-up, its rate counters (read only for a tenant in warm-up).
+    """
 
     def __init__(self, plans: Mapping[str, Plan]) -> None:
         self._static: list[str] = [str(len(plans))]
@@ -338,12 +349,40 @@ class WindowCatalog:
                     str(window.bucket_ms),
                     str(window.buckets),
                 ]
+        self._static += warmup_section(plans)
 
     def script_args(self, sender: str) -> list[str]:
         args = list(self._static)
         for slot, window in self._sender_slots:
             args[slot] = keys.window_suffix(window, sender)
         return args
+
+
+def log_mark(mark: Mark) -> None:
+    """The log line of a warm-up change this process recorded (logger aupmilter.audit)."""
+    events_log.info("%s %s", mark.event["event"], mark.tenant_id, extra={"event": mark.event})
+
+
+def warmup_section(plans: Mapping[str, Plan]) -> list[str]:
+    """sender_state.lua's warm-up section: field names, then each ramp plan's rate counters."""
+    ramps = [(name, plan) for name, plan in plans.items() if plan.warmup.enabled]
+    section = [keys.FIELD_WARMUP_STARTED_AT, keys.FIELD_WARMUP_FINISHED_AT, str(len(ramps))]
+    for name, plan in ramps:
+        counter = plan.reputation.counter(keys.RATE_DELIVERED)
+        period_ms = counter.period_ms
+        section += [
+            name,
+            str(counter.bucket_ms),
+            str(counter.buckets),
+            keys.rate_suffix(Measure.COMPLAINTS.value, period_ms),
+            keys.rate_suffix(Measure.BOUNCES.value, period_ms),
+            keys.rate_suffix(keys.RATE_DELIVERED, period_ms),
+        ]
+    return section
+
+
+NO_WINDOWS = ["0", *warmup_section({})]
+"""The script's plan and warm-up sections when no catalog is given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +398,8 @@ class SenderState:
     """The same for the envelope sender's domain."""
     offences: int = 0
     """This sender's near-cap-repeat offences so far (policy.ladder)."""
+    rates: RateCounts | None = None
+    """The tenant's complaint, bounce and delivered counts, for a tenant in warm-up only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,6 +530,29 @@ class Store:
         # makes only at its first command (LazyCluster).
         self._sender_state = Script(self.client, load_script("sender_state.lua").encode())
         self._charge = Script(self.client, load_script("charge.lua").encode())
+        self._warmup_mark = Script(self.client, load_script("warmup_mark.lua").encode())
+        self._marks: dict[str, Mark] = {}
+        """Warm-up changes waiting for a ride, one per tenant (the newest wins)."""
+        self._marks_lock = threading.Lock()
+
+    def queue_mark(self, mark: Mark) -> None:
+        """A warm-up change to write once (store.warmup): it rides the next script call.
+
+        One waits per tenant: a newer change of the same tenant replaces it (the
+        newer was computed from the same stored state, since the older is not
+        written yet). Lost at a reload or a crash, it is seen again at the
+        tenant's next MAIL FROM, which compares with the stored state.
+        """
+        with self._marks_lock:
+            self._marks[mark.tenant_id] = mark
+
+    def _take_marks(self) -> list[Mark]:
+        if not self._marks:
+            return []
+        with self._marks_lock:
+            marks = list(self._marks.values())
+            self._marks.clear()
+            return marks
 
     def sender_state(
         self,
@@ -520,7 +584,7 @@ class Store:
             keys.suspended_sender(sender_id),
             keys.suspended_domain(domain) if (domain := sender_domain(sender)) else "",
             sender_id,
-            *(catalog.script_args(sender_id) if catalog else ["0"]),
+            *(catalog.script_args(sender_id) if catalog else NO_WINDOWS),
         ]
         if self.cluster:
             reply = self._resolved_state(lookup, common)
@@ -538,7 +602,8 @@ class Store:
         if not reply:
             return None
         self.registry_outage.succeeded()
-        _index, tenant_id, stream, fills, flat, domains, ladder = reply
+        _index, tenant_id, stream, fills, flat, domains, ladder, *rest = reply
+        rates = rest[0] if rest else []
         fields = dict(zip(map(str, flat[::2]), map(str, flat[1::2]), strict=True))
         sender_entry, domain_entry, offences = ladder
         return SenderState(
@@ -548,6 +613,7 @@ class Store:
             suspended_sender=None if sender_entry is None else str(sender_entry),
             suspended_domain=None if domain_entry is None else str(domain_entry),
             offences=int(offences),
+            rates=RateCounts(*map(int, rates)) if len(rates) == 3 else None,
         )
 
     def _registry_missing(self) -> None:
@@ -728,9 +794,10 @@ class Store:
         # On a cluster the stream lives on another slot and redis-py refuses EVALSHA
         # in a cluster pipeline: the events wait for the flusher (one write a second).
         riders = self.audit.take() if self.audit is not None and not self.cluster else []
-        if not riders:
+        marks = self._take_marks() if self.audit is not None and not self.cluster else []
+        if not riders and not marks:
             return self._command(call, lambda: script(keys=script_keys, args=args))
-        return self._command(call, lambda: self._ride(riders, script, script_keys, args))
+        return self._command(call, lambda: self._ride(riders, script, script_keys, args, marks))
 
     def _ride(
         self,
@@ -738,23 +805,28 @@ class Store:
         script: Script,
         script_keys: list[str],
         args: list[str],
+        marks: Sequence[Mark] = (),
     ) -> Any:
-        """The script call with the waiting audit events in front of it: one round trip.
+        """The script call with the waiting audit events and warm-up marks in front of it:
+        one round trip.
 
         A script Redis does not know (after a restart or SCRIPT FLUSH) is loaded and
         called again: the events are written by then. Events whose pipeline failed
-        as a whole go back to wait for the next ride.
+        as a whole go back to wait for the next ride, and so do marks.
         """
         pipe = self.client.pipeline(transaction=False)
         self._queue_events(pipe, riders)
+        self._queue_marks(pipe, marks)
         pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
         try:
             results = pipe.execute(raise_on_error=False)
         except STORE_ERRORS:
             assert self.audit is not None
             self.audit.give_back(riders)
+            self._give_back_marks(marks)
             raise
-        self._count_written(results[:-1])
+        self._count_written(results[: len(riders)])
+        self._marks_written(marks, results[len(riders) : -1])
         reply = results[-1]
         if isinstance(reply, NoScriptError):
             return script(keys=script_keys, args=args)
@@ -765,27 +837,91 @@ class Store:
     def flush_audit(self, older_than: float = 0.0) -> int:
         """Write the events that waited at least `older_than` seconds; how many were written.
 
-        The daemon's flusher calls this when no transaction gave them a ride.
+        The daemon's flusher calls this when no transaction gave them a ride;
+        warm-up marks that waited as long go in the same pipeline (on a
+        Cluster each on its tenant's slot first, `flush_marks`).
         """
         audit = self.audit
         if audit is None:
             return 0
+        marks_due = self._marks_waited(audit.now() - older_than)
+        if marks_due and self.cluster:
+            self.flush_marks()
+        marks = self._take_marks() if marks_due and not self.cluster else []
         since = audit.waiting_since()
-        if since is None or audit.now() - since < older_than:
+        events_due = since is not None and audit.now() - since >= older_than
+        if not events_due and not marks:
             return 0
-        riders = audit.take()
+        riders = audit.take() if events_due else []
 
         def write() -> Any:
             pipe = self.client.pipeline(transaction=False)
             self._queue_events(pipe, riders)
+            self._queue_marks(pipe, marks)
             return pipe.execute(raise_on_error=False)
 
         try:
             results = self._command("audit_flush", write)
         except StoreUnavailable:
             audit.give_back(riders)
+            self._give_back_marks(marks)
             return 0
-        return self._count_written(results)
+        self._marks_written(marks, results[len(riders) :])
+        return self._count_written(results[: len(riders)])
+
+    def _marks_waited(self, since: float) -> bool:
+        """Whether a warm-up mark waits that was queued at or before `since`."""
+        with self._marks_lock:
+            return any(mark.now <= since for mark in self._marks.values())
+
+    def _give_back_marks(self, marks: Sequence[Mark]) -> None:
+        """Marks whose write failed wait again, unless a newer one of the tenant came."""
+        with self._marks_lock:
+            for mark in marks:
+                self._marks.setdefault(mark.tenant_id, mark)
+
+    def _queue_marks(self, pipe: Any, marks: Sequence[Mark]) -> None:
+        assert self.audit is not None
+        for mark in marks:
+            mark_keys, mark_args = mark.script_call(self.audit.oldest_kept_ms(mark.now))
+            pipe.evalsha(self._warmup_mark.sha, len(mark_keys), *mark_keys, *mark_args)
+
+    def _marks_written(self, marks: Sequence[Mark], results: Sequence[Any]) -> None:
+        """Log the changes this process recorded (and audited, in the script)."""
+        for mark, result in zip(marks, results, strict=True):
+            if isinstance(result, NoScriptError):
+                assert self.audit is not None
+                mark_keys, mark_args = mark.script_call(self.audit.oldest_kept_ms(mark.now))
+                try:
+                    result = self._warmup_mark(keys=mark_keys, args=mark_args)
+                except STORE_ERRORS as exc:
+                    result = exc
+            if isinstance(result, Exception):
+                log.error("warm-up change of tenant %s not recorded: %s", mark.tenant_id, result)
+            elif result == 1:
+                log_mark(mark)
+
+    def flush_marks(self) -> int:
+        """Cluster: the waiting warm-up marks, each on its tenant's slot; a recorded one is
+        audited through the trail (the stream is on another slot). How many were recorded."""
+        recorded = 0
+        for mark in self._take_marks():
+            mark_keys, mark_args = mark.script_call(None)
+
+            def write(k: list[str] = mark_keys, a: list[str] = mark_args) -> Any:
+                return self._warmup_mark(keys=k, args=a)
+
+            try:
+                written = self._command("warmup_mark", write)
+            except StoreUnavailable:
+                self._give_back_marks([mark])
+                continue
+            if written == 1:
+                recorded += 1
+                if self.audit is not None:
+                    self.audit.add(dict(mark.event), mark.now)
+                log_mark(mark)
+        return recorded
 
     def _queue_events(self, pipe: Any, riders: Sequence[tuple[float, StreamFields]]) -> None:
         assert self.audit is not None

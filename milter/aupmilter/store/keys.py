@@ -18,6 +18,8 @@ aup:registry              string: the tenant registry's marker, "<unix time> <wr
                           every sender as unknown. After creating tenants by hand:
                           redis-cli SET aup:registry "$(date +%s) by-hand"
 aup:tenant:<id>:streams   hash: SASL login or envelope sender -> "bulk" | "transactional"
+aup:tenant:<id>:verifications  hash: domain -> the last `verify-domain` report (JSON: every
+                          finding with its reason and answers); never read by the milter
 
 Fields of aup:tenant:<id> (FIELD_* below):
 
@@ -42,6 +44,27 @@ identity_address            its postal address, lines separated by a line feed; 
 identity_contact            a contact URL or mailbox address, shown in the footer
                             (all three: `aup-milter tenant set-identity`; read with the
                             tenant by the MAIL FROM script's HGETALL)
+warmup_started_at           Unix seconds the warm-up ramp (re)started (policy.warmup):
+                            `tenant add` on a plan with [plan.NAME.warmup], or
+                            `aup-milter tenant warmup ID --restart`; absent: no ramp
+                            (fully warmed). Its name and warmup_finished_at's are
+                            passed to scripts/sender_state.lua, which reads the rate
+                            counters only for a tenant with the one and not the other
+warmup_reason               why the ramp (re)started or was finished, as the admin said
+warmup_paused_at            Unix seconds the pause in force began (a rate above review,
+                            found at MAIL FROM); absent: not paused
+warmup_pause_reason         the rate's figures that paused it
+warmup_paused_seconds       seconds of the ramp's pauses that ended (not good standing)
+warmup_scale                the scale (percent) last audited: a change is written and
+                            audited once (scripts/warmup_mark.lua compares it)
+warmup_finished_at          Unix seconds the ramp reached 100 % or was finished by ops
+verification_token          the tenant's domain-ownership token (random, made by the first
+                            `aup-milter tenant verify-domain`; a TXT record
+                            "aup-milter-verification=<token>" at a domain proves it)
+verified:<domain>           the domain's last verification, "<unix time> <status> <failing>"
+                            (policy.onboarding: e.g. "1764650000 fail spf=fail,rdap=unknown";
+                            at most 50 domains per tenant, 200 characters each), read with
+                            the tenant by the MAIL FROM script's HGETALL
 
 On Redis Cluster (`[redis] cluster_nodes`) the tenant's own keys carry its id
 as a hash tag too, so the MAIL FROM script reads them on the slot of its
@@ -110,7 +133,8 @@ aup:metrics:counts        hash: relay-wide counters for Prometheus (store.shared
                           read by the daemon's metrics at scrape time; DEL resets them
 
 The Lua scripts get every key name through KEYS or ARGV (their headers say
-which); the one name a script spells itself is the `plan` field.
+which); the one name a script spells itself is the `plan` field (the warm-up
+fields sender_state.lua and warmup_mark.lua look at come in ARGV).
 """
 
 from __future__ import annotations
@@ -143,6 +167,25 @@ FIELD_MODE = "mode"
 FIELD_IDENTITY_NAME = "identity_name"
 FIELD_IDENTITY_ADDRESS = "identity_address"
 FIELD_IDENTITY_CONTACT = "identity_contact"
+FIELD_WARMUP_STARTED_AT = "warmup_started_at"
+FIELD_WARMUP_REASON = "warmup_reason"
+FIELD_WARMUP_PAUSED_AT = "warmup_paused_at"
+FIELD_WARMUP_PAUSE_REASON = "warmup_pause_reason"
+FIELD_WARMUP_PAUSED_SECONDS = "warmup_paused_seconds"
+FIELD_WARMUP_SCALE = "warmup_scale"
+FIELD_WARMUP_FINISHED_AT = "warmup_finished_at"
+WARMUP_FIELDS = (
+    FIELD_WARMUP_STARTED_AT,
+    FIELD_WARMUP_REASON,
+    FIELD_WARMUP_PAUSED_AT,
+    FIELD_WARMUP_PAUSE_REASON,
+    FIELD_WARMUP_PAUSED_SECONDS,
+    FIELD_WARMUP_SCALE,
+    FIELD_WARMUP_FINISHED_AT,
+)
+FIELD_VERIFICATION_TOKEN = "verification_token"
+FIELD_VERIFIED_PREFIX = "verified:"
+"""``verified:<domain>``: the domain's last verification (policy.onboarding)."""
 FIELD_WINDOW_PREFIX = "window."
 """``window.<name>`` overrides the limit of the plan's window ``<name>``."""
 
@@ -216,6 +259,17 @@ def tenant_streams(tenant_id: str) -> str:
     return f"{tenant(tenant_id)}{STREAMS_SUFFIX}"
 
 
+VERIFICATIONS_SUFFIX = ":verifications"
+
+
+def tenant_verifications(tenant_id: str) -> str:
+    return f"{tenant(tenant_id)}{VERIFICATIONS_SUFFIX}"
+
+
+def verified_field(domain: str) -> str:
+    return f"{FIELD_VERIFIED_PREFIX}{domain}"
+
+
 def tagged(tenant_id: str) -> str:
     """The per-tenant prefix with the Cluster hash tag: ``aup:{<id>}:``."""
     return f"{PREFIX}{{{tenant_id}}}:"
@@ -275,7 +329,12 @@ RATE_DELIVERED = "delivered"
 
 
 def rate_counter(tenant_id: str, measure: str, period_ms: int) -> str:
-    return tagged(tenant_id) + f"rate:{measure}:{period_ms}"
+    return tagged(tenant_id) + rate_suffix(measure, period_ms)
+
+
+def rate_suffix(measure: str, period_ms: int) -> str:
+    """A rate counter's key after the tagged tenant prefix (sender_state.lua builds it)."""
+    return f"rate:{measure}:{period_ms}"
 
 
 def near_cap_counter(tenant_id: str, fingerprint: str, sender: str, period_ms: int) -> str:

@@ -27,9 +27,12 @@ import redis
 
 from aupmilter.policy.footer import MAX_IDENTITY_LINES, MAX_IDENTITY_TEXT, TenantIdentity
 from aupmilter.policy.limits import LimitOverrides
+from aupmilter.policy.onboarding import DomainVerification, parse_verification
 from aupmilter.policy.tenancy import TenantRecord, TenantStatus, normalize_domain
+from aupmilter.policy.warmup import WarmupState
 from aupmilter.store import keys
 from aupmilter.store.suppression import queue_audit
+from aupmilter.store.warmup import EVENT_PREFIX, finish_fields, queue_fields, restart_fields
 
 _DOMAIN_SEPARATORS = re.compile(r"[\s,]+")
 _CONTACT_URL = re.compile(r"^https?://[^\s/]+\S*$")
@@ -59,7 +62,57 @@ def tenant_record(
         overrides=limit_overrides(fields),
         mode=fields.get(keys.FIELD_MODE, ""),
         identity=tenant_identity(fields),
+        warmup=warmup_state(fields),
+        verifications=verifications(fields),
     )
+
+
+def warmup_state(fields: Mapping[str, str]) -> WarmupState | None:
+    """The ramp's fields (policy.warmup); None without a start: no ramp, fully warmed.
+
+    A value that is no number is kept as a problem and read as absent: the
+    ramp then errs towards its start (a broken start time: no ramp at all).
+    """
+    problems: list[str] = []
+
+    def number(name: str) -> float | None:
+        raw = fields.get(name)
+        if raw is None or raw == "":
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            value = None
+        if value is None or value != value or value < 0:
+            problems.append(f"field {name!r} must be a number of seconds, got {raw!r}")
+            return None
+        return value
+
+    started = number(keys.FIELD_WARMUP_STARTED_AT)
+    if started is None:
+        return None
+    scale = fields.get(keys.FIELD_WARMUP_SCALE, "")
+    return WarmupState(
+        started_at=started,
+        paused_seconds=number(keys.FIELD_WARMUP_PAUSED_SECONDS) or 0.0,
+        paused_at=number(keys.FIELD_WARMUP_PAUSED_AT),
+        pause_reason=fields.get(keys.FIELD_WARMUP_PAUSE_REASON, ""),
+        finished_at=number(keys.FIELD_WARMUP_FINISHED_AT),
+        audited_percent=int(scale) if scale.isdigit() and len(scale) <= 3 else None,
+        reason=fields.get(keys.FIELD_WARMUP_REASON, ""),
+        problems=tuple(problems),
+    )
+
+
+def verifications(fields: Mapping[str, str]) -> dict[str, DomainVerification]:
+    """The `verified:<domain>` fields, parsed; an unreadable one is left out (not verified)."""
+    found: dict[str, DomainVerification] = {}
+    for name, value in fields.items():
+        if name.startswith(keys.FIELD_VERIFIED_PREFIX):
+            parsed = parse_verification(value)
+            if parsed is not None:
+                found[name[len(keys.FIELD_VERIFIED_PREFIX) :]] = parsed
+    return found
 
 
 def tenant_identity(fields: Mapping[str, str]) -> TenantIdentity | None:
@@ -214,7 +267,9 @@ class TenantAdmin:
         domains: Iterable[str],
         status: str = TenantStatus.ACTIVE,
         reason: str = "",
+        warmup: bool = False,
     ) -> TenantInfo:
+        """A new tenant; `warmup` (its plan has a [plan.NAME.warmup]) starts its ramp now."""
         tenant_id = validate_tenant_id(tenant_id)
         login_list = sorted({validate_login(x) for x in logins})
         domain_list = sorted({validate_domain(x) for x in domains})
@@ -230,6 +285,8 @@ class TenantAdmin:
             keys.FIELD_CREATED_AT: now,
             keys.FIELD_UPDATED_AT: now,
         }
+        if warmup:
+            fields.update(restart_fields(now, "tenant add")[0])
         if self.cluster:
             self._add_on_cluster(tenant_id, fields, login_list, domain_list, mapping_keys)
             return self.show(tenant_id)
@@ -345,6 +402,58 @@ class TenantAdmin:
             pipe.execute()
         return self.show(tenant_id)
 
+    def restart_warmup(self, tenant_id: str, reason: str, by: str = "cli") -> TenantInfo:
+        """Start the tenant's warm-up ramp again from day 1 (e.g. a newly verified domain).
+
+        Pause, scale and end are forgotten; the MAIL FROM computes the scale from
+        the new start on. Audited (`warmup-restarted`) in the same MULTI. A tenant
+        whose plan has no warm-up keeps its full limits (policy.warmup).
+        """
+        now = self._now()
+        sets, deletes = restart_fields(now, reason or "restarted")
+        return self._warmup_write(tenant_id, sets, deletes, "restarted", reason, by, now)
+
+    def finish_warmup(self, tenant_id: str, reason: str, by: str = "cli") -> TenantInfo:
+        """End the tenant's ramp now: full limits from the next transaction on. Audited."""
+        now = self._now()
+        sets, deletes = finish_fields(now, reason or "finished")
+        return self._warmup_write(tenant_id, sets, deletes, "finished", reason, by, now)
+
+    def _warmup_write(
+        self,
+        tenant_id: str,
+        sets: dict[str, str],
+        deletes: list[str],
+        change: str,
+        reason: str,
+        by: str,
+        now: str,
+    ) -> TenantInfo:
+        tenant_key = keys.tenant(validate_tenant_id(tenant_id))
+        with self.client.pipeline(transaction=not self.cluster) as pipe:
+            if not self.cluster:
+                pipe.watch(tenant_key)  # type: ignore[no-untyped-call]
+            if not self._read(pipe).exists(tenant_key):
+                raise TenantError(f"no tenant {tenant_id!r}")
+            if not self.cluster:
+                pipe.multi()
+            queue_fields(pipe, tenant_key, {**sets, keys.FIELD_UPDATED_AT: now}, deletes)
+            detail = f"tenant {tenant_id}: warm-up {change}" + (f" ({reason})" if reason else "")
+            event = {
+                "event": EVENT_PREFIX + change,
+                "tenant": tenant_id,
+                "subject": tenant_id,
+                "kind": "tenant",
+                "by": by,
+                "detail": detail,
+                "ts": now,
+            }
+            if change == "finished":
+                event["percent"] = "100"
+            queue_audit(pipe, event, float(now))
+            pipe.execute()
+        return self.show(tenant_id)
+
     def _read(self, pipe: Any) -> Any:
         """Where a read inside a write answers at once: the WATCHing pipeline, or the cluster."""
         return self.client if self.cluster else pipe
@@ -417,6 +526,7 @@ class TenantAdmin:
                 keys.tenant(tenant_id),
                 keys.tenant_logins(tenant_id),
                 keys.tenant_domains(tenant_id),
+                keys.tenant_verifications(tenant_id),
             ]:
                 pipe.delete(key)
             pipe.srem(keys.TENANTS, tenant_id)

@@ -44,11 +44,19 @@
 --               offences hash
 --   ARGV[14]    number of plans P; then per plan: name, window count W, and W
 --               triples (key suffix, bucket length in ms, buckets per window)
+--   then        the warm-up section: the tenant hash's field names of the
+--               ramp's start and of its end (keys.FIELD_WARMUP_STARTED_AT,
+--               FIELD_WARMUP_FINISHED_AT), the number Q of plans with a warm-up,
+--               and per such plan: name, bucket length in ms, buckets per
+--               period, and the key suffixes of its complaints, bounces and
+--               delivered rate counters (after the tagged prefix); in the lookup
+--               form the domains tail above stays the last ARGV
 --
 -- Returns     {} when no mapping exists (lookup form); {0} when none exists
 --             and the store holds no tenant registry (lookup form); {-1} when
 --             the tenant no longer holds the name (resolved form); otherwise
---             {matched_index, tenant_id, stream, fills, fields, domains, ladder}:
+--             {matched_index, tenant_id, stream, fills, fields, domains, ladder,
+--             rates}:
 --             stream is "bulk", "transactional" or "" (none set),
 --             fills has one entry per window of the tenant's plan (empty when
 --             the plan is not in ARGV): {used, index1, count1, index2, ...},
@@ -59,19 +67,24 @@
 --             Sender are checked against it), ladder {sender_entry,
 --             domain_entry, offences}: HMGET of the two fields in the suspended
 --             hash (nil when absent; the domain's nil when ARGV[12] is "") and
---             the sender's offence count (0 when none). matched_index is 0 in
+--             the sender's offence count (0 when none), rates {complaints,
+--             bounces, delivered}: the three rate counters' fills over the
+--             plan's rate period (summed as the windows', policy.warmup pauses
+--             the ramp on them), only for a tenant in warm-up (its hash has the
+--             start field and not the end field) on a plan of the warm-up
+--             section, else {} (3 HGETALLs, only then). matched_index is 0 in
 --             the resolved form (the client knows it).
 --
 -- Field names: the one this script spells is the tenant hash's `plan`, to
--- pick the plan's windows (store/keys.py FIELD_PLAN; keep the two equal).
--- Every key name comes in KEYS or ARGV.
+-- pick the plan's windows (store/keys.py FIELD_PLAN; keep the two equal);
+-- the warm-up fields' names come in ARGV. Every key name comes in KEYS or ARGV.
 --
 -- Cluster safety: the lookup form is not Cluster-safe (the tenant id is only
 -- known after the lookup, so its keys cannot be passed in KEYS); the client
 -- uses it only on a standalone or Sentinel-managed Redis. The resolved form
 -- is: every key it touches carries the tenant's hash tag ({<id>}), those in
--- KEYS and the window keys it builds under the same tag once it has read the
--- plan (Redis Cluster allows undeclared keys of the declared keys' slot), so
+-- KEYS and the window and rate-counter keys it builds under the same tag once
+-- it has read the plan (Redis Cluster allows undeclared keys of the declared keys' slot), so
 -- the whole call runs on the tenant's slot. The mapping keys and the registry
 -- marker live on other slots: the client reads them only on a cache miss
 -- (store/client.Store._resolve).
@@ -125,6 +138,23 @@ local function state(i, tenant_id, tenant_key, streams_key, domains_key, suspend
     end
     at = at + 3 * count
   end
+  local rates = {}
+  local started, finished = false, false
+  for f = 1, #fields, 2 do
+    if fields[f] == ARGV[at] then started = true end
+    if fields[f] == ARGV[at + 1] then finished = true end
+  end
+  local ramps = tonumber(ARGV[at + 2]) or 0
+  at = at + 3
+  for _ = 1, ramps do
+    if started and not finished and ARGV[at] == plan then
+      local bucket_ms, buckets = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+      for r = 3, 5 do
+        rates[#rates + 1] = fill(prefix .. ARGV[at + r], now, bucket_ms, buckets)[1]
+      end
+    end
+    at = at + 6
+  end
   local domains = redis.call('SMEMBERS', domains_key)
   local ladder = {false, false, 0}
   if ARGV[12] ~= '' then
@@ -134,7 +164,7 @@ local function state(i, tenant_id, tenant_key, streams_key, domains_key, suspend
     ladder[1] = redis.call('HGET', suspended_key, ARGV[11])
   end
   ladder[3] = tonumber(redis.call('HGET', offences_key, ARGV[13]) or '0') or 0
-  return {i, tenant_id, stream, fills, fields, domains, ladder}
+  return {i, tenant_id, stream, fills, fields, domains, ladder, rates}
 end
 
 if ARGV[1] ~= '' then
