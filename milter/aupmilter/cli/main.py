@@ -200,6 +200,8 @@ def cmd_check(path: Path) -> int:
         print(f"    ladder: {plan.ladder.describe(limits.max_recipients)}")
         if plan.warmup.enabled:
             print(f"    warm-up: {plan.warmup.describe()}")
+        if plan.consent.enabled:
+            print(f"    consent: {plan.consent.describe()}")
         if plan.footer.enabled:
             footer = plan.footer
             print(

@@ -98,6 +98,20 @@ class ConsentPlan:
     def lapse_days(self) -> int:
         return self.lapse // DAY
 
+    def describe(self) -> str:
+        """One line for `aup-milter check`."""
+        share = self.new_recipient_share_ppm
+        rule = (
+            "no new-recipient share rule"
+            if share is None
+            else f"refused above {share / 10_000:g} % never-mailed recipients"
+            f" (from {self.new_recipient_min} recipients)"
+        )
+        return (
+            f"{self.mode}, lapse {self.lapse_days} days, unrecorded recipients {self.unrecorded};"
+            f" {rule}"
+        )
+
 
 def standing(
     consent: int | None,

@@ -79,3 +79,7 @@ def test_lapses_at_and_plan_properties() -> None:
     assert PLAN.enforced and PLAN.lapse_days == 180
     warn = ConsentPlan(mode=ConsentMode.WARN)
     assert warn.enabled and not warn.enforced
+    assert SHARE.describe() == (
+        "enforce, lapse 180 days, unrecorded recipients new;"
+        " refused above 50 % never-mailed recipients (from 20 recipients)"
+    )
