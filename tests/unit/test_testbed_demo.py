@@ -67,8 +67,9 @@ def test_the_demo_ports_follow_the_port_offset(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_the_start_up_text_shows_verify_domain_and_tenant_show_ready_to_paste(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("AUP_TESTBED_PORT_OFFSET", raising=False)
     stack = build_stack(parse_args(["demo-up", "--run-dir", str(tmp_path)]))
     assert stack.onboarding and stack.rdap_port == 8897
     commands = [shlex.split(line) for line in try_it(stack).splitlines() if "tenant -c" in line]
