@@ -1,7 +1,9 @@
 """``python -m testbed demo-up|demo-down|demo-status``: the demo behind ``make demo``.
 
 The demo is the same :class:`testbed.stack.Stack` the end-to-end tests use,
-left running under ``run/demo/`` so a person can send mail through it.
+left running under ``run/demo/`` so a person can send mail through it; with
+the RDAP server of domain onboarding, so ``tenant verify-domain`` works
+offline. ``AUP_TESTBED_PORT_OFFSET`` shifts its default ports, as the tests'.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from pathlib import Path
 
 from testbed.client import CLIENT_ADDRESS
 from testbed.proc import TestbedError
-from testbed.stack import REPO_ROOT, Stack
-from testbed.tenants import DEMO_ACCOUNTS
+from testbed.stack import REPO_ROOT, Stack, port_offset
+from testbed.tenants import DEMO_ACCOUNTS, DEMO_ONBOARDING
 
 DEFAULT_RUN_DIR = REPO_ROOT / "run" / "demo"
-DEFAULT_PORTS = {"redis": 6390, "smtp": 2525, "sink": 2526, "web": 8895, "metrics": 8896}
+DEFAULT_PORTS = {
+    "redis": 6390, "smtp": 2525, "sink": 2526, "web": 8895, "metrics": 8896, "rdap": 8897,
+}  # fmt: skip
+"""Before ``AUP_TESTBED_PORT_OFFSET``; the DNS server and the mailto intake follow the sink's."""
 # Like the tests' clients (testbed.client): a tenant connects from an address not Postfix's own.
 REMOTE = f"--local-interface {CLIENT_ADDRESS}"
 
@@ -33,6 +38,8 @@ def build_stack(args: argparse.Namespace) -> Stack:
         unsubscribe=True,
         web_port=args.web_port,
         metrics_port=args.metrics_port,
+        onboarding=True,
+        rdap_port=args.rdap_port,
     )
 
 
@@ -75,6 +82,7 @@ def try_it(stack: Stack) -> str:
         f"  postsuper -c {config} -H ALL && postqueue -c {config} -f",
         f"  postsuper -c {config} -d ALL hold",
         *unsubscribe_lines(stack),
+        *onboarding_lines(stack),
         "The milter's Prometheus metrics (aup-milter(8) lists them):",
         f"  curl -s {stack.metrics_url} | grep '^aup_transactions_total'",
         "Every decision is in the audit trail (the queue id is in Postfix's 250 reply):",
@@ -109,10 +117,27 @@ def unsubscribe_lines(stack: Stack) -> list[str]:
     ]
 
 
+def onboarding_lines(stack: Stack) -> list[str]:
+    if not stack.onboarding:
+        return []
+    tenant_id, domain, _ = DEMO_ONBOARDING
+    aup = _rel(Path(sys.executable).parent / "aup-milter")
+    config = _rel(stack.milter_config)
+    return [
+        f"Verify {tenant_id}'s domain for bulk mail (ownership TXT, SPF, DKIM, DMARC from the",
+        f"test DNS; the registrant from the RDAP server on {stack.rdap.base_url}), then see it",
+        "recorded (every check passes; plan standard does not require it, see README):",
+        f"  {aup} tenant -c {config} verify-domain {tenant_id} {domain}",
+        f"  {aup} tenant -c {config} show {tenant_id}",
+    ]
+
+
 def demo_up(stack: Stack) -> int:
     stack.start()
     try:
         stack.add_demo_tenants()
+        if stack.onboarding:
+            stack.tenants.prepare_demo_onboarding()
     except BaseException:
         stack.stop()
         raise
@@ -147,20 +172,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m testbed", description=__doc__)
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
-    parser.add_argument("--redis-port", type=int, default=DEFAULT_PORTS["redis"])
-    parser.add_argument("--smtp-port", type=int, default=DEFAULT_PORTS["smtp"])
-    parser.add_argument("--sink-port", type=int, default=DEFAULT_PORTS["sink"])
+    ports = {name: port + port_offset() for name, port in DEFAULT_PORTS.items()}
+    parser.add_argument("--redis-port", type=int, default=ports["redis"])
+    parser.add_argument("--smtp-port", type=int, default=ports["smtp"])
+    parser.add_argument("--sink-port", type=int, default=ports["sink"])
     parser.add_argument(
         "--web-port",
         type=int,
-        default=DEFAULT_PORTS["web"],
+        default=ports["web"],
         help="the one-click unsubscribe service (links in the demo's mail point there)",
     )
     parser.add_argument(
         "--metrics-port",
         type=int,
-        default=DEFAULT_PORTS["metrics"],
+        default=ports["metrics"],
         help="the milter's Prometheus metrics endpoint",
+    )
+    parser.add_argument(
+        "--rdap-port",
+        type=int,
+        default=ports["rdap"],
+        help="the RDAP server tenant verify-domain asks (recorded answers, tests/corpus/rdap/)",
     )
     parser.add_argument(
         "--without-milter",

@@ -12,9 +12,11 @@ It serves what `aup-milter tenant verify-domain` asks (mailauth/rdap.py):
   RFC 9083 error object).
 
 In a test process: ``with RdapServer() as server: server.bootstrap_url``.
-As a process::
+As a process (the demo's, ``testbed/parts/rdapservice.py``)::
 
-    python -m testbed.rdapserver --host 127.0.0.1 --port 2538 [--answers DIR]
+    python -m testbed.rdapserver --host 127.0.0.1 --port 8897 [--answers DIR] [--pidfile F]
+
+It writes the pidfile once it serves, and stops on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import threading
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 from aiohttp import web
 
@@ -32,6 +36,7 @@ from testbed.proc import free_port
 
 ANSWERS_DIR = Path(__file__).resolve().parents[1] / "tests" / "corpus" / "rdap"
 RDAP_JSON = "application/rdap+json"
+BOOTSTRAP_PATH = "/bootstrap/dns.json"
 FAILURES: dict[str, int | str] = {
     "rdap-error.example": 500,
     "rdap-slow.example": "timeout",
@@ -71,7 +76,7 @@ class RdapServer:
 
     @property
     def bootstrap_url(self) -> str:
-        return f"{self.base_url}/bootstrap/dns.json"
+        return f"{self.base_url}{BOOTSTRAP_PATH}"
 
     def bootstrap(self) -> dict[str, object]:
         return {
@@ -83,7 +88,7 @@ class RdapServer:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/bootstrap/dns.json", self._bootstrap)
+        app.router.add_get(BOOTSTRAP_PATH, self._bootstrap)
         app.router.add_get("/rdap/domain/{name}", self._domain)
         return app
 
@@ -144,15 +149,23 @@ def _error(status: int, description: str) -> web.Response:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=2538)
+    parser.add_argument("--port", type=int, default=8897)
     parser.add_argument("--answers", type=Path, default=ANSWERS_DIR)
+    parser.add_argument("--pidfile", type=Path, help="written once the server serves")
     args = parser.parse_args()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     server = RdapServer(args.host, args.port, args.answers).start()
+    if args.pidfile:
+        args.pidfile.write_text(f"{os.getpid()}\n")
     print(f"RDAP on {server.base_url}, bootstrap {server.bootstrap_url}", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        server.stop()
+    stop.wait()
+    server.stop()
 
 
 if __name__ == "__main__":

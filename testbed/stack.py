@@ -26,6 +26,7 @@ from testbed.parts.daemon import MilterDaemon
 from testbed.parts.dnsservice import DnsService
 from testbed.parts.milterconfig import MilterConfig
 from testbed.parts.postfixinstance import PostfixInstance
+from testbed.parts.rdapservice import RdapService
 from testbed.parts.redisserver import RedisServer
 from testbed.parts.runfolder import default_run_dir, port_offset
 from testbed.parts.service import HOST, REPO_ROOT
@@ -60,8 +61,16 @@ class Stack:
     ``metrics_port`` (default: the sink's port + 4; the demo's is 8896), at
     ``metrics_url``. ``redis_persistence`` gives Redis an append-only file
     (fsynced at every write), so a killed Redis restarts with its data.
+    ``onboarding=True`` (the demo) adds what ``aup-milter tenant
+    verify-domain`` needs offline: a ``testbed.rdapserver`` process on
+    ``rdap_port`` (default: the sink's port + 5; the demo's is 8897) serving
+    the recorded answers, and the milter config's ``[onboarding]
+    rdap_bootstrap`` pointing at it, with ``[messages] relay_ips`` the address
+    the test zones' SPF authorizes. The end-to-end tests leave it off: the
+    few that need RDAP run ``RdapServer`` in process, and the SPF check of
+    the other tests' mail stays as the sample has it (no relay addresses).
 
-    The parts are attributes: ``redis``, ``sink_service``, ``dns``,
+    The parts are attributes: ``redis``, ``sink_service``, ``dns``, ``rdap``,
     ``milter_conf`` and ``milter`` (the daemon), ``web``, ``relay`` (Postfix)
     and ``tenants``; the methods below are the stack-level view of them.
     """
@@ -86,6 +95,8 @@ class Stack:
         web_port: int | None = None,
         intake_port: int | None = None,
         metrics_port: int | None = None,
+        onboarding: bool = False,
+        rdap_port: int | None = None,
         sink: SinkKind = "files",
         redis_persistence: bool = False,
         python: str = sys.executable,
@@ -94,6 +105,7 @@ class Stack:
         self.run_dir = Path(run_dir).resolve()
         self.with_milter = with_milter
         self.unsubscribe = unsubscribe and with_milter
+        self.onboarding = onboarding and with_milter
         self.milter_command = list(milter_command) if milter_command is not None else None
         self.intake_port = intake_port if intake_port is not None else sink_port + 3
         self.python = python
@@ -108,6 +120,8 @@ class Stack:
         self.dns = DnsService(folder, dns_port, self.dns_records, python=python, timeout=timeout)
         web_port = web_port if web_port is not None else sink_port + 2
         metrics_port = metrics_port if metrics_port is not None else sink_port + 4
+        rdap_port = rdap_port if rdap_port is not None else sink_port + 5
+        self.rdap = RdapService(folder, rdap_port, python=python, timeout=timeout)
         self.milter_conf = MilterConfig(
             folder,
             redis_url=self.redis.url,
@@ -115,6 +129,7 @@ class Stack:
             web_port=web_port,
             metrics_port=metrics_port,
             unsubscribe=self.unsubscribe,
+            rdap_bootstrap=self.rdap.bootstrap_url if self.onboarding else None,
             extra=milter_config_extra,
             extra_plans=extra_plans,
         )
@@ -147,6 +162,7 @@ class Stack:
         self.smtp_port, self.sink_port = smtp_port, sink_port
         self.dns_port, self.web_port, self.web_url = dns_port, web_port, self.web.url
         self.metrics_port = metrics_port
+        self.rdap_port, self.rdap_url = rdap_port, self.rdap.bootstrap_url
         self.metrics_url = f"http://{HOST}:{metrics_port}/metrics"
         self.postfix = self.relay.layout
         self.milter_config, self.milter_socket = self.milter_conf.path, self.milter_conf.socket_path
@@ -188,6 +204,8 @@ class Stack:
             self.start_sink()
             if self.with_milter:
                 self.start_dns()
+                if self.onboarding:
+                    self.start_rdap()
                 self.start_milter()
                 if self.unsubscribe:
                     self.start_web()
@@ -203,6 +221,7 @@ class Stack:
             self.stop_postfix,
             self.stop_web,
             self.stop_milter,
+            self.stop_rdap,
             self.stop_dns,
             self.stop_sink,
             self.stop_redis,
@@ -232,6 +251,7 @@ class Stack:
             "redis": self.redis.running_pid(),
             "sink": self.sink_service.running_pid(),
             "dns": self.dns.running_pid(),
+            "rdap": self.rdap.running_pid(),
             "milter": self.milter.running_pid(),
             "web": self.web.running_pid(),
             "postfix": self.relay.running_pid(),
@@ -290,6 +310,16 @@ class Stack:
 
     def stop_dns(self) -> None:
         self.dns.stop()
+
+    # ---- rdap ----------------------------------------------------------------
+
+    def start_rdap(self) -> None:
+        """The recorded RDAP answers on ``rdap_port``; kept if already running from here."""
+        self._prepare_run_dir()
+        self.rdap.start()
+
+    def stop_rdap(self) -> None:
+        self.rdap.stop()
 
     # ---- milter --------------------------------------------------------------
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from testbed.zones import ONBOARDING_TOKEN
+
 STATUSES = ("active", "suspended", "terminated")
 
 
@@ -81,3 +83,17 @@ DEMO_ACCOUNTS: tuple[DemoAccount, ...] = (
 DEMO_SASL_USERS: dict[str, str] = {
     login: account.password for account in DEMO_ACCOUNTS for login in account.tenant.logins
 }
+
+# The demo's domain onboarding: ``tenant verify-domain acme acme.example`` passes every check
+# when acme's ownership token is the one the test zones publish at acme.example. No command
+# sets a token (the first run of verify-domain makes a random one), so the demo writes the
+# field itself; the two names below are aupmilter.store.keys' (tests/unit/test_testbed_keys.py).
+DEMO_ONBOARDING = ("acme", "acme.example", ONBOARDING_TOKEN)
+"""Tenant, domain, and the token testbed.zones publishes at that domain."""
+VERIFICATION_TOKEN_FIELD = "verification_token"
+"""keys.FIELD_VERIFICATION_TOKEN: the tenant hash's ownership token."""
+
+
+def tenant_key(tenant_id: str) -> str:
+    """keys.tenant(ID) on one Redis server (the stack's): the tenant hash."""
+    return f"aup:tenant:{tenant_id}"

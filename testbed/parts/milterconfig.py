@@ -14,12 +14,15 @@ from typing import Any
 from testbed import toml
 from testbed import unsubscribe as unsub
 from testbed.parts.service import HOST, REPO_ROOT
+from testbed.zones import RELAY_IP
 
 SAMPLE_CONFIG = REPO_ROOT / "etc" / "aup-milter.toml"
 POLICIES_DIR = REPO_ROOT / "policies"
 # The stack's own DNS server answers at once: short timeouts keep the failure cases quick.
 DNS_TIMEOUT = 1.0
 DNS_LIFETIME = 2.0
+# The stack's RDAP server answers at once too (its one slow name sleeps longer than this).
+RDAP_TIMEOUT = 2.0
 
 
 class MilterConfig:
@@ -27,7 +30,10 @@ class MilterConfig:
 
     ``extra`` is TOML merged in last (its keys win) and may be changed
     between writes; ``extra_plans`` is a plan file served beside the shipped
-    ones; ``unsubscribe`` adds ``[unsubscribe]``, ``[web]`` and ``[dkim]``.
+    ones; ``unsubscribe`` adds ``[unsubscribe]``, ``[web]`` and ``[dkim]``;
+    ``rdap_bootstrap`` (the stack's RDAP server) adds what ``tenant
+    verify-domain`` checks with: ``[onboarding] rdap_bootstrap`` and
+    ``[messages] relay_ips``, the relay address the test zones' SPF authorizes.
     """
 
     def __init__(
@@ -39,6 +45,7 @@ class MilterConfig:
         web_port: int,
         metrics_port: int | None = None,
         unsubscribe: bool = False,
+        rdap_bootstrap: str | None = None,
         extra: str = "",
         extra_plans: str = "",
     ) -> None:
@@ -49,6 +56,7 @@ class MilterConfig:
         self.metrics_port = metrics_port
         """The daemon's Prometheus endpoint on the stack's host; None: none."""
         self.unsubscribe = unsubscribe
+        self.rdap_bootstrap = rdap_bootstrap
         self.extra = extra
         self.extra_plans = extra_plans
 
@@ -80,6 +88,12 @@ class MilterConfig:
         base["metrics"] = {"listen": f"{HOST}:{port}" if port is not None else ""}
         if self.unsubscribe:
             base.update(unsub.milter_sections(self.run_dir, self.web_port))
+        if self.rdap_bootstrap is not None:
+            base["onboarding"] = {
+                "rdap_bootstrap": self.rdap_bootstrap,
+                "rdap_timeout": RDAP_TIMEOUT,
+            }
+            base["messages"]["relay_ips"] = [RELAY_IP]
         return toml.merged(base, self.extra)
 
     def text(self) -> str:

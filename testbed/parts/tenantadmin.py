@@ -10,7 +10,13 @@ from typing import Any, Protocol
 from testbed.parts.redisserver import RedisServer
 from testbed.parts.service import python_env
 from testbed.proc import TestbedError, run
-from testbed.tenants import DEMO_ACCOUNTS, Tenant
+from testbed.tenants import (
+    DEMO_ACCOUNTS,
+    DEMO_ONBOARDING,
+    VERIFICATION_TOKEN_FIELD,
+    Tenant,
+    tenant_key,
+)
 
 
 class SaslRelay(Protocol):
@@ -88,3 +94,16 @@ class TenantAdmin:
                     self.postfix.sasl_users[login] = account.password
                     self.postfix.add_sasl_user(login, account.password)
             self.add(account.tenant)
+
+    def set_verification_token(self, tenant_id: str, token: str) -> None:
+        """Give ``tenant_id`` the ownership token ``token`` (no command sets one)."""
+        self.redis.cli("HSET", tenant_key(tenant_id), VERIFICATION_TOKEN_FIELD, token)
+
+    def prepare_demo_onboarding(self) -> None:
+        """acme's token as the test zones publish it: the demo's verify-domain passes.
+
+        Not part of ``add_demo_tenants``: the end-to-end tests reset to tenants
+        without a token (a verification without one must fail ownership).
+        """
+        tenant_id, _, token = DEMO_ONBOARDING
+        self.set_verification_token(tenant_id, token)
