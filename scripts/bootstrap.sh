@@ -138,6 +138,20 @@ if [[ ! -f "$INTAKE_STAMP" || pyproject.toml -nt "$INTAKE_STAMP" ]]; then
     "$INTAKE_VENV/bin/python" -m pip install -q -e . || die "pip install -e . into $INTAKE_VENV failed"
     touch "$INTAKE_STAMP"
 fi
+# Postfix's pipe transport runs the intake as nobody, and never as root: every folder
+# above the checkout must let others in (a clone under /root, mode 700, does not).
+# Said now, in words, rather than when the test bed's Postfix starts.
+if ! runuser -u nobody -- test -r "$INTAKE_VENV/pyvenv.cfg" 2>/dev/null && [[ "$(id -u)" == 0 ]]; then
+    blocked="$(pwd)"
+    d="$(pwd)"; while [[ "$d" != "/" ]]; do
+        if [[ "$(stat -c %A "$d" | cut -c10)" != "x" && "$(stat -c %A "$d" | cut -c10)" != "t" ]]; then blocked="$d"; fi
+        d="$(dirname "$d")"
+    done
+    echo "bootstrap: warning: nobody cannot enter $blocked, so the test bed's Postfix cannot run" >&2
+    echo "bootstrap: warning: the mail intake (pipe transport, user=nobody): the end-to-end tests" >&2
+    echo "bootstrap: warning: and make demo need it. Clone the project under a folder others can" >&2
+    echo "bootstrap: warning: enter (e.g. /srv/aup-milter), or allow entry: chmod o+x $blocked" >&2
+fi
 
 # Step 4. `apt-get download` fetches the .deb from the configured archive (as
 # any user, when the package lists are there); dpkg -x unpacks it without

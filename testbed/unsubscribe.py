@@ -148,7 +148,10 @@ def intake_python() -> Path:
     if not _readable_by_others(config):
         raise TestbedError(
             f"{config} (or a folder above it) is not readable by {INTAKE_USER}, "
-            "who runs the intake under Postfix's pipe transport"
+            "who runs the intake under Postfix's pipe transport (which never runs as root): "
+            "clone the project under a folder others can enter (e.g. /srv/aup-milter), "
+            "or let them in with chmod o+x on the folder that keeps them out (a home "
+            "such as /root is mode 700)"
         )
     return python
 
