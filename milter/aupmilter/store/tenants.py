@@ -17,9 +17,10 @@ tempfails rather than refusing every tenant as an unknown sender.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -363,18 +364,13 @@ class TenantAdmin:
         state = validate_status(status)
         tenant_key = keys.tenant(validate_tenant_id(tenant_id))
         # On a cluster the event goes to another slot: no MULTI, no WATCH.
-        with self.client.pipeline(transaction=not self.cluster) as pipe:
-            if not self.cluster:
-                pipe.watch(tenant_key)  # type: ignore[no-untyped-call]
-            if not self._read(pipe).exists(tenant_key):
-                raise TenantError(f"no tenant {tenant_id!r}")
+        with self._existing(tenant_id, tenant_key) as pipe:
             old_status, old_reason = cast(
                 list[str | None],
                 self._read(pipe).hmget(tenant_key, [keys.FIELD_STATUS, keys.FIELD_REASON]),
             )
             now = self._now()
-            if not self.cluster:
-                pipe.multi()
+            self._queue_writes(pipe)
             pipe.hset(
                 tenant_key,
                 mapping={
@@ -430,13 +426,8 @@ class TenantAdmin:
         now: str,
     ) -> TenantInfo:
         tenant_key = keys.tenant(validate_tenant_id(tenant_id))
-        with self.client.pipeline(transaction=not self.cluster) as pipe:
-            if not self.cluster:
-                pipe.watch(tenant_key)  # type: ignore[no-untyped-call]
-            if not self._read(pipe).exists(tenant_key):
-                raise TenantError(f"no tenant {tenant_id!r}")
-            if not self.cluster:
-                pipe.multi()
+        with self._existing(tenant_id, tenant_key) as pipe:
+            self._queue_writes(pipe)
             queue_fields(pipe, tenant_key, {**sets, keys.FIELD_UPDATED_AT: now}, deletes)
             detail = f"tenant {tenant_id}: warm-up {change}" + (f" ({reason})" if reason else "")
             event = {
@@ -454,6 +445,23 @@ class TenantAdmin:
             pipe.execute()
         return self.show(tenant_id)
 
+    @contextlib.contextmanager
+    def _existing(self, tenant_id: str, tenant_key: str) -> Iterator[Any]:
+        """A pipeline for one tenant's hash, which must exist: WATCHed on one server, so a
+        concurrent `tenant remove` cannot leave half a tenant; a cluster's pipeline has no
+        WATCH (the hash is one slot). Reads go through `_read`, then `_queue_writes`."""
+        with self.client.pipeline(transaction=not self.cluster) as pipe:
+            if not self.cluster:
+                pipe.watch(tenant_key)  # type: ignore[no-untyped-call]
+            if not self._read(pipe).exists(tenant_key):
+                raise TenantError(f"no tenant {tenant_id!r}")
+            yield pipe
+
+    def _queue_writes(self, pipe: Any) -> None:
+        """From here on the pipeline queues (MULTI on one server; a cluster has none)."""
+        if not self.cluster:
+            pipe.multi()
+
     def _read(self, pipe: Any) -> Any:
         """Where a read inside a write answers at once: the WATCHing pipeline, or the cluster."""
         return self.client if self.cluster else pipe
@@ -461,15 +469,8 @@ class TenantAdmin:
     def set_identity(self, tenant_id: str, identity: TenantIdentity) -> TenantInfo:
         """Store the identity the footer of bulk mail shows (validated by `validate_identity`)."""
         tenant_key = keys.tenant(validate_tenant_id(tenant_id))
-        # One key: WATCH keeps a concurrent `tenant remove` from leaving a half
-        # tenant; a cluster's pipeline has no WATCH, and the hash is one slot.
-        with self.client.pipeline(transaction=not self.cluster) as pipe:
-            if not self.cluster:
-                pipe.watch(tenant_key)  # type: ignore[no-untyped-call]
-            if not self._read(pipe).exists(tenant_key):
-                raise TenantError(f"no tenant {tenant_id!r}")
-            if not self.cluster:
-                pipe.multi()
+        with self._existing(tenant_id, tenant_key) as pipe:
+            self._queue_writes(pipe)
             pipe.hset(
                 tenant_key,
                 mapping={
@@ -518,8 +519,7 @@ class TenantAdmin:
             # In WATCH mode the pipeline executes reads at once.
             reader = self._read(pipe)
             owned = [key for key in mapping_keys if cast(str | None, reader.get(key)) == tenant_id]
-            if not self.cluster:
-                pipe.multi()
+            self._queue_writes(pipe)
             # One key per DEL: a cluster pipeline routes each command to one slot.
             for key in [
                 *owned,
