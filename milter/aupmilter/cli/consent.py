@@ -23,7 +23,13 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, TextIO
 
-from aupmilter.cli.csvimport import ImportReport, rows, run_import
+from aupmilter.cli.csvimport import (
+    ImportReport,
+    add_import_parser,
+    rows,
+    run_import,
+    tenant_option,
+)
 from aupmilter.exitcodes import EX_CONFIG, EX_DATAERR, EX_FAILURE, EX_OK, EX_UNAVAILABLE
 from aupmilter.policy.consent import DAY, ConsentPlan, Standing, lapses_at, standing
 from aupmilter.store.consent import (
@@ -56,20 +62,10 @@ def add_parser(
     consent.add_argument("--redis", metavar="URL", help="Redis URL (default: from the config)")
     actions = consent.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    def tenant_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--tenant", "-t", required=True, metavar="ID", help="the tenant id")
-
-    imp = actions.add_parser(
-        "import", help="record consents from a CSV file (address,consented_at[,source] per line)"
-    )
-    tenant_option(imp)
-    imp.add_argument("file", metavar="FILE.csv", help="'-' reads standard input")
-    imp.add_argument("--source", default="import", help="source for lines without one")
-    imp.add_argument(
-        "--progress",
-        choices=("auto", "always", "never"),
-        default="auto",
-        help="progress bar on stderr (auto: when stderr is a terminal)",
+    add_import_parser(
+        actions,
+        "record consents from a CSV file (address,consented_at[,source] per line)",
+        "import",
     )
     show = actions.add_parser("show", help="one address: consent, source, last bulk, standing")
     tenant_option(show)

@@ -17,6 +17,7 @@ refused, 1 when the file cannot be opened.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import os
@@ -31,6 +32,30 @@ from aupmilter.exitcodes import EX_DATAERR, EX_FAILURE, EX_OK
 
 MAX_REPORTED_ERRORS = 100
 T = TypeVar("T")
+
+
+def tenant_option(parser: argparse.ArgumentParser) -> None:
+    """`--tenant ID`, which every action on one tenant's list or ledger takes."""
+    parser.add_argument("--tenant", "-t", required=True, metavar="ID", help="the tenant id")
+
+
+def add_import_parser(
+    actions: argparse._SubParsersAction,  # type: ignore[type-arg]
+    help_text: str,
+    default_source: str,
+) -> argparse.ArgumentParser:
+    """The `import` action both commands have: tenant, file, default source, progress bar."""
+    imp: argparse.ArgumentParser = actions.add_parser("import", help=help_text)
+    tenant_option(imp)
+    imp.add_argument("file", metavar="FILE.csv", help="'-' reads standard input")
+    imp.add_argument("--source", default=default_source, help="source for lines without one")
+    imp.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="progress bar on stderr (auto: when stderr is a terminal)",
+    )
+    return imp
 
 
 @dataclass

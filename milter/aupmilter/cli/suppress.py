@@ -18,7 +18,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, TextIO
 
-from aupmilter.cli.csvimport import ImportReport, rows, run_import
+from aupmilter.cli.csvimport import (
+    ImportReport,
+    add_import_parser,
+    rows,
+    run_import,
+    tenant_option,
+)
 from aupmilter.config import RedisSettings
 from aupmilter.exitcodes import EX_DATAERR, EX_FAILURE, EX_OK, EX_UNAVAILABLE
 from aupmilter.store.suppression import (
@@ -43,9 +49,6 @@ def add_parser(
     actions = suppress.add_subparsers(dest="action", required=True, metavar="ACTION")
     sources = ", ".join(s.value for s in Source)
 
-    def tenant_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--tenant", "-t", required=True, metavar="ID", help="the tenant id")
-
     add = actions.add_parser("add", help="suppress addresses")
     tenant_option(add)
     add.add_argument("addresses", nargs="+", metavar="ADDRESS")
@@ -56,17 +59,8 @@ def add_parser(
     listing = actions.add_parser("list", help="show the suppressed addresses")
     tenant_option(listing)
     listing.add_argument("--json", action="store_true")
-    imp = actions.add_parser(
-        "import", help="suppress every address of a CSV file (address[,source] per line)"
-    )
-    tenant_option(imp)
-    imp.add_argument("file", metavar="FILE.csv", help="'-' reads standard input")
-    imp.add_argument("--source", default="manual", help="source for lines without one")
-    imp.add_argument(
-        "--progress",
-        choices=("auto", "always", "never"),
-        default="auto",
-        help="progress bar on stderr (auto: when stderr is a terminal)",
+    add_import_parser(
+        actions, "suppress every address of a CSV file (address[,source] per line)", "manual"
     )
     export = actions.add_parser("export", help="write the list as CSV (address,source,since)")
     tenant_option(export)
