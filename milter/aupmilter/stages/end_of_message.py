@@ -78,7 +78,7 @@ from aupmilter.policy.limits import Window
 from aupmilter.policy.tenancy import decide_store_error, sender_domain
 from aupmilter.policy.unsubscribe import UnsubscribeLinks, edited_headers
 from aupmilter.policy.verdict import Action, Verdict
-from aupmilter.stages.listmail import ListMailOutcome, message_fingerprint
+from aupmilter.stages.listmail import ListMail, ListMailOutcome, message_fingerprint
 from aupmilter.stages.message_checks import MessageChecks
 from aupmilter.stages.onboarding import onboarding
 from aupmilter.stages.transaction import Transaction
@@ -123,6 +123,15 @@ class Draft:
     """The footer rule's judgement, once the message was scanned."""
     footer_walk: mime_footer.Walk | None = None
     footer_log: dict[str, object] = field(default_factory=dict)
+    bulk_before_charge: bool | None = None
+    """`known_bulk`'s answer, once asked: the footer, onboarding and consent steps share it."""
+
+    def known_bulk(self, listmail: ListMail, recipient_count: int) -> bool:
+        """Bulk before the charge (stream, headers, recipient count), classified once: the
+        headers and the accepted recipients do not change before the charge."""
+        if self.bulk_before_charge is None:
+            self.bulk_before_charge = listmail.known_bulk(self.headers, recipient_count)
+        return self.bulk_before_charge
 
     def log_fields(self) -> dict[str, object] | None:
         fields = self.outcome.log_fields() if self.outcome is not None else None
@@ -228,7 +237,7 @@ def _footer_check(txn: Transaction, draft: Draft) -> None:
     listmail, gate = txn.listmail, txn.gate
     if listmail is None or gate is None or not listmail.checks_footer or draft.body is None:
         return
-    if listmail.known_bulk(draft.headers, len(gate.accepted)):
+    if draft.known_bulk(listmail, len(gate.accepted)):
         _footer_judge(txn, draft)
 
 
@@ -354,7 +363,7 @@ def _consent_check(txn: Transaction, draft: Draft, fingerprinted: bool) -> Conse
         return None
     return ConsentCheck(
         plan=plan.consent,
-        known_bulk=listmail.known_bulk(draft.headers, len(gate.accepted)),
+        known_bulk=draft.known_bulk(listmail, len(gate.accepted)),
         bulk_from_counter=listmail.plan.bulk_fingerprint_recipients if fingerprinted else None,
     )
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aupmilter.policy.alignment import address_domains
-from aupmilter.policy.classify import classify
 from aupmilter.policy.headers import HeaderBlock
 from aupmilter.policy.onboarding import decide_onboarding
 from aupmilter.policy.tenancy import sender_domain
@@ -37,13 +36,14 @@ if TYPE_CHECKING:
 
 def onboarding(txn: Transaction, draft: Draft) -> None:
     """The step of end_of_message.STEPS; a no-op on plans with onboarding off."""
-    plan, tenant, gate = txn.plan, txn.tenant, txn.gate
-    if plan is None or tenant is None or gate is None or not plan.onboarding.enabled:
+    plan, tenant, gate, listmail = txn.plan, txn.tenant, txn.gate, txn.listmail
+    if plan is None or tenant is None or gate is None or listmail is None:
+        return
+    if not plan.onboarding.enabled:
         return
     if draft.verdict.action is Action.QUARANTINE:
         return  # held for the operators, who see it before anyone else does
-    classification = classify(txn.stream, draft.headers, len(gate.accepted), None, plan.unsubscribe)
-    if not classification.bulk:
+    if not draft.known_bulk(listmail, len(gate.accepted)):
         return
     domains = list(address_domains(HeaderBlock(draft.headers), "from") or [])
     envelope = sender_domain(txn.sender)
