@@ -16,7 +16,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import Milter
@@ -262,34 +262,17 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         now = self.clock()
         result = end_of_message.decide(txn, txn.checks, now)
         verdict = result.verdict
-        for recipient in result.suppressed[: audit.MAX_LISTED]:
-            event = audit.verdict_event(
-                self.conn.conn_id,
-                txn.envelope,
-                verdict,
-                "eom",
-                kind=audit.EventKind.RECIPIENT_SUPPRESSED,
-            )
-            event.update(recipient=recipient, verdict="removed", rule=rcpt.SUPPRESSED)
-            self.live.audit.record(event, now)
+        self._recipient_events(
+            txn, verdict, now, result.suppressed, audit.EventKind.RECIPIENT_SUPPRESSED,
+            "removed", rcpt.SUPPRESSED, shadow=False,
+        )  # fmt: skip
         if result.suppressed:
             METRICS.recipients_suppressed.inc(len(result.suppressed))
-        for recipient in result.lapsed[: audit.MAX_LISTED]:
-            event = audit.verdict_event(
-                self.conn.conn_id,
-                txn.envelope,
-                verdict,
-                "eom",
-                kind=audit.EventKind.RECIPIENT_LAPSED,
-                shadow=txn.shadow,
-            )
-            removed = result.lapse_enforced and not txn.shadow
-            event.update(
-                recipient=recipient,
-                verdict="removed" if removed else "warned",
-                rule=end_of_message.CONSENT_LAPSED,
-            )
-            self.live.audit.record(event, now)
+        removed = result.lapse_enforced and not txn.shadow
+        self._recipient_events(
+            txn, verdict, now, result.lapsed, audit.EventKind.RECIPIENT_LAPSED,
+            "removed" if removed else "warned", end_of_message.CONSENT_LAPSED, shadow=txn.shadow,
+        )  # fmt: skip
         if not verdict.refuses:
             self._apply(result.actions)
         extra: dict[str, object] = dict(result.log_fields or {})
@@ -357,6 +340,26 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         METRICS.transaction(str(event["verdict"]), shown.rule or "", shown.tenant)
 
     # --- applying ------------------------------------------------------------
+
+    def _recipient_events(
+        self,
+        txn: Transaction,
+        verdict: Verdict,
+        now: float,
+        recipients: Sequence[str],
+        kind: str,
+        outcome: str,
+        rule: str,
+        *,
+        shadow: bool,
+    ) -> None:
+        """One audit event per recipient the end of message took off (at most MAX_LISTED)."""
+        for recipient in recipients[: audit.MAX_LISTED]:
+            event = audit.verdict_event(
+                self.conn.conn_id, txn.envelope, verdict, "eom", kind=kind, shadow=shadow
+            )
+            event.update(recipient=recipient, verdict=outcome, rule=rule)
+            self.live.audit.record(event, now)
 
     def _apply(self, actions: Iterable[MilterAction]) -> None:
         """The one place where the milter changes the message, in the stage's order."""
