@@ -9,6 +9,7 @@ sender's reply says exactly what to fix.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Iterator, Sequence
@@ -44,6 +45,8 @@ MAILBOX_ONLY_FIELDS = ("from", "sender", "reply-to")
 
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+$")
 _LINE_BREAK = re.compile(rb"\r?\n")
+_BAD_LINE_BREAK = re.compile(rb"\r(?!\n)|\n(?![ \t])")
+"""A CR not followed by LF, or an LF not followed by white space (not a fold)."""
 _ATEXT = r"[A-Za-z0-9!#$&'*+/=?^_`{|}~%-]"
 _DOT_ATOM_TEXT = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 _MESSAGE_ID = re.compile(
@@ -65,6 +68,12 @@ class HeaderField:
     name: str
     raw: bytes
     """The value as passed by the MTA: leading white space and folds (CRLF or LF + WSP) kept."""
+    key: str = dataclasses.field(init=False, repr=False, compare=False)
+    """The name in lower case: what every lookup compares (made once, asked hundreds of
+    times per message)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", self.name.lower())
 
     @classmethod
     def added(cls, name: str, value: str) -> HeaderField:
@@ -75,10 +84,6 @@ class HeaderField:
         list covers the bytes that are delivered.
         """
         return cls(name, f" {value}".encode("utf-8", "surrogateescape"))
-
-    @property
-    def key(self) -> str:
-        return self.name.lower()
 
     @property
     def value(self) -> str:
@@ -102,6 +107,11 @@ class HeaderBlock:
     seen_fields: int = -1
     """How many fields the MTA sent, counting those dropped past the collection limits."""
     seen_bytes: int = -1
+    by_key: dict[str, list[HeaderField]] = dataclasses.field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    """The fields under their lower-case name, in message order: the checks ask for a
+    dozen names, each of which would otherwise be a walk over every field."""
 
     def __post_init__(self) -> None:
         if self.seen_fields < 0:
@@ -109,14 +119,15 @@ class HeaderBlock:
         if self.seen_bytes < 0:
             size = sum(field_size(f.name, f.raw) for f in self.fields)
             object.__setattr__(self, "seen_bytes", size)
+        for found in self.fields:
+            self.by_key.setdefault(found.key, []).append(found)
 
     def all(self, name: str) -> list[HeaderField]:
-        key = name.lower()
-        return [f for f in self.fields if f.key == key]
+        return list(self.by_key.get(name.lower(), ()))
 
     def first(self, name: str) -> HeaderField | None:
-        key = name.lower()
-        return next((f for f in self.fields if f.key == key), None)
+        found = self.by_key.get(name.lower())
+        return found[0] if found else None
 
     def text(self, name: str) -> str | None:
         found = self.first(name)
@@ -200,11 +211,12 @@ def check_raw_bytes(fields: Sequence[HeaderField], *, smtputf8: bool) -> Iterato
 def raw_value_fault(raw: bytes, *, smtputf8: bool) -> str | None:
     if b"\0" in raw:
         return "contains a NUL byte"
-    for index, byte in enumerate(raw):
-        if byte == 0x0D and raw[index + 1 : index + 2] != b"\n":
+    # The first bad line break decides the answer; most values have none at all.
+    bad = _BAD_LINE_BREAK.search(raw) if b"\r" in raw or b"\n" in raw else None
+    if bad is not None:
+        if bad.group() == b"\r":
             return "contains a bare CR"
-        if byte == 0x0A and raw[index + 1 : index + 2] not in (b" ", b"\t"):
-            return "contains a bare LF (a line break that is not a fold)"
+        return "contains a bare LF (a line break that is not a fold)"
     if not raw.isascii():
         if not smtputf8:
             return "contains 8-bit bytes; encode them (RFC 2047) or send with SMTPUTF8"

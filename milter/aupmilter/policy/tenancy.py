@@ -8,6 +8,7 @@ sender domain: otherwise any account could claim any mapped domain.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -91,6 +92,9 @@ class SenderPolicy:
     known_plans: frozenset[str]
 
 
+DOMAIN_CACHE_SIZE = 8192
+
+
 def sender_domain(address: str) -> str | None:
     """Domain of an envelope address, normalized for lookup; None for `<>` or no domain."""
     if "@" not in address:
@@ -99,8 +103,13 @@ def sender_domain(address: str) -> str | None:
     return normalize_domain(domain)
 
 
+@functools.lru_cache(maxsize=DOMAIN_CACHE_SIZE)
 def normalize_domain(domain: str) -> str | None:
-    """Lower-case A-label form without a trailing dot; None when it is not a domain."""
+    """Lower-case A-label form without a trailing dot; None when it is not a domain.
+
+    Cached: the same few domains come on every message, and the IDNA codec is
+    the costly part (asked about six times per transaction).
+    """
     domain = domain.strip().rstrip(".")
     if not domain or domain.startswith("[") or any(c.isspace() for c in domain):
         return None  # empty, or an address literal: no domain to map
