@@ -223,6 +223,21 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         # Only this RCPT is refused: the transaction and its other recipients stand.
         return self._reply(refusal.reply or replies.INTERNAL_ERROR)
 
+    # pymilter's own *_bytes callbacks look up an error strategy on every call and
+    # build a list per argument; these decode the same way (UTF-8, surrogate escapes),
+    # once per RCPT of every message.
+    def envfrom_bytes(self, sender: bytes, *esmtp_params: bytes) -> int:
+        return self.envfrom(
+            sender.decode("utf-8", "surrogateescape"),
+            *(param.decode("utf-8", "surrogateescape") for param in esmtp_params),
+        )
+
+    def envrcpt_bytes(self, recipient: bytes, *esmtp_params: bytes) -> int:
+        return self.envrcpt(
+            recipient.decode("utf-8", "surrogateescape"),
+            *(param.decode("utf-8", "surrogateescape") for param in esmtp_params),
+        )
+
     def header_bytes(self, name: str, value: bytes) -> int:
         # The raw bytes, not pymilter's decoded text: the checks look for NUL, bare CR
         # and 8-bit bytes, and DKIM needs the exact value.
@@ -230,24 +245,33 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
 
     @noreply
     def header(self, name: str, value: bytes) -> int:
-        self._collect(lambda collected: collected.add_header(name, value))
+        collected = self._collecting()
+        if collected is not None:
+            try:
+                collected.add_header(name, value)
+            except Exception:
+                self._collect_failed()
         return CONTINUE
 
     @noreply
     def body(self, chunk: bytes) -> int:
-        self._collect(lambda collected: collected.add_body(chunk))
+        collected = self._collecting()
+        if collected is not None:
+            try:
+                collected.add_body(chunk)
+            except Exception:
+                self._collect_failed()
         return CONTINUE
 
-    def _collect(self, step: Callable[[Collected], None]) -> None:
-        """No reply is possible here (no-reply steps): a failure is answered at end of message."""
+    def _collecting(self) -> Collected | None:
         txn = self.txn
-        if txn is None or txn.checks is None:
-            return
-        try:
-            step(txn.checks.collected)
-        except Exception:
-            self.log.exception("unexpected error collecting the message; the message gets 451")
-            txn.close()
+        return txn.checks.collected if txn is not None and txn.checks is not None else None
+
+    def _collect_failed(self) -> None:
+        """No reply is possible here (no-reply steps): a failure is answered at end of message."""
+        self.log.exception("unexpected error collecting the message; the message gets 451")
+        if self.txn is not None:
+            self.txn.close()
 
     @timed("eom")
     @guarded("eom")
