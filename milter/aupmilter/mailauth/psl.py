@@ -18,6 +18,9 @@ from pathlib import Path
 SYSTEM_PSL = Path("/usr/share/publicsuffix/public_suffix_list.dat")
 
 
+ORGANIZATIONAL_CACHE_SIZE = 8192
+
+
 @functools.cache
 def _registrable() -> Callable[[str], str | None]:
     """The PSL lookup, loaded once per process (parsing the list takes ~50 ms)."""
@@ -45,6 +48,11 @@ def _publicsuffix2() -> Callable[[str], str | None]:
     return registrable
 
 
+@functools.lru_cache(maxsize=ORGANIZATIONAL_CACHE_SIZE)
 def organizational_domain(domain: str) -> str:
-    """The registrable domain (public suffix + one label); the domain itself if it has none."""
+    """The registrable domain (public suffix + one label); the domain itself if it has none.
+
+    Cached (ORGANIZATIONAL_CACHE_SIZE domains): the alignment rules ask it of the same
+    few domains on every message, and the list lookup walks the labels in Python.
+    """
     return _registrable()(domain) or domain

@@ -41,7 +41,8 @@ def is_null_mx(mx: Answer) -> bool:
     record = mx.records[0]
     exchange = getattr(record, "exchange", None)
     preference = getattr(record, "preference", None)
-    return exchange is not None and exchange.to_text() == "." and preference == 0
+    # dns.name.Name compares by its labels: the root is the one empty label.
+    return exchange is not None and preference == 0 and tuple(exchange) == (b"",)
 
 
 def needs_address_lookup(mx: Answer) -> bool:
