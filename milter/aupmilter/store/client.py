@@ -5,7 +5,10 @@ per message; the connection pool reconnects by itself on the next call.
 
 Audit events waiting in the process's `AuditTrail` ride on these calls: the
 script call becomes one pipeline (the XADDs, then EVALSHA), still one round
-trip. `flush_audit` writes them alone when no call came for a while.
+trip. `flush_audit` writes them alone when no call came for a while. On one
+server or Sentinel these two calls a transaction makes go by `LeanCalls`: the
+same commands packed once and sent in one write, the replies read by redis-py's
+own connection, without its per-command machinery (issue 12).
 
 The `[redis]` settings choose the deployment (`connect`): one server, a
 Sentinel-managed master, or a Cluster. On a Cluster the MAIL FROM script runs
