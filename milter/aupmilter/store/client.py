@@ -157,7 +157,16 @@ def connect(settings: RedisSettings) -> redis.Redis:
         )
         master: redis.Redis = sentinel.master_for(settings.service_name)  # type: ignore[no-untyped-call]
         return master
+    if settings.url.startswith("unix:") and not _UNIX_TAKES_CONNECT_TIMEOUT:
+        # redis-py before 4.5 (Debian 12's 4.3) refuses this argument for a unix socket,
+        # whose connect does not wait on a network anyway.
+        common.pop("socket_connect_timeout")
     return redis.Redis.from_url(settings.url, retry=Retry(NoBackoff(), 1), **common)
+
+
+_UNIX_TAKES_CONNECT_TIMEOUT = "socket_connect_timeout" in inspect.signature(
+    redis.UnixDomainSocketConnection.__init__
+).parameters
 
 
 def command_settings(
