@@ -164,9 +164,10 @@ def connect(settings: RedisSettings) -> redis.Redis:
     return redis.Redis.from_url(settings.url, retry=Retry(NoBackoff(), 1), **common)
 
 
-_UNIX_TAKES_CONNECT_TIMEOUT = "socket_connect_timeout" in inspect.signature(
-    redis.UnixDomainSocketConnection.__init__
-).parameters
+_UNIX_TAKES_CONNECT_TIMEOUT = (
+    "socket_connect_timeout"
+    in inspect.signature(redis.UnixDomainSocketConnection.__init__).parameters
+)
 
 
 def command_settings(
