@@ -177,8 +177,10 @@ _go_float: Callable[[float], str] = floatToGoString
 
 MAX_THREAD_CELLS = 4096
 """Threads (distinct thread ids) with cells of their own, per label child; past that, one
-shared cell under a lock. libmilter runs a thread per MTA connection and Linux hands the
-ids of ended threads to new ones, so the live cells stay near the peak concurrency."""
+shared cell under a lock. Cells are kept for good (an ended thread's counts stay counted);
+libmilter runs a thread per MTA connection, and the ids of ended threads are handed to new
+ones (glibc reuses their stacks), so the cells number about the peak of concurrent
+connections, not the connections ever made."""
 
 
 class _FoldedChild:
