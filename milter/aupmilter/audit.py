@@ -116,20 +116,41 @@ def verdict_event(
     return event
 
 
+_SORTED_JSON = json.JSONEncoder(default=str, ensure_ascii=False, sort_keys=True)
+"""json.dumps(..., default=str, ensure_ascii=False, sort_keys=True), built once."""
+
+
 def stream_fields(event: Mapping[str, object], now: float) -> StreamFields:
-    """The stream's form of an event: strings only, lists and objects as JSON, no empty values."""
+    """The stream's form of an event: strings only, lists and objects as JSON, no empty values.
+
+    The exact types an event holds (str, None, int, float, bool, list, dict) take a
+    shortcut on `type(value)`; anything else (subclasses, tuples, other objects) the
+    general rules below them, so the output is the same.
+    """
     fields: StreamFields = {"ts": f"{now:.3f}"}
     for key, value in event.items():
-        if value is None or value == [] or value == {}:
+        kind = type(value)
+        if kind is str:
+            fields[key] = value  # type: ignore[assignment]
+        elif value is None:
             continue
-        if isinstance(value, str):
+        elif kind is int or kind is float:
+            fields[key] = str(value)
+        elif kind is bool:
+            fields[key] = "1" if value else "0"
+        elif kind is list or kind is dict:
+            if value:
+                fields[key] = _SORTED_JSON.encode(value)
+        elif value == [] or value == {}:
+            continue
+        elif isinstance(value, str):
             fields[key] = value
         elif isinstance(value, bool):
             fields[key] = "1" if value else "0"
         elif isinstance(value, int | float):
             fields[key] = str(value)
         else:
-            fields[key] = json.dumps(value, default=str, ensure_ascii=False, sort_keys=True)
+            fields[key] = _SORTED_JSON.encode(value)
     return fields
 
 
@@ -143,6 +164,10 @@ def event_time(entry_id: str, fields: Mapping[str, str]) -> float:
         return int(entry_id.split("-", 1)[0]) / 1000
     except ValueError:
         return 0.0
+
+
+_SOURCE = __file__
+"""The record's pathname (findCaller would give this file's code's file name: the same)."""
 
 
 class AuditTrail:
@@ -173,11 +198,20 @@ class AuditTrail:
         logger = log if kind == EventKind.VERDICT else events_log
         if logger.isEnabledFor(logging.INFO):
             subject = event.get("verdict") if kind == EventKind.VERDICT else event.get("recipient")
-            logger.info(
-                "%s %s",
-                kind,
-                subject or "",
-                extra={"conn": event.get("conn"), "event": dict(event)},
+            # logger.info(...) but for its walk up the stack to find the caller: the record
+            # names this function (where that walk would stop) by its first line.
+            logger.handle(
+                logger.makeRecord(
+                    logger.name,
+                    logging.INFO,
+                    _SOURCE,
+                    _RECORD_LINE,
+                    "%s %s",
+                    (kind, subject or ""),
+                    None,
+                    "record",
+                    {"conn": event.get("conn"), "event": dict(event)},
+                )
             )
         self.add(stream_fields(event, when), when)
 
@@ -224,3 +258,6 @@ class AuditTrail:
 
     def now(self) -> float:
         return float(self._clock())
+
+
+_RECORD_LINE = AuditTrail.record.__code__.co_firstlineno
