@@ -8,6 +8,7 @@ tail of the relevant log.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -108,3 +109,11 @@ def as_from_a_terminal() -> None:
 def worker_pids(supervisor: int) -> set[int]:
     """The live worker processes of `supervisor`."""
     return child_pids(supervisor)
+
+
+def promtool_path() -> str:
+    """promtool from Debian's prometheus, unpacked by the bootstrap into .promtool/ (or on PATH)."""
+    unpacked = ROOT / ".promtool" / "usr" / "bin" / "promtool"
+    found = str(unpacked) if unpacked.exists() else shutil.which("promtool")
+    assert found is not None, "no promtool: `make bootstrap` unpacks it into .promtool/"
+    return found

@@ -37,7 +37,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
@@ -94,6 +94,7 @@ WEB_SAMPLES = ("aup_web_requests_total", "aup_build_info")
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+C = TypeVar("C", bound="_FoldedChild")
 
 
 class BoundedLabel:
@@ -221,7 +222,38 @@ class _FoldedChild:
         return total
 
 
-class FoldedHistogram(Collector):
+class _FoldedFamily(Collector, Generic[C]):
+    """One metric family of one label whose children count lock-free (see `_FoldedChild`)."""
+
+    kind = ""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Iterable[str], registry: CollectorRegistry
+    ) -> None:
+        (self.labelname,) = labelnames
+        self.name = name
+        self.documentation = documentation
+        self._children: dict[str, C] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def _new_child(self) -> C:
+        raise NotImplementedError
+
+    def labels(self, value: str) -> C:
+        child = self._children.get(value)
+        if child is None:
+            with self._lock:
+                child = self._children.get(value)
+                if child is None:
+                    child = self._children[value] = self._new_child()
+        return child
+
+    def describe(self) -> Iterable[Metric]:
+        return [Metric(self.name, self.documentation, self.kind)]
+
+
+class FoldedHistogram(_FoldedFamily["FoldedHistogramChild"]):
     """prometheus_client's `Histogram` (one label) as the text format shows it, counted lock-free.
 
     `labels(value).observe(seconds)` costs a thread-id lookup and two list stores (about a
@@ -237,27 +269,17 @@ class FoldedHistogram(Collector):
         buckets: Iterable[float],
         registry: CollectorRegistry,
     ) -> None:
-        (self.labelname,) = labelnames
-        self.name = name
-        self.documentation = documentation
         bounds = [float(b) for b in buckets]
         if bounds[-1] != float("inf"):
             bounds.append(float("inf"))
         self.bounds = tuple(bounds)
         self._le = tuple(_go_float(b) for b in self.bounds)
-        self._children: dict[str, FoldedHistogramChild] = {}
-        self._lock = threading.Lock()
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, value: str) -> FoldedHistogramChild:
-        child = self._children.get(value)
-        if child is None:
-            with self._lock:
-                child = self._children.setdefault(value, FoldedHistogramChild(self.bounds))
-        return child
+    kind = "histogram"
 
-    def describe(self) -> Iterable[Metric]:
-        return [Metric(self.name, self.documentation, "histogram")]
+    def _new_child(self) -> FoldedHistogramChild:
+        return FoldedHistogramChild(self.bounds)
 
     def collect(self) -> Iterator[Metric]:
         family = Metric(self.name, self.documentation, "histogram")
@@ -296,31 +318,16 @@ class FoldedHistogramChild(_FoldedChild):
         cell[-1] += amount
 
 
-class FoldedCounter(Collector):
+class FoldedCounter(_FoldedFamily["FoldedCounterChild"]):
     """prometheus_client's `Counter` (one label) as the text format shows it, counted lock-free.
 
     Samples `<name>_total` and `<name>_created`, as Counter gives them.
     """
 
-    def __init__(
-        self, name: str, documentation: str, labelnames: Iterable[str], registry: CollectorRegistry
-    ) -> None:
-        (self.labelname,) = labelnames
-        self.name = name
-        self.documentation = documentation
-        self._children: dict[str, FoldedCounterChild] = {}
-        self._lock = threading.Lock()
-        registry.register(self)
+    kind = "counter"
 
-    def labels(self, value: str) -> FoldedCounterChild:
-        child = self._children.get(value)
-        if child is None:
-            with self._lock:
-                child = self._children.setdefault(value, FoldedCounterChild())
-        return child
-
-    def describe(self) -> Iterable[Metric]:
-        return [Metric(self.name, self.documentation, "counter")]
+    def _new_child(self) -> FoldedCounterChild:
+        return FoldedCounterChild()
 
     def collect(self) -> Iterator[Metric]:
         family = Metric(self.name, self.documentation, "counter")

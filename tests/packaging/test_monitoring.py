@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support import promtool_path
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "packaging" / "monitoring"
@@ -244,9 +245,7 @@ def test_pyyaml_reads_the_rules_file_the_same() -> None:
 
 def test_promtool_accepts_the_rules() -> None:
     """promtool from Debian's prometheus, unpacked by the bootstrap (or one on PATH)."""
-    unpacked = ROOT / ".promtool" / "usr" / "bin" / "promtool"
-    promtool = str(unpacked) if unpacked.exists() else shutil.which("promtool")
-    assert promtool is not None, "no promtool: `make bootstrap` unpacks it into .promtool/"
+    promtool = promtool_path()
     done = subprocess.run(
         [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
     )

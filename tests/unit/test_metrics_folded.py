@@ -9,10 +9,8 @@ many threads (also past the per-thread cell bound), and accepted by promtool.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -25,8 +23,7 @@ from aupmilter.metrics import (
     FoldedHistogram,
     Metrics,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import promtool_path
 
 # Bucket edges themselves (le is inclusive), values between them, past the last bound.
 VALUES = (0.0001, 0.0005, 0.0007, 0.001, 0.003, 0.025, 0.3, 0.5, 1.0, 5.0, 7.5, 120.0)
@@ -133,10 +130,7 @@ def test_past_the_cell_bound_threads_share_one_locked_cell(
 
 
 def test_promtool_accepts_the_daemons_exposition() -> None:
-    unpacked = ROOT / ".promtool" / "usr" / "bin" / "promtool"
-    promtool = str(unpacked) if unpacked.exists() else shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("no promtool: `make bootstrap` unpacks it into .promtool/")
+    promtool = promtool_path()
     metrics = Metrics()
     metrics.callback("eom")(lambda: None)()
     metrics.redis_call("charge", lambda: None)
