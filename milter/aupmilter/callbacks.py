@@ -148,6 +148,13 @@ class AupMilter(Milter.Base):  # type: ignore[misc]
         """Counted as an open connection (connect seen), so close uncounts it once."""
         self.clock: Callable[[], float] = time.time
 
+    @property
+    def rcpt_may_wait(self) -> bool:
+        """RCPT calls Redis for this transaction (`suppression_check = "rcpt"`): for `engine`,
+        which then runs it off the event loop."""
+        txn = self.txn
+        return txn is not None and txn.suppression_at_rcpt
+
     # --- callbacks -----------------------------------------------------------
 
     @noreply

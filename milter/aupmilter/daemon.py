@@ -1,10 +1,12 @@
-"""Process lifecycle: the listening socket, libmilter's main loop, stop and drain.
+"""Process lifecycle: the listening socket, the protocol engine, stop and drain.
 
-libmilter owns the listening socket. Two things it cannot do are done around
-`opensocket`: setting TCP_NODELAY on an inet listener (without it, Postfix's
-small milter packets wait ~40 ms on delayed ACKs), and taking a socket handed
-over by systemd (socket activation), which replaces libmilter's own socket
-with dup2.
+Two engines speak the milter protocol (`milter.engine`): the event loop of
+`engine.py` (the default), on a socket this module opens itself, and
+libmilter's thread per connection. libmilter owns the socket it listens on;
+two things it cannot do are done around `opensocket`: setting TCP_NODELAY on
+an inet listener (without it, Postfix's small milter packets wait ~40 ms on
+delayed ACKs), and taking a socket handed over by systemd (socket activation)
+or by the supervisor, which replaces libmilter's own socket with dup2.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import Milter
 import milter as libmilter
@@ -28,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from aupmilter import __version__, audit, callbacks, logs
 from aupmilter.callbacks import AupMilter, Lifecycle
 from aupmilter.config import Config, ListenAddress, MilterSettings
+from aupmilter.engine import Engine
 from aupmilter.exitcodes import EX_FAILURE, EX_OK
 from aupmilter.live_config import ConfigWatcher, LiveRuntime
 from aupmilter.metrics import METRICS, SHARED_FAMILIES, MetricsServer, SharedCounts
@@ -178,14 +182,7 @@ def _open_unix(listen: ListenAddress, settings: MilterSettings) -> None:
     assert path is not None
     if not path.parent.is_dir():
         raise StartupError(f"milter.listen: directory {path.parent} does not exist")
-    gid = -1
-    if settings.socket_group:
-        try:
-            gid = grp.getgrnam(settings.socket_group).gr_gid
-        except KeyError:
-            raise StartupError(
-                f"milter.socket_group: no group named {settings.socket_group!r}"
-            ) from None
+    gid = _socket_gid(settings)
     libmilter.setconn(listen.libmilter_spec)
     # Create the socket with no more access than asked for, then set it exactly.
     old_umask = os.umask(0o777 & ~settings.socket_mode)
@@ -193,6 +190,20 @@ def _open_unix(listen: ListenAddress, settings: MilterSettings) -> None:
         _opensocket(listen)
     finally:
         os.umask(old_umask)
+    _give_socket(path, gid, settings)
+
+
+def _socket_gid(settings: MilterSettings) -> int:
+    if not settings.socket_group:
+        return -1
+    try:
+        return grp.getgrnam(settings.socket_group).gr_gid
+    except KeyError:
+        group = settings.socket_group
+        raise StartupError(f"milter.socket_group: no group named {group!r}") from None
+
+
+def _give_socket(path: Path, gid: int, settings: MilterSettings) -> None:
     try:
         os.chown(path, -1, gid)
     except PermissionError:
@@ -225,6 +236,79 @@ def _adopt_socket(passed: int, description: str) -> Listener:
     return Listener(description, opened[0])
 
 
+@dataclass(slots=True)
+class OwnListener:
+    """A listening socket this process opened (the event-loop engine's, the supervisor's)."""
+
+    description: str
+    sock: socket.socket
+    path: Path | None = None
+    """The unix socket's file, removed again at stop if it is still this socket's."""
+
+    @property
+    def fd(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        if self.path is not None:
+            try:
+                if os.stat(self.path).st_ino == os.fstat(self.sock.fileno()).st_ino:
+                    self.path.unlink()
+            except OSError:
+                pass  # already gone, or replaced by a newer daemon's socket
+        self.sock.close()
+
+
+def open_own_listener(settings: MilterSettings) -> OwnListener:
+    """Open the socket the MTA connects to, as libmilter would, without libmilter."""
+    listen = settings.listen
+    if listen.kind == "systemd":
+        fd = systemd_listen_fd()
+        return OwnListener("systemd socket activation", socket.socket(fileno=fd))
+    if listen.kind == "unix":
+        return _own_unix(listen, settings)
+    family = socket.AF_INET6 if listen.kind == "inet6" else socket.AF_INET
+    host = listen.host or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, listen.port or 0))
+        sock.listen(socket.SOMAXCONN)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {listen}: {exc} (in use, or no permission?)") from exc
+    return OwnListener(str(listen), sock)
+
+
+def _own_unix(listen: ListenAddress, settings: MilterSettings) -> OwnListener:
+    path = listen.path
+    assert path is not None
+    if not path.parent.is_dir():
+        raise StartupError(f"milter.listen: directory {path.parent} does not exist")
+    gid = _socket_gid(settings)
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            path.unlink()  # a stale socket of an earlier run (libmilter removes it too)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StartupError(f"milter.listen: cannot remove the old socket {path}: {exc}") from exc
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Create the socket with no more access than asked for, then set it exactly.
+    old_umask = os.umask(0o777 & ~settings.socket_mode)
+    try:
+        sock.bind(str(path))
+        sock.listen(socket.SOMAXCONN)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {listen}: {exc} (in use, or no permission?)") from exc
+    finally:
+        os.umask(old_umask)
+    _give_socket(path, gid, settings)
+    return OwnListener(str(listen), sock, path)
+
+
 class MilterThread(threading.Thread):
     """Runs libmilter's main loop off the main thread.
 
@@ -245,6 +329,11 @@ class MilterThread(threading.Thread):
             libmilter.main()
         except libmilter.error as exc:
             self.error = str(exc)
+
+    def stop(self, timeout: float) -> bool:
+        libmilter.stop()
+        self.join(timeout=timeout)
+        return not self.is_alive()
 
 
 class AuditFlusher(threading.Thread):
@@ -331,7 +420,7 @@ def serve(config: Config) -> int:
 
 
 def _serve(config: Config, seat: WorkerSeat | None) -> int:
-    """libmilter serving in this process: alone, or as the worker `seat`."""
+    """The milter engine serving in this process: alone, or as the worker `seat`."""
     live = LiveRuntime(config)
     lifecycle = Lifecycle()
     stop_requested = threading.Event()
@@ -348,13 +437,8 @@ def _serve(config: Config, seat: WorkerSeat | None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGHUP, reload_now)
 
-    _register(live, lifecycle, config.milter)
     supervisor_pid = os.getppid()
-    if seat is None:
-        where = open_listener(config.milter).description
-    else:
-        callbacks.name_connections(f"w{seat.index}-c")
-        where = _adopt_socket(seat.listen_fd, f"worker {seat.index}'s shared socket").description
+    runner, where, own = _start_engine(config.milter, live, lifecycle, seat)
     watcher = ConfigWatcher(live)
     watcher.start()
     flusher = AuditFlusher(live)
@@ -364,8 +448,7 @@ def _serve(config: Config, seat: WorkerSeat | None) -> int:
     if seat is None:
         METRICS.share(lambda: shared_counts.read(live.current.store.client))
         metrics_server = start_metrics(config, METRICS.registry)
-    milter_thread = MilterThread()
-    milter_thread.start()
+    runner.start()
     log.info(
         "aup-milter %s %s on %s (redis %s, on_store_error=%s, %d plans)",
         __version__,
@@ -380,10 +463,12 @@ def _serve(config: Config, seat: WorkerSeat | None) -> int:
     else:
         ControlChannel(seat.control_fd, METRICS.exposition).ready()
     while not stop_requested.wait(0.5):
-        if not milter_thread.is_alive():
+        if not runner.is_alive():
             watcher.stop()
             flusher.stop()
-            log.error("libmilter stopped by itself: %s", milter_thread.error or "no reason given")
+            log.error("the milter engine stopped by itself: %s", runner.error or "no reason given")
+            if own is not None:
+                own.close()
             return EX_FAILURE
         if seat is not None and os.getppid() != supervisor_pid:
             log.error("worker %d: the supervisor is gone; stopping", seat.index)
@@ -397,12 +482,12 @@ def _serve(config: Config, seat: WorkerSeat | None) -> int:
     left = lifecycle.stop_and_drain(grace)
     if left:
         log.warning("stopping with %d transactions still open; the MTA will tempfail them", left)
-    libmilter.stop()
-    milter_thread.join(timeout=STOP_TIMEOUT)
-    if milter_thread.is_alive():
-        log.warning("libmilter did not stop within %.0f s; exiting anyway", STOP_TIMEOUT)
-    else:
+    if runner.stop(STOP_TIMEOUT):
         log.info("stopped cleanly")
+    else:
+        log.warning("the milter engine did not stop within %.0f s; exiting anyway", STOP_TIMEOUT)
+    if own is not None:
+        own.close()
     flusher.stop()
     if metrics_server is not None:
         metrics_server.stop()
@@ -410,11 +495,74 @@ def _serve(config: Config, seat: WorkerSeat | None) -> int:
     return EX_OK
 
 
+class Runner(Protocol):
+    """What serving needs of an engine: start it, see that it runs, stop it."""
+
+    @property
+    def error(self) -> str | None: ...
+
+    def start(self) -> None: ...
+
+    def is_alive(self) -> bool: ...
+
+    def stop(self, timeout: float) -> bool: ...
+
+
+class EventLoopRunner:
+    """`engine.Engine` on a listening socket, as a Runner."""
+
+    def __init__(self, engine: Engine, listener: socket.socket) -> None:
+        self.engine = engine
+        self.listener = listener
+
+    @property
+    def error(self) -> str | None:
+        return self.engine.error
+
+    def start(self) -> None:
+        self.engine.start(self.listener)
+
+    def is_alive(self) -> bool:
+        return self.engine.is_alive()
+
+    def stop(self, timeout: float) -> bool:
+        return self.engine.stop(timeout)
+
+
+def _start_engine(
+    settings: MilterSettings, live: LiveRuntime, lifecycle: Lifecycle, seat: WorkerSeat | None
+) -> tuple[Runner, str, OwnListener | None]:
+    """The engine `milter.engine` names, on this process's socket: (runner, where, own socket).
+
+    The own socket is the one this process opened and must close (and unlink) at stop.
+    """
+    if seat is not None:
+        callbacks.name_connections(f"w{seat.index}-c")
+    if settings.engine == "libmilter":
+        _register(live, lifecycle, settings)
+        if seat is None:
+            where = open_listener(settings).description
+        else:
+            seat_name = f"worker {seat.index}'s shared socket"
+            where = _adopt_socket(seat.listen_fd, seat_name).description
+        return MilterThread(), where, None
+    engine = Engine(lambda: AupMilter(live, lifecycle), MILTER_FLAGS, settings.timeout)
+    if seat is not None:
+        shared = socket.socket(fileno=seat.listen_fd)
+        return EventLoopRunner(engine, shared), f"worker {seat.index}'s shared socket", None
+    own = open_own_listener(settings)
+    return EventLoopRunner(engine, own.sock), own.description, own
+
+
 def _supervise(config: Config, count: int) -> int:
     """Open the socket once, then run `count` workers on it until stopped (workers.py)."""
     live = LiveRuntime(config)
-    _register(live, Lifecycle(), config.milter)  # libmilter opens sockets only once registered
-    listener = open_listener(config.milter)
+    own: OwnListener | None = None
+    if config.milter.engine == "libmilter":
+        _register(live, Lifecycle(), config.milter)  # libmilter opens sockets only once registered
+        listener: Listener | OwnListener = open_listener(config.milter)
+    else:
+        listener = own = open_own_listener(config.milter)
     os.set_inheritable(listener.fd, True)
     # A worker that loses the race for a connection must not block in accept().
     os.set_blocking(listener.fd, False)
@@ -446,6 +594,8 @@ def _supervise(config: Config, count: int) -> int:
         len(config.plans),
     )
     status = supervisor.run(on_all_ready=lambda: sd_notify("READY=1"))
+    if own is not None:
+        own.close()
     if metrics_server is not None:
         metrics_server.stop()
     live.current.store.close()

@@ -58,6 +58,8 @@ class MilterSettings:
     shutdown_grace: float
     workers: int = 0
     """Worker processes; AUTO_WORKERS (0): one per CPU the process may run on."""
+    engine: Literal["event-loop", "libmilter"] = "event-loop"
+    """Who speaks the milter protocol: one event loop per process (`engine.py`), or libmilter."""
 
     def worker_count(self) -> int:
         """The processes to run: `workers`, or the CPUs in this process's affinity mask."""
@@ -147,6 +149,10 @@ def parse_workers(raw: Any) -> int | None:
     return None
 
 
+def parse_engine(raw: Any) -> Literal["event-loop", "libmilter"] | None:
+    return raw if raw in ("event-loop", "libmilter") else None
+
+
 def parse_redis_url(raw: Any, *, address: bool = True) -> str | None:
     """A URL redis-py reads; without `address` (Sentinel, Cluster) one with no host."""
     if not isinstance(raw, str):
@@ -182,6 +188,7 @@ def read_milter(section: Section) -> MilterSettings:
             f"'auto' or a whole number of processes from 1 to {MAX_WORKERS}",
             parse_workers,
         ),
+        engine=section.get("engine", "event-loop", "'event-loop' or 'libmilter'", parse_engine),
     )
     section.reject_unknown()
     return settings
