@@ -416,6 +416,7 @@ class Session(asyncio.Protocol):
 
     def _done(self, rc: int | None) -> None:
         self.busy = False
+        self.last_seen = self.loop.time()  # the MTA was waiting on us, not idle
         ctx = self.ctx
         eom, ctx.in_eom = ctx.in_eom, False
         actions, ctx.actions = ctx.actions, []

@@ -8,6 +8,8 @@ command means to the daemon is `engine`'s business.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import struct
 from collections.abc import Iterable
 
@@ -163,8 +165,10 @@ def parse_connect(data: bytes) -> tuple[str, int, object]:
     if family == FAMILY_INET:
         return hostname, 2, (address, port)  # AF_INET
     if family == FAMILY_INET6:
-        if address.startswith("IPv6:"):
+        if address[:5].lower() == "ipv6:":
             address = address[5:]
+        with contextlib.suppress(OSError):  # as libmilter gives it: inet_ntop's form
+            address = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, address))
         return hostname, 10, (address, port, 0, 0)  # AF_INET6
     if family == FAMILY_UNIX:
         return hostname, 1, address  # AF_UNIX

@@ -76,9 +76,10 @@ def list_mail_settings(setup_dir: Path) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def daemon(start_daemon: StartDaemon, setup_dir: Path) -> Daemon:
-    return start_daemon(**list_mail_settings(setup_dir))
+@pytest.fixture(params=["event-loop", "libmilter"])
+def daemon(start_daemon: StartDaemon, setup_dir: Path, request: pytest.FixtureRequest) -> Daemon:
+    """Under both protocol engines: the same headers, tokens, deletions and signatures."""
+    return start_daemon(**list_mail_settings(setup_dir), milter={"engine": request.param})
 
 
 def message_headers(recipients: list[str], *extra: tuple[str, str]) -> list[tuple[str, str]]:

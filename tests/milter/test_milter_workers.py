@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from testbed.proc import free_port, wait_until
@@ -44,10 +45,11 @@ def serving_workers(daemon: Daemon) -> set[str]:
     }
 
 
+@pytest.mark.parametrize("engine", ["event-loop", "libmilter"])
 def test_two_workers_serve_one_socket_and_connections_are_spread(
-    start_daemon: StartDaemon, acme: str
+    start_daemon: StartDaemon, acme: str, engine: str
 ) -> None:
-    daemon = start_workers(start_daemon)
+    daemon = start_workers(start_daemon, milter={"engine": engine})
     clients: list[MilterClient] = []
     try:
         # Held open together, so one worker's being busy lets the other accept.

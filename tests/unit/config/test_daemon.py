@@ -24,6 +24,7 @@ def test_empty_file_gives_documented_defaults(confdir: Path) -> None:
     assert config.milter.shutdown_grace == 20
     assert config.milter.workers == AUTO_WORKERS
     assert config.milter.worker_count() == len(os.sched_getaffinity(0))
+    assert config.milter.engine == "event-loop"
     assert config.redis.url == "redis://127.0.0.1:6379/0"
     assert config.redis.connect_timeout == 0.5
     assert config.redis.timeout == 0.5
@@ -84,6 +85,8 @@ BAD_VALUES = [
     ("milter", "workers", '"2"', "'auto' or a whole number of processes from 1 to 256"),
     ("milter", "workers", "true", "'auto' or a whole number of processes from 1 to 256"),
     ("milter", "workers", "1.5", "'auto' or a whole number of processes from 1 to 256"),
+    ("milter", "engine", '"threads"', "'event-loop' or 'libmilter'"),
+    ("milter", "engine", "1", "'event-loop' or 'libmilter'"),
     ("redis", "url", '"http://127.0.0.1:6379"', "redis://"),
     ("redis", "url", '"redis://"', "redis://"),
     ("redis", "url", '"unix://relative"', "unix:///path"),
@@ -284,6 +287,11 @@ def test_window_errors_name_file_key_and_form(confdir: Path, body: str, expected
     gold.write_text("[plan.gold]\n" + body)
     found = problems(confdir, "")
     assert any(expected in p and p.startswith(str(gold)) for p in found), found
+
+
+@pytest.mark.parametrize("engine", ["event-loop", "libmilter"])
+def test_engine_names_either_protocol_engine(confdir: Path, engine: str) -> None:
+    assert load_config(write(confdir, f'[milter]\nengine = "{engine}"\n')).milter.engine == engine
 
 
 @pytest.mark.parametrize(("value", "count"), [("1", 1), ("3", 3), ('"auto"', None)])
