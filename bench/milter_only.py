@@ -194,8 +194,11 @@ def _milter_pid(stack: Stack) -> int:
 
 
 def set_workers(stack: Stack, base_extra: str, workers: int) -> None:
-    """Restart the aup-milter stack's daemon with `workers` processes, all of them ready."""
-    stack.milter_config_extra = base_extra + f"\n[milter]\nworkers = {workers}\n"
+    """Restart the aup-milter stack's daemon with `workers` processes, all of them ready.
+
+    `base_extra` is the stack's own extra configuration, which ends in its [milter] table.
+    """
+    stack.milter_config_extra = base_extra + f"workers = {workers}\n"
     stack.restart_milter()
     pid = _milter_pid(stack)
     if workers > 1:

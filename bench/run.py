@@ -183,6 +183,8 @@ class Options:
     redis_port: int
     smtp_port: int
     suppression_check: str = "eom"
+    engine: str = "event-loop"
+    """The aup-milter side's `milter.engine`."""
     milter_only: str = "also"
     """"also": the milter-only capacity runs after the end-to-end ones; "only"; "skip"."""
     quick: bool = False
@@ -653,7 +655,11 @@ def make_sides(options: Options) -> Sides:
         # The demo's [unsubscribe] and [dkim]: bulk mail gets the pair and is signed.
         unsubscribe=True,
         # "rcpt" costs one Redis call per RCPT (the default "eom" none).
-        milter_config_extra=f'[policy]\nsuppression_check = "{options.suppression_check}"\n',
+        # Ends in its [milter] table: the milter-only runs add `workers` to it.
+        milter_config_extra=(
+            f'[policy]\nsuppression_check = "{options.suppression_check}"\n'
+            f'[milter]\nengine = "{options.engine}"\n'
+        ),
         **common,
     )
     floor = Stack(
@@ -895,6 +901,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         help="only the end-to-end runs",
     )
     parser.add_argument(
+        "--engine",
+        choices=("event-loop", "libmilter"),
+        default="event-loop",
+        help="the aup-milter side's milter.engine (default event-loop)",
+    )
+    parser.add_argument(
         "--suppression-check",
         choices=("eom", "rcpt"),
         default="eom",
@@ -926,6 +938,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         redis_port=args.redis_port,
         smtp_port=args.smtp_port,
         suppression_check=args.suppression_check,
+        engine=args.engine,
         milter_only=args.milter_only,
         quick=args.quick,
     )
