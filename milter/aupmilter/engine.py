@@ -416,7 +416,9 @@ class Session(asyncio.Protocol):
 
     def _done(self, rc: int | None) -> None:
         self.busy = False
-        self.last_seen = self.loop.time()  # the MTA was waiting on us, not idle
+        # The idle timeout is the MTA's silence (libmilter times the read of the next
+        # command): it starts from this reply, not from the command the callback took.
+        self.last_seen = self.loop.time()
         ctx = self.ctx
         eom, ctx.in_eom = ctx.in_eom, False
         actions, ctx.actions = ctx.actions, []

@@ -176,9 +176,16 @@ def parse_connect(data: bytes) -> tuple[str, int, object]:
 
 
 def reply_text(code: str, status: str | None, lines: Iterable[str]) -> bytes:
-    """SMFIR_REPLYCODE's text, as smfi_setmlreply builds it: `550-5.7.1 a` CRLF `550 5.7.1 b`."""
+    """SMFIR_REPLYCODE's text, as libmilter builds it: `550-5.7.1 a` CRLF `550 5.7.1 b`.
+
+    One line is smfi_setreply's `550 text`, with no status unless given; more
+    lines are smfi_setmlreply's (what pymilter calls for them), whose status
+    is `5.0.0` or `4.0.0` when none is given.
+    """
     texts = list(lines) or [""]
     last = len(texts) - 1
+    if status is None and last > 0:
+        status = code[0] + ".0.0"
     rendered = [
         code + (" " if number == last else "-") + " ".join(part for part in (status, text) if part)
         for number, text in enumerate(texts)
