@@ -25,6 +25,7 @@ from testbed.dkimkeys import dns_txt_lookup
 from testbed.proc import wait_until
 from testbed.stack import SinkMessage
 from testbed.unsubscribe import UNSUB_DOMAIN
+from tests.support import worker_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -160,9 +161,24 @@ def test_one_click_post_stops_the_next_message_within_a_second(
 
 
 def set_suppression_check(stack: Stack, mode: str) -> None:
-    """Switch the running milter (it reloads its config file within about a second)."""
+    """Switch the running milter (it reloads its config file within about a second).
+
+    Every worker reloads on its own: one refusing at RCPT does not mean all do,
+    so this also waits for each worker's reload line.
+    """
+    supervisor = stack.status()["milter"]
+    assert supervisor is not None
+    workers = max(1, len(worker_pids(supervisor)))
+    mark = stack.milter_log.stat().st_size
     stack.milter_config_extra = f'[policy]\nsuppression_check = "{mode}"\n'
     stack.write_milter_config()
+
+    def all_reloaded() -> bool:
+        with stack.milter_log.open("rb") as log:
+            log.seek(mark)
+            return log.read().count(b"configuration reloaded") >= workers
+
+    wait_until(all_reloaded, timeout=15, interval=0.1, what="every worker's reload")
     stack.redis_cli("HSET", "aup:{acme}:suppressed", "probe@example.net", "manual 1")
 
     def refused_at_rcpt() -> bool:
