@@ -183,7 +183,7 @@ class Options:
     redis_port: int
     smtp_port: int
     suppression_check: str = "eom"
-    engine: str = "event-loop"
+    engine: str = "libmilter"
     """The aup-milter side's `milter.engine`."""
     milter_only: str = "also"
     """"also": the milter-only capacity runs after the end-to-end ones; "only"; "skip"."""
@@ -903,8 +903,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--engine",
         choices=("event-loop", "libmilter"),
-        default="event-loop",
-        help="the aup-milter side's milter.engine (default event-loop)",
+        default="libmilter",
+        help="the aup-milter side's milter.engine (default libmilter, the daemon's default)",
     )
     parser.add_argument(
         "--suppression-check",

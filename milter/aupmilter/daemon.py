@@ -1,8 +1,8 @@
 """Process lifecycle: the listening socket, the protocol engine, stop and drain.
 
-Two engines speak the milter protocol (`milter.engine`): the event loop of
-`engine.py` (the default), on a socket this module opens itself, and
-libmilter's thread per connection. libmilter owns the socket it listens on;
+Two engines speak the milter protocol (`milter.engine`): libmilter's thread
+per connection (the default), and the event loop of `engine.py`, on a socket
+this module opens itself. libmilter owns the socket it listens on;
 two things it cannot do are done around `opensocket`: setting TCP_NODELAY on
 an inet listener (without it, Postfix's small milter packets wait ~40 ms on
 delayed ACKs), and taking a socket handed over by systemd (socket activation)

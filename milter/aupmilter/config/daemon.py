@@ -58,8 +58,8 @@ class MilterSettings:
     shutdown_grace: float
     workers: int = 0
     """Worker processes; AUTO_WORKERS (0): one per CPU the process may run on."""
-    engine: Literal["event-loop", "libmilter"] = "event-loop"
-    """Who speaks the milter protocol: one event loop per process (`engine.py`), or libmilter."""
+    engine: Literal["event-loop", "libmilter"] = "libmilter"
+    """Who speaks the milter protocol: libmilter, or one event loop per process (`engine.py`)."""
 
     def worker_count(self) -> int:
         """The processes to run: `workers`, or the CPUs in this process's affinity mask."""
@@ -188,7 +188,7 @@ def read_milter(section: Section) -> MilterSettings:
             f"'auto' or a whole number of processes from 1 to {MAX_WORKERS}",
             parse_workers,
         ),
-        engine=section.get("engine", "event-loop", "'event-loop' or 'libmilter'", parse_engine),
+        engine=section.get("engine", "libmilter", "'event-loop' or 'libmilter'", parse_engine),
     )
     section.reject_unknown()
     return settings

@@ -24,7 +24,7 @@ def test_empty_file_gives_documented_defaults(confdir: Path) -> None:
     assert config.milter.shutdown_grace == 20
     assert config.milter.workers == AUTO_WORKERS
     assert config.milter.worker_count() == len(os.sched_getaffinity(0))
-    assert config.milter.engine == "event-loop"
+    assert config.milter.engine == "libmilter"
     assert config.redis.url == "redis://127.0.0.1:6379/0"
     assert config.redis.connect_timeout == 0.5
     assert config.redis.timeout == 0.5
