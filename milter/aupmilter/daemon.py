@@ -11,6 +11,7 @@ or by the supervisor, which replaces libmilter's own socket with dup2.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import logging
 import os
@@ -19,7 +20,7 @@ import socket
 import stat
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -178,16 +179,23 @@ def _opensocket(listen: ListenAddress | str) -> None:
 
 
 def _open_unix(listen: ListenAddress, settings: MilterSettings) -> None:
+    with _making_unix_socket(listen, settings):
+        libmilter.setconn(listen.libmilter_spec)
+        _opensocket(listen)
+
+
+@contextlib.contextmanager
+def _making_unix_socket(listen: ListenAddress, settings: MilterSettings) -> Iterator[Path]:
+    """Around creating the unix socket (by libmilter or by us): the folder and group checked,
+    no more access than asked for while it is made, then its mode and group set exactly."""
     path = listen.path
     assert path is not None
     if not path.parent.is_dir():
         raise StartupError(f"milter.listen: directory {path.parent} does not exist")
     gid = _socket_gid(settings)
-    libmilter.setconn(listen.libmilter_spec)
-    # Create the socket with no more access than asked for, then set it exactly.
     old_umask = os.umask(0o777 & ~settings.socket_mode)
     try:
-        _opensocket(listen)
+        yield path
     finally:
         os.umask(old_umask)
     _give_socket(path, gid, settings)
@@ -282,30 +290,23 @@ def open_own_listener(settings: MilterSettings) -> OwnListener:
 
 
 def _own_unix(listen: ListenAddress, settings: MilterSettings) -> OwnListener:
-    path = listen.path
-    assert path is not None
-    if not path.parent.is_dir():
-        raise StartupError(f"milter.listen: directory {path.parent} does not exist")
-    gid = _socket_gid(settings)
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            path.unlink()  # a stale socket of an earlier run (libmilter removes it too)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise StartupError(f"milter.listen: cannot remove the old socket {path}: {exc}") from exc
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # Create the socket with no more access than asked for, then set it exactly.
-    old_umask = os.umask(0o777 & ~settings.socket_mode)
-    try:
-        sock.bind(str(path))
-        sock.listen(socket.SOMAXCONN)
-    except OSError as exc:
-        sock.close()
-        raise StartupError(f"cannot listen on {listen}: {exc} (in use, or no permission?)") from exc
-    finally:
-        os.umask(old_umask)
-    _give_socket(path, gid, settings)
+    with _making_unix_socket(listen, settings) as path:
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                path.unlink()  # a stale socket of an earlier run (libmilter removes it too)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            why = f"milter.listen: cannot remove the old socket {path}: {exc}"
+            raise StartupError(why) from exc
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(path))
+            sock.listen(socket.SOMAXCONN)
+        except OSError as exc:
+            sock.close()
+            why = f"cannot listen on {listen}: {exc} (in use, or no permission?)"
+            raise StartupError(why) from exc
     return OwnListener(str(listen), sock, path)
 
 

@@ -41,18 +41,26 @@ def deliver_one(daemon: Daemon, qid: str) -> None:
     assert verdict["tenant"] == "acme" and verdict["verdict"] == "accept"
 
 
+ENGINES = pytest.mark.parametrize("engine", ["libmilter", "event-loop"])
+"""libmilter opens the socket itself; for the event loop the daemon does (open_own_listener)."""
+
+
+@ENGINES
 @pytest.mark.parametrize("mode", ["0600", "0660"])
-def test_unix_socket_gets_exactly_the_configured_mode(start_daemon: StartDaemon, mode: str) -> None:
+def test_unix_socket_gets_exactly_the_configured_mode(
+    start_daemon: StartDaemon, mode: str, engine: str
+) -> None:
     # umask 0: whatever the mode is, the daemon set it, not the environment.
-    daemon = start_daemon(milter={"socket_mode": mode}, umask=0)
+    daemon = start_daemon(milter={"socket_mode": mode, "engine": engine}, umask=0)
     info = os.stat(daemon.socket_path)
     assert stat.S_ISSOCK(info.st_mode)
     assert stat.S_IMODE(info.st_mode) == int(mode, 8), oct(stat.S_IMODE(info.st_mode))
 
 
-def test_inet_listener(start_daemon: StartDaemon, acme: str) -> None:
+@ENGINES
+def test_inet_listener(start_daemon: StartDaemon, acme: str, engine: str) -> None:
     port = free_port()
-    daemon = start_daemon(listen=f"inet:{port}@127.0.0.1")
+    daemon = start_daemon(listen=f"inet:{port}@127.0.0.1", milter={"engine": engine})
     assert daemon.address == f"inet:{port}@127.0.0.1"
     deliver_one(daemon, "TCP1")
 
